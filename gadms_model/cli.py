@@ -1,0 +1,83 @@
+"""The `gadms` command. Each subcommand lives in its own module, imported only when it runs, so
+`gadms --help` stays fast and a broken optional dependency breaks one command, not all of them.
+
+A command module defines `add_arguments(parser)`, which adds its options (or nested subcommands) and sets
+`parser.set_defaults(func=...)`; `func(args)` returns the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gadms_model.env import apply_offline_defaults
+from storage.errors import GadmsError
+
+# name → (module, one-line help). Keep in the order a user meets them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("flows.demo_cli", "run the whole system offline on a synthetic web (what `make demo` runs)"),
+    "synthweb": ("curation.synthweb.cli", "render, serve a synthetic person web; train its demo detector"),
+    "crawl": ("curation.crawl.cli", "download images from URL lists or seed pages"),
+    "detect": ("curation.detect.cli", "detect persons, check pose, crop and deduplicate downloaded images"),
+    "caption": ("curation.caption.cli", "filter and caption person crops with an MLLM (vLLM / transformers / alt text)"),
+    "templates": ("curation.caption.templates_cli", "build or inspect the caption template bank"),
+    "build": ("flows.build_cli", "run the build-webperson flow locally from a config file"),
+    "catalog": ("storage.catalog_cli", "refresh or inspect the DuckDB catalog of an output root"),
+    "stats": ("storage.stats_cli", "caption and curation statistics from a DuckDB catalog"),
+    "export": ("storage.export_cli", "export shards to the public WebPerson layout (image, image_path, caption1, caption2)"),
+    "train": ("gadms_model.training.cli", "pre-train or fine-tune GA-DMS from a YAML config"),
+    "eval": ("gadms_model.evaluation.cli", "evaluate a checkpoint on CUHK-PEDES / ICFG-PEDES / RSTPReid"),
+    "search": ("gadms_model.retrieval.cli", "search a gallery of person crops by text"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: gadms <command> [options]",
+        "",
+        "WebPerson curation and GA-DMS text-based person retrieval.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`gadms <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"gadms {name}", description=help_)
+    module.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_defaults()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"gadms: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    parser = build_parser(name)
+    args = parser.parse_args(argv[1:])
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except GadmsError as exc:
+        print(f"gadms {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gadms {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

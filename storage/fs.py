@@ -1,0 +1,53 @@
+"""Local paths and fsspec URLs (s3://, gs://, memory://) behind one small interface."""
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `path` and the path as that filesystem names it."""
+    fs, _, paths = fsspec.get_fs_token_paths(str(path))
+    return fs, paths[0]
+
+
+def is_local(path: str) -> bool:
+    return isinstance(filesystem(path)[0], LocalFileSystem)
+
+
+def join(root: str, *parts: str) -> str:
+    root = str(root)
+    return "/".join([root.rstrip("/"), *parts]) if "://" in root else os.path.join(root, *parts)
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator:
+    """Open a temporary sibling of `path`; rename it onto `path` only when the block finishes.
+
+    A writer killed inside the block leaves at most a dot-prefixed temporary file, which no reader globs.
+    On object stores the final upload is a single PUT, which is atomic already.
+    """
+    fs, p = filesystem(path)
+    parent, name = p.rsplit("/", 1) if "/" in p else ("", p)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(tmp, mode) as f:
+            yield f
+            if isinstance(fs, LocalFileSystem):
+                f.flush()
+                os.fsync(f.fileno())
+        if isinstance(fs, LocalFileSystem):
+            os.replace(tmp, p)
+        else:
+            fs.mv(tmp, p)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise

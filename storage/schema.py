@@ -1,0 +1,69 @@
+"""The WebPerson storage contract: Parquet schemas of shards, rejects and manifests, defined once.
+
+Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_KEY = b"gadms.schema_version"
+
+NUM_KEYPOINTS = 17
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),  # JPEG crop
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("page_url", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("crop_sha256", pa.string(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x1, y1, x2, y2, source pixels
+        pa.field("det_score", pa.float32(), nullable=False),
+        pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),  # (x, y, conf) × 17; null if no pose
+        pa.field("phash", pa.uint64(), nullable=False),
+        pa.field("caption1", pa.string(), nullable=False),
+        pa.field("caption2", pa.string(), nullable=False),
+        pa.field("caption_model", pa.string(), nullable=False),
+        pa.field("caption_backend", pa.string(), nullable=False),
+        pa.field("template_id", pa.string()),
+        pa.field("prompt_version", pa.string()),
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string()),
+        pa.field("sample_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("shard_id", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+# The public WebPerson release layout (what the authors published and their loader reads).
+PUBLIC_SCHEMA = pa.schema(
+    [
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("caption1", pa.string(), nullable=False),
+        pa.field("caption2", pa.string(), nullable=False),
+    ]
+)
+
+# Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
+# so a shard without a "complete" manifest entry is never counted.
+MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
+MANIFEST_STATUS_COMPLETE = "complete"
