@@ -1,0 +1,191 @@
+"""The DuckDB catalog of one output root: views over the complete shards, their rejects and the manifest,
+and a table of run records.
+
+The catalog holds no data of its own besides the run records: every view reads the Parquet/JSON files, so a
+catalog can be deleted and rebuilt with `refresh` at any time. Only shards whose manifest entry is complete are
+visible, which is what makes a half-written rebuild invisible to readers.
+
+    samples   one row per person crop (SHARD_SCHEMA), from complete shards only
+    rejects   one row per rejected URL/image/person of those shards (REJECT_SCHEMA)
+    manifest  one row per shard manifest entry (any status)
+    runs      run records (run_id, flow, status, started_at, finished_at, config, summary)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from storage.errors import GadmsError
+from storage.fs import atomic_write, filesystem, is_local
+from storage.layout import OutputLayout
+from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, SHARD_SCHEMA
+from storage.shards import read_manifest_entry
+
+RUNS_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    flow VARCHAR,
+    status VARCHAR,
+    output_root VARCHAR,
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    config JSON,
+    summary JSON
+)
+"""
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("run_id", pa.string()),
+        ("rejects", pa.int64()),
+        ("created_at", pa.string()),
+    ]
+)
+
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT"}
+
+
+class CatalogError(GadmsError):
+    pass
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal. Only for file paths in view definitions, which DuckDB cannot take as parameters."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _parquet_source(paths: list[str], empty_name: str) -> str:
+    if not paths:
+        return empty_name
+    listing = ", ".join(sql_string(p) for p in paths)
+    return f"read_parquet([{listing}], union_by_name = true)"
+
+
+def _manifest_source(layout: OutputLayout, entries: list[dict]) -> str:
+    if not entries:
+        return "empty_manifest"
+    listing = ", ".join(sql_string(layout.manifest_path(e["shard_id"])) for e in entries)
+    columns = ", ".join(f"{sql_string(f.name)}: {sql_string(_DUCKDB_TYPES[f.type])}" for f in MANIFEST_SCHEMA)
+    return f"read_json([{listing}], columns = {{{columns}}})"
+
+
+def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open an existing catalog. A missing or corrupt file gives a one-line CatalogError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"{path}: catalog not found (run `gadms catalog refresh --root DIR` first)")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+        con.execute("SELECT count(*) FROM samples").fetchone()
+    except duckdb.Error as exc:
+        raise CatalogError(f"{path}: not a readable gadms catalog: {str(exc).splitlines()[0]}") from None
+    return con
+
+
+def complete_shards(layout: OutputLayout) -> list[dict]:
+    """Manifest entries of complete shards, sorted by shard id."""
+    fs, manifest_dir = filesystem(layout.manifest_dir)
+    if not fs.exists(manifest_dir):
+        return []
+    entries = []
+    for name in sorted(fs.ls(manifest_dir, detail=False)):
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith(".") or not base.endswith(".json"):
+            continue
+        entry = read_manifest_entry(layout.manifest_path(base[: -len(".json")]))
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def _run_records(layout: OutputLayout) -> list[dict]:
+    fs, runs_dir = filesystem(layout.runs_dir)
+    if not fs.exists(runs_dir):
+        return []
+    records = []
+    for name in sorted(fs.ls(runs_dir, detail=False)):
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith(".") or not base.endswith(".json"):
+            continue
+        with fs.open(name, "r") as f:
+            try:
+                records.append(json.load(f))
+            except json.JSONDecodeError as exc:
+                raise CatalogError(f"{name}: corrupt run record: {exc}") from None
+    return records
+
+
+def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[str, str] | None = None) -> str:
+    """(Re)build the catalog of output root `root`; return the catalog path.
+
+    `duckdb_settings` (e.g. s3_region, s3_endpoint) are applied with SET before views over remote Parquet are
+    created; remote roots need DuckDB's httpfs extension available to DuckDB.
+    """
+    layout = OutputLayout(root)
+    catalog_path = catalog_path or layout.default_catalog_path()
+    Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
+    entries = complete_shards(layout)
+    done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
+    shard_paths = [layout.shard_path(e["shard_id"]) for e in done]
+    reject_paths = [layout.rejects_path(e["shard_id"]) for e in done]
+    try:
+        con = duckdb.connect(catalog_path)
+    except duckdb.Error as exc:
+        raise CatalogError(f"{catalog_path}: cannot open catalog: {str(exc).splitlines()[0]}") from None
+    try:
+        if not is_local(root):
+            con.execute("LOAD httpfs")
+        for key, value in (duckdb_settings or {}).items():
+            if not key.replace("_", "").isalnum():
+                raise CatalogError(f"duckdb setting {key!r}: not a setting name")
+            con.execute(f"SET {key} = {sql_string(value)}")
+        con.register("empty_samples_arrow", SHARD_SCHEMA.empty_table())
+        con.register("empty_rejects_arrow", REJECT_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE empty_samples AS SELECT * FROM empty_samples_arrow")
+        con.execute("CREATE OR REPLACE TABLE empty_rejects AS SELECT * FROM empty_rejects_arrow")
+        con.execute(f"CREATE OR REPLACE VIEW samples AS SELECT * FROM {_parquet_source(shard_paths, 'empty_samples')}")
+        con.execute(f"CREATE OR REPLACE VIEW rejects AS SELECT * FROM {_parquet_source(reject_paths, 'empty_rejects')}")
+        con.register("empty_manifest_arrow", MANIFEST_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
+        con.execute(f"CREATE OR REPLACE VIEW manifest AS SELECT * FROM {_manifest_source(layout, entries)}")
+        con.execute(RUNS_TABLE_SQL)
+        for record in _run_records(layout):
+            upsert_run(con, record)
+        con.execute("SELECT count(*) FROM samples").fetchone()
+    except duckdb.Error as exc:
+        raise CatalogError(f"{catalog_path}: refresh failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+    return catalog_path
+
+
+def write_run_record(root: str, record: dict) -> None:
+    """Save a run record as runs/<run_id>.json (the source of truth the catalog's runs table is rebuilt from)."""
+    layout = OutputLayout(root)
+    with atomic_write(layout.run_path(record["run_id"]), "w") as f:
+        f.write(json.dumps(record, default=str, sort_keys=True))
+
+
+def upsert_run(con: duckdb.DuckDBPyConnection, record: dict) -> None:
+    con.execute(
+        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            record["run_id"],
+            record.get("flow"),
+            record.get("status"),
+            record.get("output_root"),
+            record.get("started_at"),
+            record.get("finished_at"),
+            json.dumps(record.get("config", {})),
+            json.dumps(record.get("summary", {})),
+        ],
+    )

@@ -1,0 +1,202 @@
+"""Write and read WebPerson shards, rejects files and manifest entries.
+
+A shard is written to a temporary sibling and renamed into place (storage.fs.atomic_write), then its manifest
+entry is written the same way. Readers count a shard only when its manifest says it is complete, so a writer
+killed at any point leaves either nothing visible or a whole shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import datetime, timezone
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.errors import GadmsError
+from storage.fs import atomic_write, filesystem
+from storage.layout import OutputLayout
+from storage.records import Captions, PersonCrop, Reject
+from storage.schema import (
+    MANIFEST_FIELDS,
+    MANIFEST_STATUS_COMPLETE,
+    REJECT_SCHEMA,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    SHARD_SCHEMA,
+)
+
+# Row groups small enough for streaming readers, large enough for zstd to work well on JPEG-heavy rows.
+ROW_GROUP_SIZE = 256
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def shard_table(
+    crops: Iterable[PersonCrop], captions: dict[str, Captions], shard_id: str, run_id: str,
+    created_at: datetime | None = None,
+) -> pa.Table:
+    """Join kept crops with their captions into a table of SHARD_SCHEMA (crops without captions are skipped)."""
+    created_at = created_at or utc_now()
+    rows = []
+    for crop in crops:
+        caption = captions.get(crop.sample_id)
+        if caption is None:
+            continue
+        row = {
+            "sample_id": crop.sample_id,
+            "image": crop.image,
+            "width": crop.width,
+            "height": crop.height,
+            "source_url": crop.source_url,
+            "page_url": crop.page_url,
+            "alt_text": crop.alt_text,
+            "source_sha256": crop.source_sha256,
+            "crop_sha256": crop.crop_sha256,
+            "bbox": [float(v) for v in crop.bbox],
+            "det_score": float(crop.det_score),
+            "keypoints": None if crop.keypoints is None else [float(v) for v in crop.keypoints],
+            "phash": int(crop.phash),
+            "caption1": caption.caption1,
+            "caption2": caption.caption2,
+            "caption_model": caption.caption_model,
+            "caption_backend": caption.caption_backend,
+            "template_id": caption.template_id,
+            "prompt_version": caption.prompt_version,
+            "shard_id": shard_id,
+            "run_id": run_id,
+            "created_at": created_at,
+        }
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+
+
+def rejects_table(rejects: Iterable[Reject], shard_id: str, run_id: str, created_at: datetime | None = None) -> pa.Table:
+    created_at = created_at or utc_now()
+    rows = [
+        {
+            "url": r.url or None,
+            "sample_id": r.sample_id or None,
+            "stage": r.stage,
+            "reason": r.reason,
+            "detail": r.detail or None,
+            "shard_id": shard_id,
+            "run_id": run_id,
+            "created_at": created_at,
+        }
+        for r in rejects
+    ]
+    return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+    return buffer.getvalue()
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> dict:
+    """Write `table` to `path` atomically; return its size and sha256."""
+    data = _parquet_bytes(table)
+    with atomic_write(path) as f:
+        f.write(data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_shard(table: pa.Table, path: str) -> dict:
+    """Write a shard atomically. Returns {"rows", "bytes", "sha256"} for its manifest entry."""
+    if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
+        raise GadmsError(f"{path}: table does not match the shard schema v{SCHEMA_VERSION}")
+    table = table.replace_schema_metadata(SHARD_SCHEMA.metadata)
+    return {"rows": table.num_rows, **write_parquet_atomic(table, path)}
+
+
+def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a shard, checking its schema version. Raises GadmsError naming the file when it is not one."""
+    fs, p = filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            version = (parquet.schema_arrow.metadata or {}).get(SCHEMA_VERSION_KEY)
+            if version is None:
+                raise GadmsError(f"{path}: not a WebPerson shard (no {SCHEMA_VERSION_KEY.decode()} metadata)")
+            if int(version) != SCHEMA_VERSION:
+                raise GadmsError(f"{path}: shard schema v{int(version)}, this version reads v{SCHEMA_VERSION}")
+            return parquet.read(columns=columns)
+    except FileNotFoundError:
+        raise GadmsError(f"{path}: shard not found") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GadmsError(f"{path}: unreadable shard: {exc}") from None
+
+
+def write_manifest_entry(path: str, entry: dict) -> None:
+    missing = [k for k in MANIFEST_FIELDS if k not in entry]
+    if missing:
+        raise GadmsError(f"{path}: manifest entry lacks {', '.join(missing)}")
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps({k: entry[k] for k in MANIFEST_FIELDS}, default=str, sort_keys=True))
+
+
+def read_manifest_entry(path: str) -> dict | None:
+    """The manifest entry at `path`, or None when it does not exist. A corrupt entry raises GadmsError."""
+    fs, p = filesystem(path)
+    if not fs.exists(p):
+        return None
+    try:
+        with fs.open(p, "r") as f:
+            entry = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GadmsError(f"{path}: corrupt manifest entry: {exc}") from None
+    if not isinstance(entry, dict) or "status" not in entry:
+        raise GadmsError(f"{path}: corrupt manifest entry: no status")
+    return entry
+
+
+def shard_is_complete(manifest_path: str, shard_path: str, verify_sha256: bool = False) -> bool:
+    """True when the manifest says the shard is complete (and, optionally, the file's sha256 still matches)."""
+    entry = read_manifest_entry(manifest_path)
+    if entry is None or entry["status"] != MANIFEST_STATUS_COMPLETE:
+        return False
+    fs, p = filesystem(shard_path)
+    if not fs.exists(p):
+        return False
+    if verify_sha256:
+        with fs.open(p, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest() == entry["sha256"]
+    return True
+
+
+def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects: int) -> dict:
+    return {
+        "shard_id": shard_id,
+        "path": path,
+        "rows": written["rows"],
+        "bytes": written["bytes"],
+        "sha256": written["sha256"],
+        "status": MANIFEST_STATUS_COMPLETE,
+        "run_id": run_id,
+        "rejects": rejects,
+        "created_at": utc_now().isoformat(),
+    }
+
+
+def commit_shard(
+    layout: OutputLayout, shard_id: str, run_id: str, crops: Iterable[PersonCrop], captions: Iterable[Captions],
+    rejects: Iterable[Reject],
+) -> dict:
+    """Write a chunk's rejects, then its shard, then (last) its manifest entry; return the manifest entry.
+
+    Re-running a chunk overwrites all three with the same content, so a rerun after a kill is idempotent.
+    """
+    rejects = list(rejects)
+    created_at = utc_now()
+    write_parquet_atomic(rejects_table(rejects, shard_id, run_id, created_at), layout.rejects_path(shard_id))
+    table = shard_table(crops, {c.sample_id: c for c in captions}, shard_id, run_id, created_at)
+    written = write_shard(table, layout.shard_path(shard_id))
+    entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, len(rejects))
+    write_manifest_entry(layout.manifest_path(shard_id), entry)
+    return entry
