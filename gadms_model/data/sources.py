@@ -1,0 +1,247 @@
+"""Training pair sources: (image, caption, pid) triples addressed by a pair index that doubles as caption id.
+
+- `ShardSource`: WebPerson shards of an output root (only shards with a `complete` manifest entry), or the
+  public WebPerson Parquet release (image, image_path, caption1, caption2). One pid per image; its two
+  captions are pairs 2i and 2i+1 and share it. Reads whole Parquet row groups and keeps the last one, so a
+  sampler that walks row groups (`BlockShuffleSampler`) streams through large datasets.
+- `JsonImageSource`: the authors' JSON list of {"<image file>": {"caption1", "caption2"}} with `images/`.
+- `BenchmarkSource`: the train split of a public benchmark (identity pids, one pair per caption).
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from gadms_model.data.benchmarks import TrainSample
+from storage.catalog import complete_shards
+from storage.errors import GadmsError
+from storage.fs import filesystem, join
+from storage.layout import OutputLayout
+from storage.schema import MANIFEST_STATUS_COMPLETE
+
+
+class DataSourceError(GadmsError):
+    pass
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataSourceError(f"{where}: image cannot be decoded: {exc}") from None
+
+
+def open_image(path: str, where: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataSourceError(f"{where}: image {path} not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataSourceError(f"{where}: image {path} cannot be decoded: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Image.Image
+    caption: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class _RowGroup:
+    path: str
+    index: int
+    first_image: int
+    num_rows: int
+
+
+class ShardSource:
+    """Images with two captions each, from Parquet files; pair i = (image i // 2, caption i % 2 + 1)."""
+
+    captions_per_image = 2
+
+    def __init__(self, files: list[str], id_column: str):
+        if not files:
+            raise DataSourceError("no Parquet files to read")
+        self.files = files
+        self.id_column = id_column
+        self.row_groups: list[_RowGroup] = []
+        first_image = 0
+        for path in files:
+            metadata = self._open(path).metadata
+            names = set(metadata.schema.names)
+            missing = {"image", "caption1", "caption2", id_column} - names
+            if missing:
+                raise DataSourceError(f"{path}: missing column(s) {sorted(missing)}")
+            for index in range(metadata.num_row_groups):
+                rows = metadata.row_group(index).num_rows
+                if rows:
+                    self.row_groups.append(_RowGroup(path, index, first_image, rows))
+                    first_image += rows
+        self.num_images = first_image
+        self._starts = [group.first_image for group in self.row_groups]
+        self._cached: tuple[_RowGroup, dict] | None = None
+
+    @staticmethod
+    def _open(path: str) -> pq.ParquetFile:
+        fs, fs_path = filesystem(path)
+        try:
+            return pq.ParquetFile(fs.open(fs_path, "rb"))
+        except FileNotFoundError:
+            raise DataSourceError(f"{path}: shard file not found") from None
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise DataSourceError(f"{path}: not a readable Parquet file: {exc}") from None
+
+    @property
+    def num_pairs(self) -> int:
+        return self.num_images * self.captions_per_image
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_images
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Pair-index ranges that share one row group (the sampler's unit of locality)."""
+        return [(2 * g.first_image, 2 * (g.first_image + g.num_rows)) for g in self.row_groups]
+
+    def _row_group(self, group: _RowGroup) -> dict:
+        if self._cached is None or self._cached[0] != group:
+            table = self._open(group.path).read_row_group(
+                group.index, columns=["image", "caption1", "caption2", self.id_column]
+            )
+            self._cached = (group, table.to_pydict())
+        return self._cached[1]
+
+    def sample_id(self, image_index: int) -> str:
+        group = self.row_groups[bisect.bisect_right(self._starts, image_index) - 1]
+        return self._row_group(group)[self.id_column][image_index - group.first_image]
+
+    def __getitem__(self, pair_index: int) -> Pair:
+        image_index, caption_index = divmod(pair_index, 2)
+        group = self.row_groups[bisect.bisect_right(self._starts, image_index) - 1]
+        rows = self._row_group(group)
+        row = image_index - group.first_image
+        where = f"{group.path}: row {group.index}:{row} ({self.id_column} {rows[self.id_column][row]!r})"
+        caption = rows[f"caption{caption_index + 1}"][row]
+        if not caption:
+            raise DataSourceError(f"{where}: empty caption{caption_index + 1}")
+        return Pair(decode_image(rows["image"][row], where), caption, image_index)
+
+    def __getstate__(self):
+        # DataLoader workers each keep their own row-group cache.
+        return {**self.__dict__, "_cached": None}
+
+
+def webperson_shard_files(root: str) -> list[str]:
+    """Shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order."""
+    layout = OutputLayout(str(root))
+    entries = [e for e in complete_shards(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
+    if not entries:
+        raise DataSourceError(f"{layout.manifest_dir}: no complete shards (not a WebPerson output root?)")
+    return [layout.shard_path(entry["shard_id"]) for entry in entries]
+
+
+def webperson_source(root: str) -> ShardSource:
+    """A WebPerson output root, or its catalog file (`<root>/catalog.duckdb`)."""
+    root = str(root)
+    if root.endswith(".duckdb"):
+        root = str(Path(root).parent)
+    return ShardSource(webperson_shard_files(root), id_column="sample_id")
+
+
+def public_parquet_source(path: str) -> ShardSource:
+    """The public release: one Parquet file, or a directory of them (image, image_path, caption1, caption2)."""
+    fs, fs_path = filesystem(path)
+    if fs.isdir(fs_path):
+        files = sorted(join(path, Path(p).name) for p in fs.ls(fs_path, detail=False) if p.endswith(".parquet"))
+        if not files:
+            raise DataSourceError(f"{path}: no .parquet files")
+    else:
+        files = [path]
+    return ShardSource(files, id_column="image_path")
+
+
+class JsonImageSource:
+    """The authors' JSON layout: a list of {"<image file>": {"caption1": ..., "caption2": ...}}, images/ beside it."""
+
+    captions_per_image = 2
+
+    def __init__(self, annotation_file: str):
+        path = Path(annotation_file)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataSourceError(f"{path}: annotation file not found") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataSourceError(f"{path}: not valid JSON: {exc}") from None
+        entries = data if isinstance(data, list) else [data]
+        images_dir = path.parent / "images"
+        self.items: list[tuple[str, str, str]] = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise DataSourceError(f"{path}: record {index}: expected an object")
+            for name, captions in entry.items():
+                where = f"{path}: record {index} ({name!r})"
+                if not isinstance(captions, dict) or not all(
+                    isinstance(captions.get(k), str) and captions[k] for k in ("caption1", "caption2")
+                ):
+                    raise DataSourceError(f"{where}: needs non-empty 'caption1' and 'caption2'")
+                image_path = images_dir / name
+                if ".." in Path(name).parts or not image_path.is_file():
+                    raise DataSourceError(f"{where}: image not found under {images_dir}")
+                self.items.append((str(image_path), captions["caption1"], captions["caption2"]))
+        if not self.items:
+            raise DataSourceError(f"{path}: no records")
+        self.num_images = len(self.items)
+
+    @property
+    def num_pairs(self) -> int:
+        return 2 * self.num_images
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_images
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(0, self.num_pairs)]
+
+    def sample_id(self, image_index: int) -> str:
+        return Path(self.items[image_index][0]).name
+
+    def __getitem__(self, pair_index: int) -> Pair:
+        image_index, caption_index = divmod(pair_index, 2)
+        image_path, *captions = self.items[image_index]
+        return Pair(open_image(image_path, image_path), captions[caption_index], image_index)
+
+
+class BenchmarkSource:
+    """The train split of a public benchmark: one pair per caption, identity pids."""
+
+    def __init__(self, samples: list[TrainSample]):
+        if not samples:
+            raise DataSourceError("the benchmark has no training samples")
+        self.samples = samples
+        self.num_images = len({s.image_id for s in samples})
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return max(s.pid for s in self.samples) + 1
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(0, self.num_pairs)]
+
+    def __getitem__(self, pair_index: int) -> Pair:
+        sample = self.samples[pair_index]
+        return Pair(open_image(sample.image_path, sample.image_path), sample.caption, sample.pid)
