@@ -1,0 +1,94 @@
+"""Gradient-Attention Similarity Score (GASS, method §3): how much each word of a caption supports its image.
+
+For each of the last L text layers l (B = batch, N = context positions, D = text width, heads concatenated):
+    g^l      = ∂ Σ_b cos(T_eot_b, V_cls_b) / ∂ o^l[b, eot]              o^l: attention output before out_proj
+    w^l[j]   = Φ( cos( MSP(q^l)[eot], MSP(k^l)[j] ) )
+    S_g^l[j] = (Σ_d g^l[d] · v^l[j, d]) · w^l[j]
+    S_a^l[j] = A^l[eot, j] / Σ_{words i} A^l[eot, i]                     A: attention weights averaged over heads
+    score[j] = ReLU( mean_l S_g^l[j] · S_a^l[j] ) for word tokens (0 < j < eot), 0 elsewhere
+then each caption's scores are divided by their maximum ("sample", the default) or by the batch maximum
+("batch", what the authors' code does), so they lie in [0, 1].
+- MSP (multi-scale pooling, scales {1, 2}): average adjacent pairs along the sequence (positions 2i, 2i+1),
+  interpolate linearly back to N positions (align_corners=False), average with the unpooled sequence.
+- Φ: min-max scaling over the positions the EOT query attends to (0 ≤ j ≤ eot); 1 where they are all equal.
+All L gradients come from one `torch.autograd.grad` call; the parameters' `.grad` are never touched and the
+returned scores are detached.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from gadms_model.towers import AttentionRecord, ClipTowers, eot_positions
+
+Normalisation = Literal["sample", "batch"]
+
+
+def multi_scale_pool(x: torch.Tensor) -> torch.Tensor:
+    """MSP over scales {1, 2} along dim 1 of a B×N×D tensor."""
+    length = x.shape[1]
+    pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2)
+    restored = F.interpolate(pooled, size=length, mode="linear", align_corners=False).transpose(1, 2)
+    return (x + restored) / 2
+
+
+def min_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max scaling of B×N `x` over the `valid` positions (1 where a row's valid values are equal)."""
+    low = x.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
+    high = x.masked_fill(~valid, float("-inf")).amax(dim=-1, keepdim=True)
+    span = high - low
+    scaled = (x - low) / span.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.where(span > 0, scaled, torch.ones_like(x))
+
+
+def word_positions(text_ids: torch.Tensor) -> torch.Tensor:
+    """B×N bool: the caption's word tokens, strictly between SOT (position 0) and EOT."""
+    positions = torch.arange(text_ids.shape[1], device=text_ids.device)
+    return (positions > 0) & (positions < eot_positions(text_ids)[:, None])
+
+
+def scores_from_records(text_ids: torch.Tensor, records: list[AttentionRecord], output_grads: list[torch.Tensor],
+                        normalisation: Normalisation = "sample") -> torch.Tensor:
+    """GASS from each layer's attention record and the gradient of the similarity w.r.t. its output."""
+    batch, length = text_ids.shape
+    rows = torch.arange(batch, device=text_ids.device)
+    eot = eot_positions(text_ids)
+    words = word_positions(text_ids)
+    attended = torch.arange(length, device=text_ids.device) <= eot[:, None]
+    total = torch.zeros(batch, length, device=text_ids.device)
+    for record, grad in zip(records, output_grads):
+        grad_eot = grad[rows, eot].float()
+        gradient_value = torch.einsum("bd,bnd->bn", grad_eot, record.value.float())
+        query = multi_scale_pool(record.query.float())[rows, eot]
+        key = multi_scale_pool(record.key.float())
+        similarity = min_max(F.cosine_similarity(query[:, None, :], key, dim=-1), attended)
+        attention = record.eot_attention.float() * words
+        attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        total += gradient_value * similarity * attention
+    scores = (total / len(records)).relu() * words
+    return normalise_scores(scores, normalisation)
+
+
+def normalise_scores(scores: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
+    if normalisation == "sample":
+        peak = scores.amax(dim=-1, keepdim=True)
+    elif normalisation == "batch":
+        peak = scores.amax()
+    else:
+        raise ValueError(f"GASS normalisation must be 'sample' or 'batch', got {normalisation!r}")
+    return torch.where(peak > 0, scores / peak.clamp_min(torch.finfo(scores.dtype).tiny), torch.zeros_like(scores))
+
+
+def gass_scores(towers: ClipTowers, text_ids: torch.Tensor, image_features: torch.Tensor, num_layers: int = 8,
+                normalisation: Normalisation = "sample") -> torch.Tensor:
+    """Detached float32 B×N GASS in [0, 1] of raw captions `text_ids` against their images' global features."""
+    if not 1 <= num_layers <= towers.text_layers:
+        raise ValueError(f"gass_layers must be in 1..{towers.text_layers}, got {num_layers}")
+    with torch.enable_grad():
+        text_features, records = towers.text_global_recorded(text_ids, num_layers)
+        similarity = F.cosine_similarity(text_features.float(), image_features.detach().float(), dim=-1).sum()
+        output_grads = torch.autograd.grad(similarity, [record.output for record in records])
+    with torch.no_grad():
+        return scores_from_records(text_ids, records, list(output_grads), normalisation)

@@ -1,0 +1,1 @@
+"""open_clip-style JSON model configs shipped with the package (`ModelConfig.clip_model` may name them)."""
