@@ -1,0 +1,237 @@
+"""The global, persistent dedup index: every kept crop of every shard, run and worker of one output root.
+
+Storage: one DuckDB file `<root>/dedup/index.duckdb` (beside the catalog, not inside it, so the catalog can be
+rebuilt freely) with one row per kept crop: `kept(seq, sample_id, shard_id, phash UBIGINT, crop_sha256,
+source_sha256)`, and `meta(key, value)` holding a `generation` counter that changes whenever rows are deleted.
+A process keeps the hashes in memory (a `MultiIndexHash` plus exact-match dicts) and loads only rows with a
+`seq` above the last one it saw; a changed generation makes it reload everything.
+
+Where the serialisation point is, and why: `deduplicate` holds an exclusive `flock` on `<root>/dedup/index.lock`
+for "load what other workers kept → check this batch → insert this batch's kept rows → commit", and nothing else.
+- Correctness needs check-and-insert to be atomic: two workers checking the same new duplicate at the same
+  time would both find nothing and both keep it. Under the lock, the second worker loads the first one's rows
+  before it checks, so exactly one copy is kept wherever the workers run (threads, processes, Ray tasks on the
+  host). A row is either committed with its whole batch or not at all (one DuckDB transaction).
+- It is the cheapest place: decoding and detection (seconds per chunk) run fully in parallel outside the lock;
+  inside it is an incremental load and a vectorised MIH search (milliseconds per chunk).
+- DuckDB itself admits a single read-write process per file, so the connection is opened inside the lock and
+  closed before release; no process holds the file between batches.
+- `flock` needs a local filesystem (or one with working POSIX locks); a remote (s3://) root is refused.
+  A multi-machine build either shares such a filesystem or routes dedup through a single writer task.
+
+Idempotent per shard: `deduplicate(crops, shard_id)` first deletes the rows a previous (killed or repeated)
+run of the same shard inserted, so a rerun never rejects its own samples as duplicates of themselves.
+
+Exact duplicates: the same `sample_id` (same source sha256 and box) or the same crop sha256 as a kept crop.
+Near duplicates: pHash within Hamming distance `radius` of a kept crop. Both name the kept sample in `detail`.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from curation.dedup.mih import MultiIndexHash, as_hashes, nearest_matches, resolve_in_order, within_batch_pairs
+from storage.errors import GadmsError
+from storage.fs import is_local
+from storage.records import PersonCrop, Reject
+
+INDEX_FILE = "index.duckdb"
+LOCK_FILE = "index.lock"
+EXACT_RANK = -1  # an exact match outranks any pHash distance when choosing whom a duplicate points to
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kept (
+    seq BIGINT NOT NULL,
+    sample_id VARCHAR NOT NULL,
+    shard_id VARCHAR NOT NULL,
+    phash UBIGINT NOT NULL,
+    crop_sha256 VARCHAR NOT NULL,
+    source_sha256 VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', 0);
+"""
+
+
+class DedupIndex:
+    """Global exact + near-duplicate filter over all kept crops; see the module docstring."""
+
+    def __init__(self, directory: Path, radius: int):
+        self.directory = directory
+        self.radius = radius
+        self._reset(generation=-1)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, radius: int = 6) -> "DedupIndex":
+        """Open (creating if needed) the index in directory `path`, e.g. `OutputLayout(root).dedup_dir`."""
+        if not is_local(str(path)):
+            raise GadmsError(f"{path}: the dedup index needs a local directory (it relies on POSIX file locks)")
+        if not 0 <= radius <= 16:
+            raise GadmsError(f"dedup radius must be between 0 and 16 bits, got {radius}")
+        directory = Path(path)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GadmsError(f"{directory}: cannot create the dedup index directory: {exc.strerror}") from None
+        index = cls(directory, radius)
+        with index._locked() as con:
+            index._sync(con)
+        return index
+
+    def __len__(self) -> int:
+        """Kept crops as of this process's last look at the index."""
+        return len(self._sample_ids)
+
+    def deduplicate(self, crops: list[PersonCrop], shard_id: str) -> tuple[list[PersonCrop], list[Reject]]:
+        """Keep the crops that duplicate nothing kept before (any shard) or earlier in `crops`; record them."""
+        with self._locked() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                self._forget_shard(con, shard_id)
+                self._sync(con)
+                kept, rejects = self._decide(crops)
+                self._insert(con, kept, shard_id)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                self._reset(generation=-1)  # memory may hold rows that were never committed
+                raise
+        return kept, rejects
+
+    def _decide(self, crops: list[PersonCrop]) -> tuple[list[PersonCrop], list[Reject]]:
+        hashes = as_hashes([c.phash for c in crops])
+        stored_near = nearest_matches(self._mih, hashes)
+        stored_exact = [self._exact.get(c.sample_id, self._exact.get(c.crop_sha256)) for c in crops]
+        blocked = (stored_near >= 0) | np.array([m is not None for m in stored_exact], dtype=bool)
+
+        later, earlier, rank = within_batch_pairs(hashes, self.radius)
+        exact_later, exact_earlier = _exact_pairs(crops)
+        later = np.concatenate([later, exact_later])
+        earlier = np.concatenate([earlier, exact_earlier])
+        rank = np.concatenate([rank.astype(np.int64), np.full(len(exact_later), EXACT_RANK)])
+        batch_match = resolve_in_order(blocked, later, earlier, rank)
+
+        kept, rejects = [], []
+        for k, crop in enumerate(crops):
+            if stored_exact[k] is not None:
+                rejects.append(_reject(crop, "exact_duplicate", stored_exact[k], 0))
+            elif stored_near[k] >= 0:
+                match = int(stored_near[k])
+                rejects.append(_reject(crop, "near_duplicate", self._sample_ids[match], _distance(crop.phash, self._phashes[match])))
+            elif batch_match[k] >= 0:
+                other = crops[batch_match[k]]
+                exact = other.sample_id == crop.sample_id or other.crop_sha256 == crop.crop_sha256
+                distance = _distance(crop.phash, other.phash)
+                rejects.append(_reject(crop, "exact_duplicate" if exact else "near_duplicate", other.sample_id, distance))
+            else:
+                kept.append(crop)
+        return kept, rejects
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, kept: list[PersonCrop], shard_id: str) -> None:
+        if not kept:
+            return
+        first = self._last_seq + 1
+        rows = pa.table(
+            {
+                "seq": pa.array(range(first, first + len(kept)), pa.int64()),
+                "sample_id": [c.sample_id for c in kept],
+                "shard_id": [shard_id] * len(kept),
+                "phash": pa.array([c.phash for c in kept], pa.uint64()),
+                "crop_sha256": [c.crop_sha256 for c in kept],
+                "source_sha256": [c.source_sha256 for c in kept],
+            }
+        )
+        con.register("new_rows", rows)
+        con.execute("INSERT INTO kept SELECT * FROM new_rows")
+        con.unregister("new_rows")
+        self._remember(rows)
+
+    def _forget_shard(self, con: duckdb.DuckDBPyConnection, shard_id: str) -> None:
+        """Delete what an earlier run of this shard inserted; other processes see the new generation and reload."""
+        if _scalar(con, "SELECT count(*) FROM kept WHERE shard_id = ?", [shard_id]):
+            con.execute("DELETE FROM kept WHERE shard_id = ?", [shard_id])
+            con.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+
+    def _sync(self, con: duckdb.DuckDBPyConnection) -> None:
+        generation = _scalar(con, "SELECT value FROM meta WHERE key = 'generation'")
+        if generation != self._generation:
+            self._reset(generation)
+        rows = con.sql(
+            "SELECT seq, sample_id, phash, crop_sha256 FROM kept WHERE seq > ? ORDER BY seq", params=[self._last_seq]
+        ).to_arrow_table()
+        self._remember(rows)
+
+    def _remember(self, rows: pa.Table) -> None:
+        if not rows.num_rows:
+            return
+        sample_ids = rows.column("sample_id").to_pylist()
+        phashes = rows.column("phash").to_numpy()
+        self._mih.add(phashes)
+        self._phashes = np.concatenate([self._phashes, phashes])
+        self._sample_ids += sample_ids
+        for sample_id, crop_sha in zip(sample_ids, rows.column("crop_sha256").to_pylist()):
+            self._exact.setdefault(sample_id, sample_id)
+            self._exact.setdefault(crop_sha, sample_id)
+        self._last_seq = int(rows.column("seq")[-1].as_py())
+
+    def _reset(self, generation: int) -> None:
+        self._generation = generation
+        self._last_seq = -1
+        self._mih = MultiIndexHash(self.radius)
+        self._phashes = np.empty(0, np.uint64)
+        self._sample_ids: list[str] = []
+        self._exact: dict[str, str] = {}  # sample_id or crop sha256 → kept sample_id
+
+    @contextmanager
+    def _locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with open(self.directory / LOCK_FILE, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                con = duckdb.connect(str(self.directory / INDEX_FILE))
+                try:
+                    con.execute(_SCHEMA)
+                    yield con
+                finally:
+                    con.close()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):
+    return con.execute(query, params or []).fetchall()[0][0]
+
+
+def _exact_pairs(crops: list[PersonCrop]) -> tuple[np.ndarray, np.ndarray]:
+    """(later, first earlier) positions of crops with the same sample_id or crop sha256 within the batch."""
+    first_seen: dict[str, int] = {}
+    later, earlier = [], []
+    for k, crop in enumerate(crops):
+        for key in (crop.sample_id, crop.crop_sha256):
+            if key in first_seen:
+                later.append(k)
+                earlier.append(first_seen[key])
+            else:
+                first_seen[key] = k
+    return np.array(later, dtype=np.int64), np.array(earlier, dtype=np.int64)
+
+
+def _distance(a: int, b: int) -> int:
+    return (int(a) ^ int(b)).bit_count()
+
+
+def _reject(crop: PersonCrop, reason: str, kept_sample_id: str, distance: int) -> Reject:
+    return Reject(
+        stage="dedup",
+        reason=reason,
+        url=crop.source_url,
+        sample_id=crop.sample_id,
+        detail=kept_sample_id,
+        extra={"distance": distance},
+    )
