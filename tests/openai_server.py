@@ -1,0 +1,240 @@
+"""A stand-in for `vllm serve` in tests and benchmarks: an OpenAI-protocol HTTP server on 127.0.0.1.
+
+It speaks the parts of the protocol the caption stage uses (GET /v1/models, POST /v1/chat/completions,
+POST /v1/embeddings), answers like a cooperative VLM would (a JSON verdict for the filter prompt, the template
+filled with fixed words for a caption prompt, a rule-based template for a rewrite prompt), and can be told to
+misbehave: HTTP 500, 429 with Retry-After, hanging past the client's timeout, truncated bodies, invalid JSON,
+chosen message contents. It counts and records every request.
+
+    server = VllmStandIn(models=["stand-in-vlm"]).start()   # server.base_url == "http://127.0.0.1:PORT/v1"
+    server.faults.extend(["500", "429"]) ; ... ; server.stop()
+
+Run as a script (the benchmark does): python tests/openai_server.py --latency 0.2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import hashlib
+import json
+import re
+import threading
+import time
+from typing import Callable
+
+from aiohttp import web
+
+FILL_WORDS = {
+    "He/She": "She", "he/she": "she", "His/Her": "Her", "his/her": "her", "him/her": "her",
+    "man/woman": "woman", "age group": "young", "colored top": "red T-shirt", "colored bottom": "blue jeans",
+    "colored outerwear": "black jacket", "colored dress": "green dress", "colored shoes": "white sneakers",
+    "hairstyle": "long straight hair", "hair color": "brown", "headwear": "grey cap",
+    "accessory": "black sunglasses", "bag": "brown shoulder bag", "action": "walking forward", "body build": "slim",
+}
+_COLOURS = r"(?:red|blue|black|white|grey|gray|green|yellow|pink|purple|brown|orange|beige|navy|dark|light)"
+REWRITE_RULES = [
+    (rf"\b(?:a |an )?{_COLOURS}(?: and {_COLOURS})? (?:t-shirt|shirt|top|blouse|sweater|hoodie)\b", "a [colored top]"),
+    (rf"\b{_COLOURS}(?: and {_COLOURS})? (?:jeans|pants|trousers|shorts|skirt)\b", "[colored bottom]"),
+    (rf"\b(?:a |an )?{_COLOURS} (?:jacket|coat)\b", "a [colored outerwear]"),
+    (rf"\b{_COLOURS} (?:shoes|sneakers|boots|sandals)\b", "[colored shoes]"),
+    (rf"\b(?:a |an )?{_COLOURS} (?:backpack|bag|handbag)\b", "a [bag]"),
+    (r"\b(?:long|short|curly|straight) (?:\w+ )?hair\b", "[hairstyle]"),
+    (r"\b(?:man|woman|boy|girl|lady|guy)\b", "[man/woman]"),
+    (r"\b(?:He|She)\b", "[He/She]"),
+    (r"\b(?:he|she)\b", "[he/she]"),
+    (r"\b(?:his|her)\b", "[his/her]"),
+]
+KEEP = {"keep": True, "reason": "one_clear_person"}
+
+
+def fill_template(template: str) -> str:
+    return re.sub(r"\[([^\[\]]+)\]", lambda m: FILL_WORDS.get(m.group(1), m.group(1)), template)
+
+
+def rewrite_to_template(caption: str) -> str:
+    for pattern, slot in REWRITE_RULES:
+        caption = re.sub(pattern, slot, caption)
+    return caption
+
+
+def image_sha256(body: dict) -> str | None:
+    """SHA-256 of the first data-URL image of a chat request (what tests key verdicts on)."""
+    for message in body.get("messages", []):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "image_url":
+                url = part["image_url"]["url"]
+                return hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()
+    return None
+
+
+def prompt_text(body: dict) -> str:
+    texts = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts += [part["text"] for part in content or [] if part.get("type") == "text"]
+    return "\n".join(texts)
+
+
+class VllmStandIn:
+    def __init__(self, models: tuple[str, ...] | list[str] = ("stand-in-vlm",), latency_s: float = 0.0,
+                 retry_after: str = "1", hang_s: float = 5.0, embedding_dim: int = 64):
+        self.models = list(models)
+        self.latency_s = latency_s
+        self.retry_after = retry_after
+        self.hang_s = hang_s
+        self.embedding_dim = embedding_dim
+        # Faults applied to the next chat requests, one each, in order: "500", "429", "timeout", "truncated",
+        # "invalid_json", or "content:<text>" (a well-formed answer whose message content is <text>).
+        self.faults: collections.deque[str] = collections.deque()
+        self.verdicts: dict[str, dict] = {}  # image sha256 → verdict answered for it (default: keep)
+        self.answer_override: Callable[[dict], str | None] | None = None
+        self.chat_requests: list[dict] = []
+        self.request_times: list[float] = []
+        self.embedding_requests = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- handlers ------------------------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": "vllm-stand-in"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    def _not_found(self, model: str) -> web.Response:
+        error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": None,
+                 "code": 404}
+        return web.json_response({"error": error}, status=404)
+
+    def _answer_text(self, body: dict) -> str:
+        if self.answer_override is not None:
+            text = self.answer_override(body)
+            if text is not None:
+                return text
+        prompt = prompt_text(body)
+        if "structured_outputs" in body or "guided_json" in body or '{"keep"' in prompt:
+            return json.dumps(self.verdicts.get(image_sha256(body) or "", KEEP))
+        if "Template:" in prompt:
+            return fill_template(prompt.rsplit("Template:", 1)[1].strip())
+        if "Description:" in prompt:
+            return rewrite_to_template(prompt.rsplit("Description:", 1)[1].strip())
+        return "A woman in a red T-shirt and blue jeans is walking forward."
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.chat_requests.append(body)
+        self.request_times.append(time.monotonic())
+        if body.get("model") not in self.models:
+            return self._not_found(str(body.get("model")))
+        fault = self.faults.popleft() if self.faults else ""
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault == "500":
+            return web.json_response({"error": {"message": "stand-in internal error", "code": 500}}, status=500)
+        if fault == "429":
+            return web.json_response({"error": {"message": "too many requests", "code": 429}}, status=429,
+                                     headers={"Retry-After": self.retry_after})
+        if fault == "timeout":
+            await asyncio.sleep(self.hang_s)
+        if fault == "invalid_json":
+            return web.Response(status=200, text='{"id": "cmpl-1", "choices": [', content_type="application/json")
+        if fault == "truncated":
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            response.content_length = 4096
+            await response.prepare(request)
+            await response.write(b'{"id": "cmpl-1", "object": "chat.completion", "choi')
+            request.transport.close()
+            return response
+        text = fault[len("content:"):] if fault.startswith("content:") else self._answer_text(body)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.chat_requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1},
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.embedding_requests += 1
+        if body.get("model") not in self.models:
+            return self._not_found(str(body.get("model")))
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": self._embed(t)} for i, t in enumerate(texts)]
+        return web.json_response({"object": "list", "data": data, "model": body["model"]})
+
+    def _embed(self, text: str) -> list[float]:
+        vector = [0.0] * self.embedding_dim
+        for word in re.findall(r"\[[^\]]+\]|\w+", text.lower()):
+            vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.embedding_dim] += 1.0
+        norm = sum(v * v for v in vector) ** 0.5 or 1.0
+        return [v / norm for v in vector]
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        return app
+
+    async def _serve(self, port: int) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    def start(self, port: int = 0) -> "VllmStandIn":
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve(port))
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="vllm-stand-in", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each chat answer")
+    parser.add_argument("--model", action="append", help="served model name (repeatable)")
+    args = parser.parse_args()
+    server = VllmStandIn(models=args.model or ["stand-in-vlm"], latency_s=args.latency).start(args.port)
+    print(f"listening on {server.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
