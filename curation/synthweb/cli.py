@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch", type=int, default=64)
     train.add_argument("--nbs", type=int, default=16, help="nominal batch size (ultralytics default 64)")
     train.add_argument("--device", default="cpu", help="cpu, 0 (first GPU), ...")
-    train.add_argument("--workers", type=int, default=2)
+    train.add_argument("--workers", type=int, default=2, help="ultralytics data-loader workers")
+    train.add_argument("--render-workers", type=int, default=1, help="processes rendering the dataset")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--model", default="yolo11n-pose.yaml", help="model config (from scratch) or weights")
     train.add_argument("--time-hours", type=float, default=None, help="stop training after this many hours")
@@ -75,12 +76,10 @@ def _urls(args) -> int:
 
 def _train(args) -> int:
     from curation.synthweb.detector import DetectorTrainConfig, train_detector
+    from storage.configfile import validate_config
 
-    config = DetectorTrainConfig(
-        out=args.out, train_images=args.train_images, val_images=args.val_images, epochs=args.epochs,
-        imgsz=args.imgsz, batch=args.batch, nbs=args.nbs, device=args.device, workers=args.workers,
-        seed=args.seed, model=args.model, time_hours=args.time_hours,
-    )
+    options = {name: getattr(args, name) for name in DetectorTrainConfig.model_fields}
+    config = validate_config(options, DetectorTrainConfig, "train-detector options")
     metrics = train_detector(config)
     print(f"weights: {metrics['weights']}")
     print(f"held-out box mAP50 {metrics['box_map50']:.3f}, pose mAP50 {metrics['pose_map50']:.3f}")
