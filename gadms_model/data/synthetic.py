@@ -1,0 +1,58 @@
+"""A benchmark tree in the RSTPReid release format, rendered by the synthetic web (curation.synthweb).
+
+Used by tests, the search demo and benchmarks/noisy_captions.py: train identities carry their noisy alt text
+(or clean captions) as training captions; val and test identities, disjoint from train and from each other,
+carry clean captions as queries. `noise_words.json` beside the annotations keeps, for every train caption,
+one flag per whitespace-separated word (True = injected noise), for measuring GASS on noise tokens.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from storage.errors import GadmsError
+
+
+def write_synthetic_benchmark(
+    root: str | Path,
+    train_identities: int,
+    val_identities: int,
+    test_identities: int,
+    images_per_identity: int,
+    seed: int = 0,
+    train_captions: Literal["alt_text", "clean"] = "alt_text",
+    size: tuple[int, int] = (32, 64),
+) -> Path:
+    """Write `<root>/RSTPReid/{data_captions.json, noise_words.json, imgs/}`; return the dataset directory.
+
+    Identities are numbered train, then val, then test; `size` is (width, height) of the rendered crops.
+    Train images whose alt text is empty are skipped (a captionless image cannot be a training pair).
+    """
+    from curation.synthweb.dataset import iter_identity_dataset
+
+    dataset_dir = Path(root) / "RSTPReid"
+    images_dir = dataset_dir / "imgs"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    records, noise_words = [], {}
+    splits = (("train", 0, train_identities), ("val", train_identities, val_identities),
+              ("test", train_identities + val_identities, test_identities))
+    for split, first, count in splits:
+        for number, sample in enumerate(iter_identity_dataset(count, images_per_identity, seed, size, first)):
+            name = f"{split}/{sample.identity:05d}_{number % images_per_identity:02d}.jpg"
+            if split == "train" and train_captions == "alt_text":
+                caption, flags = sample.alt_text, list(sample.noise_words)
+            else:
+                caption, flags = sample.clean_caption, [False] * len(sample.clean_caption.split())
+            if not caption.strip():
+                continue
+            (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            sample.image.save(images_dir / name, quality=95)
+            records.append({"id": sample.identity, "img_path": name, "captions": [caption], "split": split})
+            if split == "train":
+                noise_words[name] = {"caption": caption, "noise": flags}
+    if not records:
+        raise GadmsError(f"{dataset_dir}: no identities to write")
+    (dataset_dir / "data_captions.json").write_text(json.dumps(records, indent=0), encoding="utf-8")
+    (dataset_dir / "noise_words.json").write_text(json.dumps(noise_words), encoding="utf-8")
+    return dataset_dir

@@ -1,0 +1,84 @@
+"""The training job's config: one YAML file, validated (unknown keys rejected), saved beside the run's outputs.
+
+Pre-training (GA-DMS on WebPerson) and fine-tuning (the IRRA recipe on a benchmark) differ in data and in
+`model.mode` (gadms | sdm | irra); `init_from` starts a fine-tune from a pre-training checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
+
+
+class DataConfig(BaseModel):
+    """Where training pairs come from.
+
+    kind webperson: `path` is a WebPerson output root (or its catalog.duckdb); complete shards only.
+    kind public: `path` is the public release: a Parquet file or folder, or the authors' JSON (images/ beside it).
+    kind benchmark: `path` is a benchmark root and `benchmark` its name; its train split is used.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["webperson", "public", "benchmark"]
+    path: str
+    benchmark: BenchmarkName | None = None
+
+    @model_validator(mode="after")
+    def _benchmark_named(self) -> "DataConfig":
+        if (self.kind == "benchmark") != (self.benchmark is not None):
+            raise ValueError("'benchmark' is required with kind 'benchmark' and only allowed with it")
+        return self
+
+
+class ValidationConfig(BaseModel):
+    """The benchmark split used for model selection: its val split, never test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: BenchmarkName
+    root: str
+    every_epochs: int = Field(1, ge=1)
+    metric: Literal["R1", "R5", "R10", "mAP", "mINP"] = "R1"
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-3
+    weight_decay: float = 4e-5
+    warmup_epochs: float = Field(5.0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    new_module_lr_factor: float = Field(1.0, gt=0, description="IRRA fine-tuning uses 5 for non-CLIP modules")
+    bias_lr_factor: float = Field(1.0, gt=0, description="IRRA fine-tuning uses 2 (and no decay) for biases")
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str
+    data: DataConfig
+    model: dict = Field(default_factory=dict, description="gadms_model.ModelConfig fields; num_classes comes from the data")
+    init_from: str | None = Field(None, description="checkpoint whose model weights start this run (fine-tuning)")
+    validation: ValidationConfig | None = Field(
+        None, description="model selection split; defaults to the training benchmark's val split when it has one"
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2, description="per process and micro-batch")
+    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (a fixed budget)")
+    num_workers: int = Field(2, ge=0)
+    shuffle_window: int = Field(8, ge=1, description="row groups shuffled together (streaming locality)")
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every_steps: int = Field(0, ge=0, description="0: at the end of each epoch only")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_steps: int = Field(10, ge=1, description="TensorBoard scalars; the JSONL file gets every step")
+    progress: bool = True

@@ -1,0 +1,391 @@
+"""The training loop: pre-training (GA-DMS) and fine-tuning (IRRA) from one TrainConfig, on CPU, one GPU or
+torchrun DDP.
+
+Exactness of `--resume`: the sampler order depends on (seed, epoch), each pair's augmentation on
+(seed, epoch, index), and each micro-batch's masking generator on (seed, rank, micro-step); checkpoints are
+written at optimiser-step boundaries with model, optimiser, scheduler, score store, counters and RNG states.
+A resumed run therefore repeats the uninterrupted run's losses step for step.
+
+Outputs under `output_dir`:
+    config.yaml                  the validated config
+    checkpoints/step-XXXXXXXX.pt full training state (the last `keep_checkpoints`)
+    best.pt                      model of the best validation epoch (when there is a validation split)
+    final.pt                     model at the end of training
+    metrics.jsonl                one line per optimiser step ("train") and per validation ("val")
+    tensorboard/                 the same scalars for TensorBoard
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from gadms_model.training import checkpoint as ckpt
+from gadms_model.training.config import TrainConfig
+from gadms_model.training.distributed import (
+    ProcessInfo,
+    barrier,
+    distributed,
+    gather_objects,
+    init_process,
+    mean_across_ranks,
+)
+from gadms_model.training.schedule import lr_factor
+from storage.configfile import dump_config, load_config
+from storage.errors import GadmsError
+
+# Fields that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = {"output_dir", "max_steps", "progress", "num_workers", "log_every_steps", "checkpoint_every_steps",
+                     "keep_checkpoints", "epochs"}
+
+
+@dataclass
+class TrainResult:
+    checkpoint_path: str  # best.pt when a validation split selected a model, else final.pt
+    metrics_path: str
+    best_metrics: dict | None  # validation metrics of checkpoint_path (None without validation)
+    last_checkpoint_path: str  # the latest full training checkpoint
+    steps: int
+
+
+def build_source(config: TrainConfig):
+    from gadms_model.data import BenchmarkSource, JsonImageSource, load_benchmark, public_parquet_source, webperson_source
+
+    data = config.data
+    if data.kind == "webperson":
+        return webperson_source(data.path)
+    if data.kind == "public":
+        return JsonImageSource(data.path) if data.path.endswith(".json") else public_parquet_source(data.path)
+    return BenchmarkSource(load_benchmark(data.benchmark, data.path).train)
+
+
+def validation_split(config: TrainConfig):
+    """(name, EvalSplit) used for model selection, or None. Always a val split, never test."""
+    from gadms_model.data import load_benchmark
+
+    if config.validation is not None:
+        split = load_benchmark(config.validation.dataset, config.validation.root).val
+        if split is None:
+            raise GadmsError(f"validation: {config.validation.dataset} has no val split (choose another dataset)")
+        return config.validation.dataset, split
+    if config.data.kind == "benchmark":
+        split = load_benchmark(config.data.benchmark, config.data.path).val
+        if split is not None:
+            return config.data.benchmark, split
+    return None
+
+
+def select_device(config: TrainConfig, process: ProcessInfo) -> torch.device:
+    kind = config.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise GadmsError("device: 'cuda' asked for, but no GPU is available")
+        return torch.device("cuda", process.local_rank)
+    return torch.device("cpu")
+
+
+def parameter_groups(model: torch.nn.Module, optim) -> list[dict]:
+    """IRRA's groups: CLIP towers at lr, new modules at lr × new_module_lr_factor; biases × bias_lr_factor and
+    without weight decay when bias_lr_factor != 1 (as in IRRA)."""
+    from gadms_model.towers import ClipTowers
+
+    backbone = {id(p) for m in model.modules() if isinstance(m, ClipTowers) for p in m.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            key = (id(parameter) in backbone, name.endswith(".bias"))
+            groups.setdefault(key, []).append(parameter)
+    result = []
+    for (is_backbone, is_bias), params in sorted(groups.items()):
+        lr = optim.lr * (1.0 if is_backbone else optim.new_module_lr_factor)
+        decay = optim.weight_decay
+        if is_bias and optim.bias_lr_factor != 1.0:
+            lr, decay = lr * optim.bias_lr_factor, 0.0
+        result.append({"params": params, "lr": lr, "weight_decay": decay})
+    return result
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines the interrupted run wrote after its last checkpoint."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _check_resumable(saved_path: Path, config: TrainConfig) -> None:
+    saved = load_config(saved_path, TrainConfig).model_dump(mode="json")
+    current = config.model_dump(mode="json")
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        raise GadmsError(f"{saved_path}: cannot resume with a different {', '.join(changed)} (run's saved config differs)")
+
+
+def _scalars(outputs: dict) -> dict[str, float]:
+    """One-number entries of the model's outputs; NaN marks a statistic with nothing to average this step."""
+    return {key: float(value.detach()) for key, value in outputs.items() if isinstance(value, torch.Tensor) and value.numel() == 1}
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train as `config` says; with `resume`, continue exactly from the latest checkpoint in output_dir."""
+    from gadms_model.data.loading import BlockShuffleSampler, TrainDataset, collate_pairs
+    from gadms_model.data.transforms import train_transform
+    from gadms_model.model import ModelConfig, build_model
+    from gadms_model.score_store import ScoreStore
+
+    probe_device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    process = init_process(probe_device)
+    device = select_device(config, process)
+    use_bf16 = device.type == "cuda" and config.precision != "fp32"
+    if config.precision == "bf16" and device.type != "cuda":
+        raise GadmsError("precision: 'bf16' needs a GPU (CPU training runs in fp32)")
+
+    output_dir = Path(config.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    config_path = output_dir / "config.yaml"
+    latest = ckpt.step_checkpoints(checkpoints_dir)[-1] if resume and ckpt.step_checkpoints(checkpoints_dir) else None
+    if resume and latest is None:
+        raise GadmsError(f"{checkpoints_dir}: nothing to resume from (no step-*.pt checkpoint)")
+    if resume and config_path.exists():
+        _check_resumable(config_path, config)
+    if not resume and ckpt.step_checkpoints(checkpoints_dir):
+        raise GadmsError(f"{output_dir}: holds checkpoints of an earlier run (use --resume, or a new output_dir)")
+    if process.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, config_path)
+    barrier()
+
+    source = build_source(config)
+    model_fields = dict(config.model)
+    if model_fields.get("mode") == "irra":
+        model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities
+    model_config = ModelConfig.model_validate(model_fields)
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    random.seed(config.seed)
+    model = build_model(model_config)
+    if config.init_from and latest is None:
+        _load_initial_weights(model, config.init_from)
+    model.to(device)
+
+    dataset = TrainDataset(source, train_transform(tuple(model_config.image_size)), seed=config.seed)
+    sampler = BlockShuffleSampler(source.blocks(), config.seed, process.world_size, process.rank, config.shuffle_window)
+    micro_per_epoch = len(sampler) // config.batch_size
+    steps_per_epoch = micro_per_epoch // config.grad_accum_steps
+    if steps_per_epoch < 1:
+        raise GadmsError(
+            f"data: {source.num_pairs} pairs give no optimiser step at batch_size {config.batch_size} × "
+            f"grad_accum_steps {config.grad_accum_steps} × {process.world_size} process(es)"
+        )
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps_run = min(total_steps, config.max_steps)
+    else:
+        total_steps_run = total_steps
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+
+    score_store = ScoreStore(source.num_pairs, model_config.context_length)
+    optimizer = torch.optim.Adam(
+        parameter_groups(model, config.optim), lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, config.optim.warmup_start_factor)
+    )
+
+    step, epoch, step_in_epoch = 0, 0, 0
+    best_metrics, best_score = None, float("-inf")
+    if latest is not None:
+        state = ckpt.load(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        score_store.load_state_dict(state["score_store"])
+        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        best_metrics = state.get("best_metrics") or None
+        best_score = state.get("best_score", float("-inf"))
+        rng = state["rng"]
+        ckpt.set_rng_state(rng[process.rank] if len(rng) == process.world_size else rng[0])
+
+    train_model = model
+    if distributed():
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    validation = validation_split(config)
+    metrics_log = JsonlLog(output_dir / "metrics.jsonl", process.is_main)
+    if latest is not None:
+        metrics_log.truncate_after(step)
+    writer = None
+    if process.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step if latest is not None else None)
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=total_steps_run, initial=step, desc="train", unit="step",
+                    disable=not (config.progress and process.is_main), dynamic_ncols=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    def save_training_checkpoint() -> Path:
+        rng_states = gather_objects(ckpt.rng_state())
+        # Every rank's store must hold the same scores (they are all-gathered each step): record each rank's digest.
+        store_digests = gather_objects(hashlib.sha256(score_store.scores.cpu().numpy().tobytes()).hexdigest())
+        path = ckpt.step_path(checkpoints_dir, step)
+        if process.is_main:
+            ckpt.save(
+                {
+                    "model_config": model_config.model_dump(mode="json"),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "score_store": score_store.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "rng": rng_states,
+                    "score_store_sha256": store_digests,
+                    "best_metrics": best_metrics or {},
+                    "best_score": best_score,
+                    "train_config": config.model_dump(mode="json"),
+                },
+                path,
+            )
+            for old in ckpt.step_checkpoints(checkpoints_dir)[: -config.keep_checkpoints]:
+                old.unlink()
+        barrier()
+        return path
+
+    last_path = latest
+    started = time.time()
+    while epoch < config.epochs and step < total_steps_run:
+        sampler.set_epoch(epoch, start=step_in_epoch * config.grad_accum_steps * config.batch_size)
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                            collate_fn=collate_pairs, drop_last=True, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        batches = iter(loader)
+        train_model.train()
+        while step_in_epoch < steps_per_epoch and step < total_steps_run:
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, list[float]] = {}
+            for micro in range(config.grad_accum_steps):
+                batch = next(batches)
+                micro_step = step * config.grad_accum_steps + micro
+                generator = torch.Generator(device=device).manual_seed(
+                    (config.seed * 1_000_003 + process.rank * 1_009 + micro_step * 7_919) % (2**63)
+                )
+                text_ids = model.tokenizer(batch["caption"]).to(device, non_blocking=True)
+                last_micro = micro == config.grad_accum_steps - 1
+                sync = train_model.no_sync() if distributed() and not last_micro else nullcontext()
+                with sync:
+                    with autocast:
+                        outputs = train_model(
+                            batch["image"].to(device, non_blocking=True),
+                            text_ids,
+                            batch["pid"].to(device),
+                            caption_ids=batch["caption_id"].to(device),
+                            score_store=score_store,
+                            generator=generator,
+                        )
+                    (outputs["loss"] / config.grad_accum_steps).backward()
+                for key, value in _scalars(outputs).items():
+                    sums.setdefault(key, []).append(value)
+            if config.optim.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            step_in_epoch += 1
+            scalars = mean_across_ranks(sums, device)
+            log_scalars = {key: value for key, value in scalars.items() if math.isfinite(value)}
+            if not math.isfinite(scalars["loss"]):
+                raise GadmsError(f"step {step}: non-finite loss {scalars['loss']} (lower optim.lr?)")
+            metrics_log.write({"kind": "train", "step": step, "epoch": epoch, "lr": lr, **log_scalars})
+            if writer is not None and (step % config.log_every_steps == 0 or step == 1):
+                for key, value in log_scalars.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/lr", lr, step)
+            progress.set_postfix(loss=f"{scalars['loss']:.4f}", epoch=epoch)
+            progress.update(1)
+            end_of_epoch = step_in_epoch == steps_per_epoch
+            if end_of_epoch:
+                epoch, step_in_epoch = epoch + 1, 0
+                every = config.validation.every_epochs if config.validation else 1
+                if validation is not None and (epoch % every == 0 or epoch == config.epochs):
+                    best_metrics, best_score = _validate(
+                        model, validation, config, device, process, step, epoch, metrics_log, writer,
+                        best_metrics, best_score, model_config,
+                    )
+            if end_of_epoch or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) \
+                    or step == total_steps_run:
+                last_path = save_training_checkpoint()
+            if end_of_epoch:
+                break
+        del batches, loader
+    progress.close()
+
+    final_path = output_dir / "final.pt"
+    if process.is_main:
+        ckpt.save({"model_config": model_config.model_dump(mode="json"), "model": model.state_dict(), "step": step},
+                  final_path)
+        if writer is not None:
+            writer.close()
+    barrier()
+    best_path = output_dir / "best.pt"
+    chosen = best_path if validation is not None and best_path.exists() else final_path
+    if process.is_main and config.progress:
+        print(f"trained {step} steps in {time.time() - started:.0f} s; model: {chosen}")
+    return TrainResult(str(chosen), str(output_dir / "metrics.jsonl"), best_metrics, str(last_path), step)
+
+
+def _validate(model, validation, config, device, process, step, epoch, metrics_log, writer, best_metrics,
+              best_score, model_config):
+    """Evaluate on the val split (rank 0); keep best.pt by the configured metric. Other ranks wait."""
+    from gadms_model.evaluation.runner import evaluate_split
+
+    name, split = validation
+    metric = config.validation.metric if config.validation else "R1"
+    if process.is_main:
+        metrics = evaluate_split(model, split, device, batch_size=config.batch_size, progress=config.progress)
+        metrics_log.write({"kind": "val", "step": step, "epoch": epoch, "dataset": name, **metrics})
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"val/{key}", value, step)
+        if metrics[metric] > best_score:
+            best_metrics, best_score = {**metrics, "step": step, "epoch": epoch}, metrics[metric]
+            ckpt.save({"model_config": model_config.model_dump(mode="json"), "model": model.state_dict(),
+                       "step": step, "metrics": metrics}, Path(config.output_dir) / "best.pt")
+        model.train()
+    best_metrics, best_score = gather_objects((best_metrics, best_score))[0]
+    return best_metrics, best_score
+
+
+def _load_initial_weights(model: torch.nn.Module, path: str) -> None:
+    """Model weights of a (pre-training) checkpoint; parameters whose shape differs (the ID classifier of a
+    different number of identities) keep their fresh initialisation."""
+    state = ckpt.load(path)["model"]
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(compatible, strict=False)

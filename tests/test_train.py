@@ -1,0 +1,110 @@
+"""The trainer: exact resume, checkpoints that load with weights_only, config validation, 2-process DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gadms_model.data.synthetic import write_synthetic_benchmark
+from gadms_model.model import ModelConfig
+from gadms_model.training import TrainConfig, train
+from storage.configfile import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_benchmark(root, train_identities=6, val_identities=3, test_identities=3, images_per_identity=3, seed=1)
+    return root
+
+
+def config_for(root: Path, output_dir: Path, **overrides) -> TrainConfig:
+    values = dict(
+        output_dir=str(output_dir),
+        data={"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
+        model=ModelConfig.tiny(mode="gadms").model_dump(mode="json"),
+        epochs=2,
+        batch_size=4,
+        num_workers=0,
+        seed=3,
+        optim={"lr": 5e-4, "warmup_epochs": 1},
+        keep_checkpoints=10,
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig.model_validate(values)
+
+
+def losses(metrics_path) -> list[tuple[int, float, float]]:
+    lines = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
+    return [(r["step"], r["loss"], r["lr"]) for r in lines if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_resume_repeats_the_uninterrupted_loss_sequence(synthetic_root, tmp_path):
+    uninterrupted = train(config_for(synthetic_root, tmp_path / "a"))
+    expected = losses(uninterrupted.metrics_path)
+    assert [step for step, _, _ in expected] == list(range(1, uninterrupted.steps + 1))
+    assert uninterrupted.steps == 8  # 17 captions → 4 steps of 4 per epoch, 2 epochs
+
+    # Interrupted after step 3 (mid-epoch), then resumed from its checkpoint.
+    interrupted = train(config_for(synthetic_root, tmp_path / "b", max_steps=3))
+    assert interrupted.steps == 3 and Path(interrupted.last_checkpoint_path).name == "step-00000003.pt"
+    resumed = train(config_for(synthetic_root, tmp_path / "b"), resume=True)
+    assert resumed.steps == 8
+    assert losses(resumed.metrics_path) == expected  # bit-identical, lr schedule included
+
+    state = torch.load(resumed.last_checkpoint_path, weights_only=True)
+    assert state["step"] == 8 and state["epoch"] == 2 and state["step_in_epoch"] == 0
+    assert {"model", "optimizer", "scheduler", "score_store", "rng", "model_config"} <= set(state)
+    assert (state["score_store"]["scores"] != torch.tensor(0.85, dtype=torch.float16)).any()
+    # Model selection used the val split: best.pt carries its validation metrics.
+    best = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert Path(resumed.checkpoint_path).name == "best.pt"
+    assert best["metrics"] == {k: v for k, v in resumed.best_metrics.items() if k not in ("step", "epoch")}
+
+
+def test_config_rejects_unknown_keys_and_is_saved_beside_outputs(synthetic_root, tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {"kind": "benchmark", "path": str(synthetic_root), "benchmark": "rstpreid"}, "learning_rate": 1e-4}))
+    with pytest.raises(ConfigError, match=r"train.yaml: field 'learning_rate': Extra inputs are not permitted"):
+        load_config(path, TrainConfig)
+    path.write_text(yaml.safe_dump({"output_dir": "x", "data": {"kind": "benchmark", "path": "y"}}))
+    with pytest.raises(ConfigError, match=r"field 'data': Value error, 'benchmark' is required with kind 'benchmark'"):
+        load_config(path, TrainConfig)
+
+
+def test_resume_refuses_a_changed_config_and_a_fresh_start_refuses_old_checkpoints(synthetic_root, tmp_path):
+    train(config_for(synthetic_root, tmp_path / "run", max_steps=1, epochs=1))
+    with pytest.raises(Exception, match=r"holds checkpoints of an earlier run"):
+        train(config_for(synthetic_root, tmp_path / "run", epochs=1))
+    with pytest.raises(Exception, match=r"config.yaml: cannot resume with a different seed"):
+        train(config_for(synthetic_root, tmp_path / "run", epochs=1, seed=4), resume=True)
+    with pytest.raises(Exception, match=r"nothing to resume from"):
+        train(config_for(synthetic_root, tmp_path / "fresh"), resume=True)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_path):
+    config = config_for(synthetic_root, tmp_path / "ddp", epochs=1, batch_size=2, checkpoint_every_steps=2)
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731",
+               "-m", "gadms_model.cli", "train", "--config", str(config_path)]
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    checkpoints = sorted((tmp_path / "ddp" / "checkpoints").glob("step-*.pt"))
+    state = torch.load(checkpoints[-1], weights_only=True)
+    assert state["step"] == 4  # 17 captions over 2 ranks → 9 each → 4 batches of 2 per rank
+    assert len(state["rng"]) == 2
+    first, second = state["score_store_sha256"]
+    assert first == second
+    scored = (state["score_store"]["scores"] != torch.tensor(0.85, dtype=torch.float16)).any(1)
+    assert int(scored.sum()) == 16  # every caption either rank saw (4 steps × 2 ranks × 2) is in both stores
