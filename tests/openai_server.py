@@ -97,6 +97,8 @@ class VllmStandIn:
         self.chat_requests: list[dict] = []
         self.request_times: list[float] = []
         self.embedding_requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -131,6 +133,14 @@ class VllmStandIn:
         return "A woman in a red T-shirt and blue jeans is walking forward."
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat_answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat_answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.chat_requests.append(body)
         self.request_times.append(time.monotonic())

@@ -12,22 +12,23 @@ import re
 from curation.caption.quality import words
 
 SPAM_PHRASES = (
-    "buy now", "buy online", "shop now", "order now", "click here", "free shipping", "free download", "best price",
-    "cheap", "discount", "sale", "deal", "deals", "coupon", "promo", "% off", "stock photo", "stock image",
-    "royalty free", "royalty-free", "wallpaper", "hd", "4k", "1080p", "download", "subscribe", "follow us",
-    "copyright", "all rights reserved", "getty images", "shutterstock", "istock", "alamy", "seo",
+    "buy now", "buy online", "shop now", "shop the look", "order now", "click here", "free shipping",
+    "free download", "best price", "cheap", "deals online", "discount", "sale", "deals", "coupon", "promo",
+    "limited offer", "new collection", "new arrivals", "trending now", "top 10", "outfit ideas", "outfits",
+    "fashion blog", "stock photo", "stock image", "royalty free", "royalty-free", "image", "wallpaper", "hd", "4k",
+    "1080p", "download", "subscribe", "follow us", "copyright", "all rights reserved", "getty images",
+    "shutterstock", "istock", "alamy", "untitled",
 )
+_SPAM_RE = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in SPAM_PHRASES) + r")(?!\w)", re.IGNORECASE)
 _SEPARATORS_RE = re.compile(r"\s*(?:\||•|·|»|«|;|\s-\s|\s–\s|\s—\s|::|/{2,}|\n)\s*")
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+\.\w+", re.IGNORECASE)
-_FILE_RE = re.compile(r"\b[\w-]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)\b|\b(?:img|dsc|dscn|pxl|image)[_-]?\d+\b", re.I)
+_FILE_RE = re.compile(
+    r"[\w()-]+(?: \(\d+\))?\.(?:jpe?g|png|gif|webp|bmp|tiff?)\b|\b(?:img|dsc|dscn|pxl|p|image)[_-]?\d+\b", re.I
+)
+_PERCENT_RE = re.compile(r"[-+]?\d+\s*%")
 _TAG_RE = re.compile(r"<[^>]*>|[#@]\w+")
 _NUMBER_RE = re.compile(r"\b\d{3,}\b")
 _REPEAT_RE = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
-
-
-def _is_spam(segment: str) -> bool:
-    lower = segment.lower()
-    return any(re.search(rf"(?<!\w){re.escape(p)}(?!\w)", lower) for p in SPAM_PHRASES)
 
 
 def _is_keyword_list(segment: str) -> bool:
@@ -45,11 +46,16 @@ def clean_alt_text(alt_text: str) -> str:
     kept: list[str] = []
     seen: set[str] = set()
     for segment in _SEPARATORS_RE.split(text):
+        if _is_keyword_list(segment):
+            continue
+        segment = _SPAM_RE.sub(" ", _PERCENT_RE.sub(" ", segment))
         segment = _NUMBER_RE.sub(" ", segment)
         segment = re.sub(r"[_*~^=+<>{}\[\]]+", " ", segment)
-        segment = _REPEAT_RE.sub(r"\1", " ".join(segment.split())).strip(" ,.:!?-")
+        # Words in other scripts or with accents are not part of an English description.
+        segment = " ".join(w for w in segment.split() if all(c.isascii() for c in w))
+        segment = re.sub(r"\s+([,.:;!?])", r"\1", _REPEAT_RE.sub(r"\1", segment)).strip(" ,.:!?-")
         key = segment.lower()
-        if not words(segment) or _is_spam(segment) or _is_keyword_list(segment) or key in seen:
+        if not words(segment) or key in seen:
             continue
         seen.add(key)
         kept.append(segment)

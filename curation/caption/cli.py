@@ -1,0 +1,128 @@
+"""`gadms caption`: filter and caption the person crops of a Parquet file.
+
+    gadms caption --crops crops.parquet --out captions/ [--config caption.yaml] [--backend alt-text]
+
+Writes <out>/captions.parquet (sample_id, caption1, caption2, caption_model, caption_backend, template_id,
+prompt_version), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
+model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
+"""
+from __future__ import annotations
+
+import argparse
+
+CROP_BATCH = 512  # crops read, captioned and written per step; bounds memory on big files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crops", required=True, help="Parquet file of person crops (PersonCrop columns; "
+                        "sample_id and image are required)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", help="CaptionConfig YAML/JSON file")
+    parser.add_argument("--backend", choices=("openai", "transformers", "alt-text"), help="overrides the config")
+    parser.add_argument("--endpoint", action="append", help="OpenAI-compatible base URL, e.g. "
+                        "http://127.0.0.1:8000/v1 (repeatable; overrides the config)")
+    parser.add_argument("--model", action="append", help="served model name (repeatable; overrides the config)")
+    parser.add_argument("--cache-dir", help="request cache folder (default: <out>/cache)")
+    parser.add_argument("--limit", type=int, help="caption only the first N crops")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from curation.caption.config import CaptionConfig
+    from curation.caption.pipeline import caption_crops
+    from storage.configfile import dump_config, load_config, validate_config
+    from storage.errors import GadmsError
+    from storage.schema import REJECT_SCHEMA
+
+    overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
+                                               ("models", args.model)) if value}
+    config = load_config(args.config, CaptionConfig, overrides) if args.config \
+        else validate_config(overrides, CaptionConfig, "command line")
+    try:
+        crops_file = pq.ParquetFile(args.crops)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise GadmsError(f"{args.crops}: cannot read Parquet: {exc}") from None
+    columns = set(crops_file.schema_arrow.names)
+    missing = {"sample_id", "image"} - columns
+    if missing:
+        raise GadmsError(f"{args.crops}: missing column(s) {', '.join(sorted(missing))}")
+    total = crops_file.metadata.num_rows if args.limit is None else min(args.limit, crops_file.metadata.num_rows)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "caption_config.yaml")
+    run_id = "caption-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    caption_rows: list[dict] = []
+    reject_rows: list[dict] = []
+    done = 0
+    with tqdm(total=total, unit="crop", desc=f"caption ({config.backend})") as bar:
+        for batch in crops_file.iter_batches(batch_size=CROP_BATCH):
+            crops = [_crop_from_row(row) for row in batch.to_pylist()][: total - done]
+            if not crops:
+                break
+            captions, rejects = caption_crops(crops, config, args.cache_dir or out / "cache", progress=bar.update)
+            caption_rows += [vars(c) for c in captions]
+            reject_rows += [{"url": r.url, "sample_id": r.sample_id, "stage": r.stage, "reason": r.reason,
+                             "detail": r.detail, "shard_id": None, "run_id": run_id, "created_at": now}
+                            for r in rejects]
+            done += len(crops)
+
+    _write_atomically(pa.Table.from_pylist(caption_rows, schema=_captions_schema()), out / "captions.parquet")
+    _write_atomically(pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA), out / "rejects.parquet")
+    print(f"{done} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
+    if reject_rows:
+        from collections import Counter
+
+        counts = Counter(f"{r['stage']}/{r['reason']}" for r in reject_rows)
+        print("rejects: " + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
+    return 0
+
+
+def _crop_from_row(row: dict):
+    import hashlib
+
+    from storage.records import PersonCrop
+
+    image = row["image"]
+    return PersonCrop(
+        sample_id=row["sample_id"],
+        source_url=row.get("source_url") or "",
+        page_url=row.get("page_url") or "",
+        alt_text=row.get("alt_text") or "",
+        source_sha256=row.get("source_sha256") or "",
+        image=image,
+        width=row.get("width") or 0,
+        height=row.get("height") or 0,
+        bbox=tuple(row.get("bbox") or (0.0, 0.0, 0.0, 0.0)),
+        det_score=row.get("det_score") or 0.0,
+        keypoints=row.get("keypoints"),
+        phash=row.get("phash") or 0,
+        crop_sha256=row.get("crop_sha256") or hashlib.sha256(image).hexdigest(),
+    )
+
+
+def _write_atomically(table, path) -> None:
+    import os
+
+    import pyarrow.parquet as pq
+
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
+
+
+def _captions_schema():
+    """Column for column the caption fields of storage.schema.SHARD_SCHEMA (all strings)."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.string()) for name in (
+        "sample_id", "caption1", "caption2", "caption_model", "caption_backend", "template_id", "prompt_version")])
+
