@@ -1,0 +1,47 @@
+"""Decode a downloaded image once: pixel limit re-checked from the header, EXIF orientation applied, RGB array."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Transparent areas become white rather than the black that a plain RGB conversion gives.
+_BACKGROUND = (255, 255, 255)
+
+
+class DecodeError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """H×W×3 uint8 RGB pixels of `data`. Raises DecodeError("too_many_pixels" | "decode_error", detail)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DecodeError("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+                image.load()
+                return _to_rgb(ImageOps.exif_transpose(image))
+    except DecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError,
+        # and some malformed headers as SyntaxError / ValueError.
+        raise DecodeError("decode_error", f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        image = Image.alpha_composite(canvas, rgba)
+    if image.mode in ("I;16", "I"):  # 16-bit grey: keep the high byte, as ultralytics and OpenCV do
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))

@@ -1,0 +1,158 @@
+"""The detection stage: downloads → decoded once → person candidates → rules → crops, and a reject per loss."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from curation.dedup.phash import phash64
+from curation.detect.backends import Candidate, HogBackend, YoloBackend
+from curation.detect.config import DetectConfig
+from curation.detect.crop import crop_region, encode_jpeg
+from curation.detect.decode import DecodeError, decode_image
+from curation.detect.rules import box_reject, crowd_reject, pose_reject, score_reject
+from storage.records import Download, PersonCrop, Reject, make_sample_id
+
+
+class PersonDetector:
+    """The configured detector (yolo or hog), loaded once and reused for every chunk."""
+
+    def __init__(self, config: DetectConfig | None = None):
+        self.config = config or DetectConfig()
+        self.backend = YoloBackend(self.config) if self.config.backend == "yolo" else HogBackend(self.config)
+
+    @property
+    def separate_pose_model(self) -> bool:
+        return self.config.uses_pose and not self.backend.keypoints_from_detector
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
+        """Person candidates per RGB image (boxes in source pixels, keypoints when the detector has them)."""
+        return self.backend.detect(images)
+
+    def pose(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Keypoints (crop pixels) from the separate pose model, batched."""
+        found = []
+        for start in range(0, len(crops), self.config.batch_size):
+            found += self.backend.pose(crops[start : start + self.config.batch_size])
+        return found
+
+
+@dataclass
+class _Person:
+    """A person that passed the box rules and waits for the pose check."""
+
+    download: Download
+    candidate: Candidate
+    pixels: np.ndarray  # the crop, a view into the decoded source
+    origin: tuple[int, int]  # crop's top-left corner in source pixels
+
+
+def detect_persons(
+    downloads: list[Download], detector: PersonDetector, on_image: Callable[[int], None] | None = None
+) -> tuple[list[PersonCrop], list[Reject]]:
+    """One PersonCrop per kept person, one Reject per lost image or person, in download order.
+
+    Works through `batch_size` downloads at a time, so memory holds one batch of decoded images.
+    `on_image(n)` is called as images finish (for progress bars).
+    """
+    crops: list[PersonCrop] = []
+    rejects: list[Reject] = []
+    size = detector.config.batch_size
+    for start in range(0, len(downloads), size):
+        batch = downloads[start : start + size]
+        batch_crops, batch_rejects = _detect_batch(batch, detector)
+        crops += batch_crops
+        rejects += batch_rejects
+        if on_image is not None:
+            on_image(len(batch))
+    return crops, rejects
+
+
+def _detect_batch(downloads: list[Download], detector: PersonDetector) -> tuple[list[PersonCrop], list[Reject]]:
+    config = detector.config
+    rejects: list[Reject] = []
+    decoded: list[tuple[Download, np.ndarray]] = []
+    for download in downloads:
+        try:
+            decoded.append((download, decode_image(download.data, config.max_pixels)))
+        except DecodeError as exc:
+            rejects.append(Reject(stage="decode", reason=exc.reason, url=download.url, detail=exc.detail))
+
+    persons: list[_Person] = []
+    for (download, pixels), candidates in zip(decoded, detector.detect([p for _, p in decoded])):
+        persons += _apply_box_rules(download, pixels, candidates, config, rejects)
+
+    if detector.separate_pose_model:
+        for person, keypoints in zip(persons, detector.pose([p.pixels for p in persons])):
+            if keypoints is not None:
+                keypoints = keypoints.copy()
+                keypoints[:, 0] += person.origin[0]
+                keypoints[:, 1] += person.origin[1]
+            person.candidate.keypoints = keypoints
+
+    crops = []
+    for person in persons:
+        sample_id = make_sample_id(person.download.sha256, person.candidate.box)
+        if config.uses_pose:
+            if person.candidate.keypoints is None:
+                rejects.append(_person_reject("pose", ("no_pose", "pose model found no person in the crop"), person.download, sample_id))
+                continue
+            failed = pose_reject(person.candidate.keypoints, config)
+            if failed:
+                rejects.append(_person_reject("pose", failed, person.download, sample_id))
+                continue
+        crops.append(_make_crop(person, sample_id, config))
+    return crops, rejects
+
+
+def _apply_box_rules(
+    download: Download, pixels: np.ndarray, candidates: list[Candidate], config: DetectConfig, rejects: list[Reject]
+) -> list[_Person]:
+    if not candidates:
+        rejects.append(Reject(stage="detect", reason="no_person", url=download.url))
+        return []
+    height, width = pixels.shape[:2]
+    confident = []
+    for candidate in candidates:
+        failed = score_reject(candidate.score, config)
+        if failed:
+            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+        else:
+            confident.append(candidate)
+    crowd = crowd_reject(len(confident), config)
+    passed = []
+    for candidate in confident:
+        failed = crowd or box_reject(candidate.box, (width, height), config)
+        if failed:
+            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+            continue
+        x1, y1, x2, y2 = crop_region(candidate.box, (width, height), config.crop_margin)
+        passed.append(_Person(download, candidate, pixels[y1:y2, x1:x2], (x1, y1)))
+    return passed
+
+
+def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonCrop:
+    image = encode_jpeg(person.pixels, config.jpeg_quality)
+    keypoints = person.candidate.keypoints
+    return PersonCrop(
+        sample_id=sample_id,
+        source_url=person.download.url,
+        page_url=person.download.page_url,
+        alt_text=person.download.alt_text,
+        source_sha256=person.download.sha256,
+        image=image,
+        width=person.pixels.shape[1],
+        height=person.pixels.shape[0],
+        bbox=tuple(float(v) for v in person.candidate.box),
+        det_score=person.candidate.score,
+        keypoints=None if keypoints is None else [float(v) for v in np.asarray(keypoints).ravel()],
+        phash=phash64(person.pixels),
+        crop_sha256=hashlib.sha256(image).hexdigest(),
+    )
+
+
+def _person_reject(stage: str, failed: tuple[str, str], download: Download, sample_id: str) -> Reject:
+    reason, detail = failed
+    return Reject(stage=stage, reason=reason, url=download.url, sample_id=sample_id, detail=detail)
