@@ -1,0 +1,256 @@
+"""`crawl_chunk`: download one chunk of URLs; every row ends as one Download or one Reject.
+
+Rows already in the chunk's state folder are skipped (resume). The rest are fetched by one asyncio loop, or by
+several worker processes when the chunk is large (aiohttp costs ~0.3 ms of CPU per request, so one core caps
+the rate). Within a loop each host gets as many "lanes" as it may have requests in flight, so a slow or
+rate-limited host never holds slots other hosts could use.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import queue as queue_module
+import time
+import zlib
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
+from typing import Callable
+
+from yarl import URL
+
+from curation.crawl.config import CrawlConfig
+from curation.crawl.fetcher import IMAGE_ACCEPT, Fetcher, FetchFailure, host_key, parse_url
+from curation.crawl.imageinfo import ImageCheckError, inspect_image
+from curation.crawl.loop import run_sync
+from curation.crawl.robots import RobotsCache
+from curation.crawl.state import Outcome, SegmentWriter, load_outcomes, open_chunk_state
+from storage.records import Download, Reject, UrlRecord
+
+log = logging.getLogger(__name__)
+
+STAGE = "crawl"
+PROGRESS_EVERY_S = 0.25
+
+# (downloaded, rejected) since the last call; sha256 duplicates are only known at the end and count as downloaded.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class CrawlResult:
+    downloads: list[Download]
+    rejects: list[Reject]
+
+    def reason_counts(self) -> dict[str, int]:
+        return dict(Counter(r.reason for r in self.rejects).most_common())
+
+
+@dataclass
+class _WorkerPlan:
+    """How one event loop (in this process or a worker) shares the chunk's limits."""
+
+    concurrency: int
+    per_host_concurrency: int
+    delay_scale: float  # a host split over k loops keeps its rate when each loop waits k times longer
+
+
+def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
+                progress: ProgressCallback | None = None, robots_cache: RobotsCache | None = None) -> CrawlResult:
+    """Download `urls` (one chunk) politely and safely, resuming from `state_dir`.
+
+    Every input row ends in exactly one of `downloads` / `rejects` (stage "crawl"), in input order. Repeated URLs
+    are fetched once (later rows: `duplicate_url`); identical bytes are kept once (later rows:
+    `duplicate_sha256`, detail = the kept URL). `robots_cache` lets several chunks share fetched robots.txt.
+    """
+    urls = list(urls)
+    robots_cache = robots_cache if robots_cache is not None else RobotsCache(config.robots_cache_ttl_s)
+    open_chunk_state(state_dir, urls)
+    done = load_outcomes(state_dir)
+    first_row: dict[str, int] = {}
+    todo: list[tuple[int, UrlRecord]] = []
+    for index, record in enumerate(urls):
+        if first_row.setdefault(record.url, index) == index and index not in done:
+            todo.append((index, record))
+    if progress is not None:
+        finished = len(urls) - len(todo)
+        ok = sum(1 for o in done.values() if o.reason is None)
+        progress(ok, finished - ok)
+    if todo:
+        _run(todo, config, state_dir, robots_cache, progress)
+        done = load_outcomes(state_dir)
+    return _assemble(urls, done, first_row)
+
+
+def _assemble(urls: list[UrlRecord], done: dict[int, Outcome], first_row: dict[str, int]) -> CrawlResult:
+    downloads: list[Download] = []
+    rejects: list[Reject] = []
+    kept_url_by_sha: dict[str, str] = {}
+    for index, record in enumerate(urls):
+        first = first_row[record.url]
+        if first != index:
+            rejects.append(Reject(STAGE, "duplicate_url", record.url, detail=f"same URL as row {first}"))
+            continue
+        outcome = done.get(index)
+        if outcome is None:
+            raise RuntimeError(f"crawl: row {index} ({record.url}) has no outcome after the run")
+        if outcome.reason is not None:
+            rejects.append(Reject(STAGE, outcome.reason, record.url, detail=outcome.detail))
+        elif outcome.sha256 in kept_url_by_sha:
+            rejects.append(Reject(STAGE, "duplicate_sha256", record.url, detail=kept_url_by_sha[outcome.sha256]))
+        else:
+            kept_url_by_sha[outcome.sha256] = record.url
+            downloads.append(Download(
+                url=record.url, page_url=record.page_url, alt_text=record.alt_text, data=outcome.data,
+                sha256=outcome.sha256, mime=outcome.mime, width=outcome.width, height=outcome.height,
+            ))
+    return CrawlResult(downloads, rejects)
+
+
+def _run(todo: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str, robots_cache: RobotsCache,
+         progress: ProgressCallback | None) -> None:
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(todo) // config.min_urls_per_worker))
+    # A host may be split over several loops only when it has no delay between requests to keep exact.
+    split = min(workers, config.per_host_concurrency) if config.per_host_min_delay_s == 0 else 1
+    plan = _WorkerPlan(math.ceil(config.concurrency / workers), config.per_host_concurrency // split, split)
+    if workers == 1:
+        on_outcome = _progress_adapter(progress) if progress else None
+        run_sync(crawl_items(todo, config, state_dir, robots_cache, plan, "w0", on_outcome))
+        if on_outcome is not None:
+            on_outcome(None)
+        return
+    _run_workers(_assign(todo, workers, split), config, state_dir, robots_cache, plan, progress)
+
+
+def _progress_adapter(progress: ProgressCallback) -> Callable[[Outcome | None], None]:
+    """Batches per-outcome calls into a few progress calls a second; call with None to flush."""
+    counts = [0, 0]
+    last = [time.monotonic()]
+
+    def on_outcome(outcome: Outcome | None) -> None:
+        if outcome is not None:
+            counts[outcome.reason is not None] += 1
+        now = time.monotonic()
+        if outcome is None or now - last[0] >= PROGRESS_EVERY_S:
+            if counts != [0, 0]:
+                progress(counts[0], counts[1])
+            counts[:] = [0, 0]
+            last[0] = now
+
+    return on_outcome
+
+
+def _assign(todo: list[tuple[int, UrlRecord]], workers: int, split: int) -> list[list[tuple[int, UrlRecord]]]:
+    """Rows per worker: a host goes to `split` consecutive workers from a stable hash of its name."""
+    by_host: dict[str, list[tuple[int, UrlRecord]]] = defaultdict(list)
+    for item in todo:
+        try:
+            by_host[host_key(parse_url(item[1].url))].append(item)
+        except FetchFailure:
+            by_host[""].append(item)  # rejected as invalid_url by whichever worker gets it
+    shares: list[list[tuple[int, UrlRecord]]] = [[] for _ in range(workers)]
+    for host, items in by_host.items():
+        first = zlib.crc32(host.encode()) % workers
+        for j, item in enumerate(items):
+            shares[(first + j % split) % workers].append(item)
+    return [share for share in shares if share]
+
+
+async def crawl_items(items: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str,
+                      robots_cache: RobotsCache, plan: _WorkerPlan, writer_id: str,
+                      on_outcome: Callable[[Outcome], None] | None = None) -> None:
+    """Fetch `items` in one event loop, saving every outcome to the state folder."""
+    writer = SegmentWriter(state_dir, writer_id, config.state_flush_rows, config.state_flush_s)
+
+    def record(outcome: Outcome) -> None:
+        writer.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    queues: dict[str, deque[tuple[int, URL]]] = defaultdict(deque)
+    for index, url_record in items:
+        try:
+            url = parse_url(url_record.url)
+        except FetchFailure as failure:
+            record(Outcome(index, failure.reason, failure.detail))
+            continue
+        queues[host_key(url)].append((index, url))
+
+    async with Fetcher(config, robots_cache, plan.concurrency, plan.per_host_concurrency, plan.delay_scale) as fetcher:
+
+        async def lane(host_queue: deque[tuple[int, URL]]) -> None:
+            while host_queue:
+                index, url = host_queue.popleft()
+                record(await fetch_image(fetcher, index, url, config))
+
+        lanes = [
+            lane(host_queue)
+            for host_queue in queues.values()
+            for _ in range(min(plan.per_host_concurrency, len(host_queue)))
+        ]
+        await asyncio.gather(*lanes)
+    writer.flush()
+
+
+async def fetch_image(fetcher: Fetcher, index: int, url: URL, config: CrawlConfig) -> Outcome:
+    try:
+        response = await fetcher.get(url, max_bytes=config.max_bytes, accept=IMAGE_ACCEPT, check_opt_out=True)
+        info = inspect_image(response.body, config.image_formats, config.max_pixels)
+    except (FetchFailure, ImageCheckError) as failure:
+        return Outcome(index, failure.reason, failure.detail)
+    except Exception as exc:  # hostile input must not stop the chunk; the reject keeps what happened
+        log.warning("crawl: unexpected error on %s", url, exc_info=True)
+        return Outcome(index, "internal_error", f"{type(exc).__name__}: {exc}")
+    body = response.body
+    return Outcome(index, None, "", body, hashlib.sha256(body).hexdigest(), info.mime, info.width, info.height)
+
+
+def _worker_main(worker_id: int, items: list[tuple[int, UrlRecord]], config_json: str, state_dir: str,
+                 robots_cache: RobotsCache, plan: _WorkerPlan, messages: multiprocessing.Queue) -> None:
+    config = CrawlConfig.model_validate_json(config_json)
+    on_outcome = _progress_adapter(lambda ok, rejected: messages.put(("progress", ok, rejected)))
+    asyncio.run(crawl_items(items, config, state_dir, robots_cache, plan, f"w{worker_id}", on_outcome))
+    on_outcome(None)
+    messages.put(("done", worker_id, robots_cache))
+
+
+def _run_workers(shares: list[list[tuple[int, UrlRecord]]], config: CrawlConfig, state_dir: str,
+                 robots_cache: RobotsCache, plan: _WorkerPlan, progress: ProgressCallback | None) -> None:
+    # forkserver: forking a process that runs threads (Prefect, tqdm) can deadlock; spawn is slower to start.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    messages = context.Queue()
+    processes = [
+        context.Process(
+            target=_worker_main, name=f"crawl-worker-{i}", daemon=True,
+            args=(i, share, config.model_dump_json(), state_dir, robots_cache, plan, messages),
+        )
+        for i, share in enumerate(shares)
+    ]
+    for process in processes:
+        process.start()
+    finished: set[int] = set()
+    try:
+        while len(finished) < len(processes):
+            try:
+                message = messages.get(timeout=0.5)
+            except queue_module.Empty:
+                dead = [p for p in processes if not p.is_alive() and p.exitcode != 0]
+                if dead:
+                    raise RuntimeError(
+                        f"crawl worker {dead[0].name} exited with status {dead[0].exitcode}; "
+                        "finished rows are saved, rerun to resume"
+                    )
+                continue
+            if message[0] == "progress" and progress is not None:
+                progress(message[1], message[2])
+            elif message[0] == "done":
+                finished.add(message[1])
+                robots_cache.update(message[2])
+    finally:
+        for i, process in enumerate(processes):
+            if i not in finished and process.is_alive():
+                process.terminate()
+            process.join()

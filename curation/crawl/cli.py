@@ -1,0 +1,131 @@
+"""`gadms crawl`: download images from URL lists (--urls) or seed pages (--seed) into Parquet under --out.
+
+    gadms crawl --urls urls.parquet --out crawl_out [--config crawl.yaml]
+    gadms crawl --seed https://example.org/gallery/ --out crawl_out --config crawl.yaml
+
+The list is cut into chunks of `chunk_size` URLs; each chunk writes <out>/downloads/<chunk>.parquet and
+<out>/rejects/<chunk>.parquet when it is done and keeps its progress under <out>/work/crawl/<chunk>/ meanwhile.
+Rerunning the same command skips finished chunks and resumes the interrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--urls", metavar="FILE_OR_DIR",
+                        help="URL list: csv/tsv/jsonl(.gz) or parquet, a file or a folder, local or fsspec URL")
+    source.add_argument("--seed", metavar="URL", nargs="+", help="seed page(s) to crawl for <img> tags")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reruns resume)")
+    parser.add_argument("--config", metavar="FILE", help="YAML/JSON CrawlConfig (see curation/crawl/config.py)")
+    parser.add_argument("--allow-private", metavar="CIDR_OR_HOST", nargs="+", default=[],
+                        help="also allow these non-public addresses, e.g. 127.0.0.1 for a local test site")
+    parser.add_argument("--workers", type=int, metavar="N", help="processes (default: config, 0 = one per core)")
+    parser.add_argument("--url-column", metavar="NAME", help="URL column (default: config's url_column)")
+    parser.add_argument("--caption-column", metavar="NAME", help="caption column (default: config's caption_column)")
+    parser.add_argument("--run-id", metavar="ID", help="run id written to the outputs (default: a new one)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import itertools
+    import logging
+    import uuid
+
+    from tqdm import tqdm
+
+    from curation.crawl import CrawlConfig, crawl_chunk, read_url_list
+    from curation.crawl.output import downloads_path, rejects_path, write_downloads, write_rejects
+    from curation.crawl.robots import RobotsCache
+    from curation.crawl.urllist import count_rows
+    from storage.configfile import dump_config, load_config, validate_config
+    from storage.fs import filesystem, is_local, join
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {
+        key: value for key, value in (
+            ("workers", args.workers), ("url_column", args.url_column), ("caption_column", args.caption_column),
+        ) if value is not None
+    }
+    config = load_config(args.config, CrawlConfig, overrides) if args.config else validate_config(overrides, CrawlConfig)
+    if args.allow_private:
+        config = validate_config(
+            {**config.model_dump(), "allow_private_addresses": config.allow_private_addresses + args.allow_private},
+            CrawlConfig, "--allow-private",
+        )
+    if not config.contact_url:
+        logging.getLogger("curation.crawl").warning(
+            "no contact_url in the config: site owners cannot reach you from the User-Agent; please set one")
+    out = args.out
+    fs, out_path = filesystem(out)
+    fs.makedirs(out_path, exist_ok=True)
+    if is_local(out):
+        dump_config(config, join(out, "crawl_config.yaml"))
+    robots_cache = RobotsCache(config.robots_cache_ttl_s)
+    run_id = args.run_id or uuid.uuid4().hex[:12]
+
+    if args.seed:
+        records = _seed_records(args.seed, config, out, robots_cache)
+        total = len(records)
+    else:
+        records = read_url_list(args.urls, config.url_column, config.caption_column)
+        total = count_rows(args.urls)
+
+    counts = {"ok": 0, "rejected": 0}
+    bar = tqdm(total=total, unit="url", desc="crawl", dynamic_ncols=True)
+
+    def progress(ok: int, rejected: int) -> None:
+        counts["ok"] += ok
+        counts["rejected"] += rejected
+        bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
+        bar.update(ok + rejected)
+
+    reasons: dict[str, int] = {}
+    iterator = iter(records)
+    try:
+        for number in itertools.count():
+            chunk = list(itertools.islice(iterator, config.chunk_size))
+            if not chunk:
+                break
+            chunk_id = f"part-{number:05d}"
+            if fs.exists(filesystem(downloads_path(out, chunk_id))[1]):
+                progress(len(chunk), 0)  # finished in an earlier run
+                continue
+            state_dir = join(out, "work", "crawl", chunk_id)
+            result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache)
+            write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
+            write_downloads(result.downloads, downloads_path(out, chunk_id), chunk_id, run_id)  # last: marks done
+            fs.rm(filesystem(state_dir)[1], recursive=True)
+            for reason, n in result.reason_counts().items():
+                reasons[reason] = reasons.get(reason, 0) + n
+    finally:
+        bar.close()
+    summary = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    print(f"crawl: {counts['ok'] + counts['rejected']} URLs -> {out}/downloads, {out}/rejects"
+          + (f"; rejected this run: {summary}" if summary else ""))
+    return 0
+
+
+def _seed_records(seeds: list[str], config, out: str, robots_cache) -> list:
+    """Discover images from the seed pages once; a rerun with the same seeds reads the saved list, so its
+    chunks line up with the interrupted run's."""
+    import json
+
+    from curation.crawl import discover_images
+    from storage.errors import GadmsError
+    from storage.fs import atomic_write, filesystem, join
+    from storage.records import UrlRecord
+
+    path = join(out, "work", "crawl", "discovered.json")
+    fs, p = filesystem(path)
+    if fs.exists(p):
+        with fs.open(p, "r") as f:
+            saved = json.load(f)
+        if saved["seeds"] != seeds:
+            raise GadmsError(f"{out}: holds a crawl of other seed pages ({' '.join(saved['seeds'])}); use another --out")
+        return [UrlRecord(**record) for record in saved["records"]]
+    records = discover_images(seeds, config, robots_cache=robots_cache)
+    if records:  # nothing found is more likely a config problem than a result worth keeping
+        with atomic_write(path, "w") as f:
+            json.dump({"seeds": seeds, "records": [vars(r) for r in records]}, f)
+    return records

@@ -1,0 +1,57 @@
+"""Per-host politeness: at most N requests in flight, a minimum delay between request starts, and a pause
+for the whole host after a 429/503 with Retry-After."""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+
+class HostState:
+    def __init__(self, concurrency: int, min_delay_s: float):
+        self.slots = asyncio.Semaphore(concurrency)
+        self.min_delay_s = min_delay_s
+        self.next_start = 0.0  # monotonic time before which no request may start
+        self.paused_until = 0.0
+
+
+class HostLimiter:
+    def __init__(self, concurrency: int, min_delay_s: float, max_crawl_delay_s: float):
+        self.concurrency = concurrency
+        self.min_delay_s = min_delay_s
+        self.max_crawl_delay_s = max_crawl_delay_s
+        self._hosts: dict[str, HostState] = {}
+
+    def _host(self, host: str) -> HostState:
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = HostState(self.concurrency, self.min_delay_s)
+        return state
+
+    def set_crawl_delay(self, host: str, crawl_delay_s: float) -> None:
+        """robots.txt's Crawl-delay raises the host's delay (never lowers it), up to a cap."""
+        state = self._host(host)
+        state.min_delay_s = max(state.min_delay_s, min(crawl_delay_s, self.max_crawl_delay_s))
+
+    def pause(self, host: str, seconds: float) -> None:
+        state = self._host(host)
+        state.paused_until = max(state.paused_until, time.monotonic() + seconds)
+
+    @asynccontextmanager
+    async def slot(self, host: str, in_flight: asyncio.Semaphore) -> AsyncIterator[None]:
+        """Hold one of the host's slots and one of the global `in_flight` slots, started no sooner than the
+        host's delay and pause allow. The delay is waited for before taking a global slot (so waiting hosts
+        do not block others) and checked again after, since a long wait for it may let another slot start."""
+        state = self._host(host)
+        async with state.slots:
+            await _wait_turn(state)
+            async with in_flight:
+                await _wait_turn(state)
+                state.next_start = time.monotonic() + state.min_delay_s
+                yield
+
+
+async def _wait_turn(state: HostState) -> None:
+    while (start := max(state.next_start, state.paused_until)) > (now := time.monotonic()):
+        await asyncio.sleep(start - now)

@@ -1,0 +1,114 @@
+"""Resumable per-chunk state: what each finished URL became, in append-only segment files.
+
+    <state_dir>/chunk.json            fingerprint of the chunk's URL list (a rerun must pass the same list)
+    <state_dir>/seg-<writer>-<n>.arrow  outcomes (downloaded bytes or reject reason) by row index
+
+Segments are written whole under a temporary name and renamed (storage.fs.atomic_write), so a killed run
+leaves only complete segments: a rerun skips the rows in them and fetches the rest. The rows of the segment
+that was being filled are fetched again; nothing is counted twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+import pyarrow as pa
+
+from storage.errors import GadmsError
+from storage.fs import atomic_write, filesystem, join
+from storage.records import UrlRecord
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("reason", pa.string()),  # null when downloaded
+        pa.field("detail", pa.string()),
+        pa.field("data", pa.binary()),
+        pa.field("sha256", pa.string()),
+        pa.field("mime", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class Outcome:
+    index: int
+    reason: str | None = None  # None: downloaded
+    detail: str = ""
+    data: bytes | None = None
+    sha256: str | None = None
+    mime: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def chunk_fingerprint(urls: list[UrlRecord]) -> str:
+    digest = hashlib.sha256()
+    for record in urls:
+        digest.update(record.url.encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
+def open_chunk_state(state_dir: str, urls: list[UrlRecord]) -> None:
+    """Create the state folder for this chunk, or check that an existing one belongs to the same URL list."""
+    fs, path = filesystem(state_dir)
+    meta_path = join(state_dir, "chunk.json")
+    expected = {"urls": len(urls), "fingerprint": chunk_fingerprint(urls)}
+    if fs.exists(filesystem(meta_path)[1]):
+        with fs.open(filesystem(meta_path)[1], "r") as f:
+            found = json.load(f)
+        if found != expected:
+            raise GadmsError(
+                f"{state_dir}: holds the state of another URL list ({found.get('urls')} URLs, fingerprint "
+                f"{str(found.get('fingerprint'))[:12]}); use a fresh state folder for this chunk"
+            )
+        return
+    fs.makedirs(path, exist_ok=True)
+    with atomic_write(meta_path, "w") as f:
+        json.dump(expected, f)
+
+
+def load_outcomes(state_dir: str) -> dict[int, Outcome]:
+    """Every outcome saved in the state folder, by row index (first one wins should a row repeat)."""
+    fs, path = filesystem(state_dir)
+    outcomes: dict[int, Outcome] = {}
+    for segment in sorted(fs.glob(f"{path.rstrip('/')}/seg-*.arrow")):
+        with fs.open(segment, "rb") as f:
+            table = pa.ipc.open_file(f).read_all()
+        for row in table.to_pylist():
+            outcomes.setdefault(row["index"], Outcome(**{**row, "detail": row["detail"] or ""}))
+    return outcomes
+
+
+class SegmentWriter:
+    """Buffers outcomes and writes them as a segment every `flush_rows` rows or `flush_s` seconds."""
+
+    def __init__(self, state_dir: str, writer_id: str, flush_rows: int, flush_s: float):
+        self.state_dir = state_dir
+        self.prefix = f"seg-{writer_id}-{uuid.uuid4().hex[:8]}"
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.buffer: list[Outcome] = []
+        self.segments = 0
+        self.last_flush = time.monotonic()
+
+    def add(self, outcome: Outcome) -> None:
+        self.buffer.append(outcome)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        columns = {name: [getattr(o, name) for o in self.buffer] for name in OUTCOME_SCHEMA.names}
+        table = pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
+        with atomic_write(join(self.state_dir, f"{self.prefix}-{self.segments:06d}.arrow")) as f:
+            with pa.ipc.new_file(f, OUTCOME_SCHEMA) as ipc:
+                ipc.write_table(table)
+        self.segments += 1
+        self.buffer = []
