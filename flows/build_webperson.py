@@ -1,0 +1,209 @@
+"""build-webperson: URL lists / seed pages → crawl → detect + pose → dedup → caption → shards → catalog.
+
+Orchestration only: every stage is plain Python in curation/ and storage/; this module makes them Prefect tasks
+with retries, runs one chunk (= one shard) per task on the configured task runner, skips chunks whose manifest
+says they are complete, refreshes the DuckDB catalog and publishes the run's artifacts.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+
+from curation.caption import caption_crops
+from curation.chunks import Chunk, plan_chunks
+from curation.crawl import crawl_chunk, discover_images, read_url_list
+from curation.dedup import DedupIndex
+from curation.detect import PersonDetector, detect_persons
+from flows.artifacts import publish_build_artifacts
+from flows.config import BuildConfig, RunnerConfig, resolve_build_config
+from flows.locks import output_root_lock
+from storage.catalog import refresh, write_run_record
+from storage.fs import join
+from storage.layout import OutputLayout
+from storage.records import Reject
+from storage.shards import commit_shard, shard_is_complete
+
+DEFAULT_CONFIG = "flows/configs/webperson.yaml"
+
+
+@dataclass
+class ChunkReport:
+    shard_id: str
+    skipped: bool = False
+    urls: int = 0
+    downloaded: int = 0
+    persons: int = 0
+    unique: int = 0
+    rows: int = 0
+    rejects: dict[str, int] = field(default_factory=dict)  # "stage/reason" → count
+    seconds: dict[str, float] = field(default_factory=dict)  # stage → wall seconds
+
+
+@lru_cache(maxsize=2)
+def _detector(detect_config_json: str) -> PersonDetector:
+    """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s)."""
+    from curation.detect import DetectConfig
+
+    return PersonDetector(DetectConfig.model_validate_json(detect_config_json))
+
+
+@lru_cache(maxsize=4)
+def _dedup_index(directory: str, radius: int) -> DedupIndex:
+    """One index per worker process: it then loads only the rows other workers added since its last look."""
+    return DedupIndex.open(directory, radius=radius)
+
+
+@task(name="gather-inputs", cache_policy=NO_CACHE)
+def gather_inputs(cfg: BuildConfig) -> list:
+    urls = [record for path in cfg.inputs.url_lists for record in read_url_list(
+        path, url_column=cfg.crawl.url_column, caption_column=cfg.crawl.caption_column)]
+    if cfg.inputs.seed_pages:
+        urls += discover_images(cfg.inputs.seed_pages, cfg.crawl)
+    return urls[: cfg.inputs.limit] if cfg.inputs.limit else urls
+
+
+@task(name="crawl", cache_policy=NO_CACHE)
+def crawl_stage(chunk: Chunk, cfg: BuildConfig):
+    state_dir = join(OutputLayout(cfg.output_root).work_dir, "crawl", chunk.shard_id)
+    return crawl_chunk(list(chunk.urls), cfg.crawl, state_dir)
+
+
+@task(name="detect", cache_policy=NO_CACHE)
+def detect_stage(downloads: list, cfg: BuildConfig):
+    return detect_persons(downloads, _detector(cfg.detect.model_dump_json()))
+
+
+@task(name="dedup", cache_policy=NO_CACHE)
+def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig):
+    if not cfg.dedup.enabled:
+        return crops, []
+    return _dedup_index(OutputLayout(cfg.output_root).dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
+
+
+@task(name="caption", cache_policy=NO_CACHE)
+def caption_stage(crops: list, cfg: BuildConfig):
+    cache_dir = join(OutputLayout(cfg.output_root).work_dir, "caption-cache")
+    return caption_crops(crops, cfg.caption, cache_dir)
+
+
+@task(name="write-shard", cache_policy=NO_CACHE)
+def write_stage(shard_id: str, run_id: str, crops: list, captions: list, rejects: list[Reject], cfg: BuildConfig) -> dict:
+    return commit_shard(OutputLayout(cfg.output_root), shard_id, run_id, crops, captions, rejects)
+
+
+@task(name="process-chunk", cache_policy=NO_CACHE)
+def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
+    layout = OutputLayout(cfg.output_root)
+    report = ChunkReport(shard_id=chunk.shard_id, urls=len(chunk.urls))
+    if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
+        report.skipped = True
+        return report
+    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds}
+    rejects: list[Reject] = []
+
+    def timed(stage: str, call):
+        start = time.perf_counter()
+        result = call()
+        report.seconds[stage] = report.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+    crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg))
+    rejects += crawled.rejects
+    report.downloaded = len(crawled.downloads)
+    crops, detect_rejects = timed("detect", lambda: detect_stage(crawled.downloads, cfg))
+    rejects += detect_rejects
+    report.persons = len(crops)
+    kept, dedup_rejects = timed("dedup", lambda: dedup_stage.with_options(**retry)(crops, chunk.shard_id, cfg))
+    rejects += dedup_rejects
+    report.unique = len(kept)
+    captions, caption_rejects = timed("caption", lambda: caption_stage.with_options(**retry)(kept, cfg))
+    rejects += caption_rejects
+    entry = timed("write", lambda: write_stage.with_options(**retry)(chunk.shard_id, run_id, kept, captions, rejects, cfg))
+    report.rows = entry["rows"]
+    report.rejects = dict(Counter(f"{r.stage}/{r.reason}" for r in rejects))
+    return report
+
+
+def make_task_runner(runner: RunnerConfig):
+    if runner.kind == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=runner.ray_address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=runner.max_workers)
+
+
+def summarize(reports: list[ChunkReport], seconds: float) -> dict:
+    rejects: Counter = Counter()
+    stage_seconds: Counter = Counter()
+    for r in reports:
+        rejects.update(r.rejects)
+        stage_seconds.update(r.seconds)
+    processed = [r for r in reports if not r.skipped]
+    downloaded = sum(r.downloaded for r in processed)
+    return {
+        "chunks": len(reports),
+        "chunks_skipped": len(reports) - len(processed),
+        "urls": sum(r.urls for r in processed),
+        "downloaded": downloaded,
+        "persons": sum(r.persons for r in processed),
+        "unique": sum(r.unique for r in processed),
+        "kept": sum(r.rows for r in processed),
+        "rejects": dict(sorted(rejects.items())),
+        "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+        "seconds": round(seconds, 3),
+        "images_per_second": round(downloaded / seconds, 2) if seconds > 0 else 0.0,
+    }
+
+
+def _run_id() -> str:
+    context = get_run_context()
+    flow_run = getattr(context, "flow_run", None)
+    return str(flow_run.id) if flow_run is not None else uuid.uuid4().hex
+
+
+@flow(name="build-webperson", log_prints=True)
+def build_webperson(config: str | dict = DEFAULT_CONFIG) -> dict:
+    """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields)."""
+    logger = get_run_logger()
+    cfg = resolve_build_config(config)
+    run_id = _run_id()
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    with output_root_lock(cfg.output_root):
+        urls = gather_inputs(cfg)
+        chunks = plan_chunks(urls, cfg.shard_size)
+        logger.info("%d input URLs in %d chunks of up to %d", len(urls), len(chunks), cfg.shard_size)
+        reports = []
+        with make_task_runner(cfg.runner) as runner:
+            futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id}) for c in chunks]
+            for done, future in enumerate(as_completed(futures), start=1):
+                report = future.result()
+                reports.append(report)
+                state = "skipped (complete)" if report.skipped else (
+                    f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept")
+                logger.info("chunk %d/%d %s: %s", done, len(chunks), report.shard_id, state)
+        reports.sort(key=lambda r: r.shard_id)
+        summary = summarize(reports, time.perf_counter() - clock)
+        write_run_record(cfg.output_root, {
+            "run_id": run_id, "flow": "build-webperson", "status": "Completed", "output_root": cfg.output_root,
+            "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+            "config": cfg.model_dump(mode="json"), "summary": summary,
+        })
+        catalog = refresh(cfg.output_root, cfg.catalog_path, cfg.duckdb_settings)
+        summary["catalog"] = catalog
+        publish_build_artifacts(summary, catalog, Path(catalog).parent / "reports" / run_id)
+    logger.info("kept %d samples in %d new shards; catalog %s", summary["kept"],
+                summary["chunks"] - summary["chunks_skipped"], catalog)
+    return summary

@@ -1,0 +1,66 @@
+"""The one config of a build-webperson run, validated at the edge (a YAML file or its fields)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.caption import CaptionConfig
+from curation.crawl import CrawlConfig
+from curation.dedup import DedupConfig
+from curation.detect import DetectConfig
+from storage.configfile import ConfigError, load_config, validate_config
+
+
+class InputsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url_lists: list[str] = Field(default_factory=list, description="URL-list files or folders (csv/tsv/jsonl/parquet)")
+    seed_pages: list[str] = Field(default_factory=list, description="HTML pages to crawl for <img> tags")
+    limit: int | None = Field(default=None, ge=1, description="take only the first N URLs (trial runs)")
+
+    @model_validator(mode="after")
+    def _some_input(self) -> "InputsConfig":
+        if not self.url_lists and not self.seed_pages:
+            raise ValueError("give at least one of url_lists or seed_pages")
+        return self
+
+
+class RunnerConfig(BaseModel):
+    """Where the chunk tasks run: threads on this machine, or a Ray cluster (prefect-ray)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    max_workers: int = Field(default=2, ge=1, description="chunks processed at once by the local runner")
+    ray_address: str | None = Field(default=None, description="ray://host:10001 or 'auto'; None starts a local Ray")
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "webperson"
+    inputs: InputsConfig
+    output_root: str = Field(description="local folder or fsspec URL (s3://bucket/prefix) for shards and catalog")
+    shard_size: int = Field(default=1000, ge=1, description="input URLs per chunk; each chunk becomes one shard")
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    retries: int = Field(default=2, ge=0, description="retries of a chunk stage after a transient failure")
+    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    catalog_path: str | None = Field(default=None, description="default: <output_root>/catalog.duckdb")
+    duckdb_settings: dict[str, str] = Field(default_factory=dict, description="SET options for remote Parquet")
+
+
+def resolve_build_config(config: str | Path | dict | BuildConfig) -> BuildConfig:
+    """A BuildConfig from a YAML/JSON path, a dict of its fields, or a BuildConfig."""
+    if isinstance(config, BuildConfig):
+        return config
+    if isinstance(config, dict):
+        return validate_config(config, BuildConfig, "build-webperson parameters")
+    if isinstance(config, (str, Path)):
+        return load_config(config, BuildConfig)
+    raise ConfigError(f"build-webperson config: expected a file path or a mapping, got {type(config).__name__}")

@@ -1,0 +1,68 @@
+"""Pictures of a catalog for people: the caption-length histogram and a contact sheet of crops with captions."""
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import duckdb
+from PIL import Image, ImageDraw, ImageFont
+
+from storage.stats import caption_stats
+
+
+def caption_length_histogram_png(con: duckdb.DuckDBPyConnection, path: str | Path, bin_words: int = 5) -> Path:
+    """A bar chart of caption lengths in words (both captions of every sample)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histogram = caption_stats(con, histogram_bin=bin_words)["caption_length_words"]["histogram"]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.bar([b["from"] for b in histogram], [b["count"] for b in histogram], width=bin_words * 0.9, align="edge")
+    ax.set_xlabel("caption length (words)")
+    ax.set_ylabel("captions")
+    ax.set_title("WebPerson caption lengths")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def contact_sheet(
+    images: list[bytes], captions: list[str], path: str | Path, columns: int = 4, thumb=(96, 192), text_width=30,
+    titles: list[str] | None = None,
+) -> Path:
+    """Thumbnails in a grid with the caption (and an optional title line) under each; saved as PNG."""
+    font = ImageFont.load_default()
+    lines_per_caption = 6
+    cell_w, cell_h = max(thumb[0], text_width * 6) + 10, thumb[1] + 12 * (lines_per_caption + 1) + 10
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (data, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+            image.thumbnail(thumb)
+            sheet.paste(image, (x, y))
+        text_y = y + thumb[1] + 4
+        if titles:
+            draw.text((x, text_y), titles[i], fill=(160, 0, 0), font=font)
+            text_y += 12
+        for line in textwrap.wrap(caption, text_width)[:lines_per_caption]:
+            draw.text((x, text_y), line, fill=(0, 0, 0), font=font)
+            text_y += 12
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def sample_contact_sheet_png(con: duckdb.DuckDBPyConnection, path: str | Path, samples: int = 12) -> Path:
+    """A reproducible pseudo-random sample of crops (ordered by a hash of their id) with their first caption."""
+    rows = con.execute("SELECT image, caption1 FROM samples ORDER BY md5(sample_id) LIMIT ?", [samples]).fetchall()
+    return contact_sheet([r[0] for r in rows], [r[1] for r in rows], path)
