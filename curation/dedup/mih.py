@@ -106,9 +106,8 @@ def _expected_cost(size: int, radius: int, num_blocks: int) -> float:
 
 def choose_num_blocks(size: int, radius: int) -> int:
     """The block count with the least expected query cost whose tables stay within MAX_BLOCK_BITS."""
-    options = [m for m in range(2, radius + 2) if -(-HASH_BITS // m) <= MAX_BLOCK_BITS]
-    if not options:
-        options = [radius + 1]
+    # More than radius+1 blocks only adds unprobed blocks, except that small radii still need short blocks.
+    options = [m for m in range(2, max(radius + 2, 4)) if -(-HASH_BITS // m) <= MAX_BLOCK_BITS]
     return min(options, key=lambda m: (_expected_cost(size, radius, m), -m))
 
 

@@ -1,0 +1,132 @@
+"""Parquet in and out of the detection stage: crawl downloads in, person crops out.
+
+Downloads: the columns of `storage.records.Download` (url, page_url, alt_text, data, sha256, mime, width,
+height); only `url` and `data` are required, rows without data (crawl failures) are skipped, and a missing
+sha256 is computed. Crops: CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.errors import GadmsError
+from storage.records import Download, PersonCrop
+from storage.schema import NUM_KEYPOINTS
+
+CROP_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("page_url", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("det_score", pa.float32(), nullable=False),
+        pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),
+        pa.field("phash", pa.uint64(), nullable=False),
+        pa.field("crop_sha256", pa.string(), nullable=False),
+    ]
+)
+REQUIRED_DOWNLOAD_COLUMNS = ("url", "data")
+OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height")
+
+
+def download_files(path: str | Path) -> list[Path]:
+    """The Parquet files of a crawl output: `path` itself, or every *.parquet directly in the folder `path`."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise GadmsError(f"{path}: no .parquet files in this folder")
+        return files
+    if not path.is_file():
+        raise GadmsError(f"{path}: no such file or folder")
+    return [path]
+
+
+def count_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
+
+
+def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download], int]]:
+    """(downloads, rows read) per batch of `batch_rows` rows; rows without bytes count as read but yield nothing."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
+    names = set(parquet.schema_arrow.names)
+    missing = [c for c in REQUIRED_DOWNLOAD_COLUMNS if c not in names]
+    if missing:
+        raise GadmsError(f"{path}: missing column {missing[0]!r} (a crawl output needs url and data)")
+    columns = [*REQUIRED_DOWNLOAD_COLUMNS, *(c for c in OPTIONAL_DOWNLOAD_COLUMNS if c in names)]
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        downloads = []
+        for record in batch.to_pylist():
+            row += 1
+            data = record.get("data")
+            if not data:
+                continue
+            if not isinstance(record["url"], str):
+                raise GadmsError(f"{path}: row {row - 1}: column 'url' is not a string")
+            downloads.append(
+                Download(
+                    url=record["url"],
+                    page_url=record.get("page_url") or "",
+                    alt_text=record.get("alt_text") or "",
+                    data=data,
+                    sha256=record.get("sha256") or hashlib.sha256(data).hexdigest(),
+                    mime=record.get("mime") or "",
+                    width=record.get("width") or 0,
+                    height=record.get("height") or 0,
+                )
+            )
+        yield downloads, batch.num_rows
+
+
+def crops_table(crops: list[PersonCrop]) -> pa.Table:
+    rows = [
+        {
+            "sample_id": c.sample_id,
+            "source_url": c.source_url,
+            "page_url": c.page_url,
+            "alt_text": c.alt_text,
+            "source_sha256": c.source_sha256,
+            "image": c.image,
+            "width": c.width,
+            "height": c.height,
+            "bbox": list(c.bbox),
+            "det_score": c.det_score,
+            "keypoints": c.keypoints,
+            "phash": c.phash,
+            "crop_sha256": c.crop_sha256,
+        }
+        for c in crops
+    ]
+    return pa.Table.from_pylist(rows, schema=CROP_SCHEMA)
+
+
+def read_crops(path: str | Path) -> list[PersonCrop]:
+    """PersonCrops back from a crops Parquet file written by `gadms detect`."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
+    missing = [name for name in CROP_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise GadmsError(f"{path}: missing column {missing[0]!r} (not a crops file of `gadms detect`)")
+    crops = []
+    for record in table.select(CROP_SCHEMA.names).to_pylist():
+        record["bbox"] = tuple(record["bbox"])
+        crops.append(PersonCrop(**record))
+    return crops
