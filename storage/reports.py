@@ -66,3 +66,36 @@ def sample_contact_sheet_png(con: duckdb.DuckDBPyConnection, path: str | Path, s
     """A reproducible pseudo-random sample of crops (ordered by a hash of their id) with their first caption."""
     rows = con.execute("SELECT image, caption1 FROM samples ORDER BY md5(sample_id) LIMIT ?", [samples]).fetchall()
     return contact_sheet([r[0] for r in rows], [r[1] for r in rows], path)
+
+
+def loss_curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """Loss terms per step from a training run's JSONL metrics file (records with "step" and loss keys)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_jsonl, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if "step" not in record:
+                continue
+            for key, value in record.items():
+                if (key == "loss" or key.startswith("loss_") or key in ("sdm", "mtp", "id", "mlm")) and isinstance(value, (int, float)):
+                    series.setdefault(key, []).append((record["step"], value))
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for key, points in sorted(series.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
