@@ -53,7 +53,9 @@ def config_for(server: VllmStandIn, **changes) -> CaptionConfig:
 
 
 def sent_image(body: dict) -> Image.Image:
-    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    text, image = body["messages"][0]["content"]
+    assert text["type"] == "text" and image["type"] == "image_url"  # shared instruction prefix first
+    url = image["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 

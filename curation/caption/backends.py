@@ -79,11 +79,12 @@ class OpenAIBackend:
         await self.client.__aexit__(*exc_info)
 
     def request_body(self, question: Question) -> dict:
-        content: list[dict] = []
+        # Instruction text first, image last: every request of a kind then shares a long token prefix that
+        # vLLM's prefix cache computes once.
+        content: list[dict] = [{"type": "text", "text": question.prompt}]
         if question.image is not None:
             data_url = "data:image/jpeg;base64," + base64.b64encode(question.image).decode("ascii")
             content.append({"type": "image_url", "image_url": {"url": data_url}})
-        content.append({"type": "text", "text": question.prompt})
         body = {
             "model": question.model,
             "messages": [{"role": "user", "content": content}],
