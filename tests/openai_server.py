@@ -89,7 +89,7 @@ class VllmStandIn:
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.embedding_dim = embedding_dim
-        # Faults applied to the next chat requests, one each, in order: "500", "429", "timeout", "truncated",
+        # Faults applied to the next chat requests, one each, in order: "400", "500", "429", "timeout", "truncated",
         # "invalid_json", or "content:<text>" (a well-formed answer whose message content is <text>).
         self.faults: collections.deque[str] = collections.deque()
         self.verdicts: dict[str, dict] = {}  # image sha256 → verdict answered for it (default: keep)
@@ -151,6 +151,9 @@ class VllmStandIn:
             await asyncio.sleep(self.latency_s)
         if fault == "500":
             return web.json_response({"error": {"message": "stand-in internal error", "code": 500}}, status=500)
+        if fault == "400":
+            return web.json_response({"error": {"message": "stand-in: this request is invalid", "code": 400}},
+                                     status=400)
         if fault == "429":
             return web.json_response({"error": {"message": "too many requests", "code": 429}}, status=429,
                                      headers={"Retry-After": self.retry_after})

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import socket
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -119,6 +118,11 @@ def test_rerun_sends_nothing_and_changed_sampling_only_new_captions(server, tmp_
     assert kinds(server)[12:] == ["caption"] * 8  # the greedy verdicts came from the cache
 
 
+def test_cache_dir_must_be_local(server):
+    with pytest.raises(GadmsError, match="caption cache_dir s3://bucket/work/caption-cache: must be a local folder"):
+        caption_crops([make_crop(1)], config_for(server), "s3://bucket/work/caption-cache")
+
+
 def test_filter_verdict_rejects_with_its_reason(server, tmp_path):
     crops = [make_crop(n) for n in range(3)]
     server.verdicts[crops[1].crop_sha256] = {"keep": False, "reason": "mannequin"}
@@ -154,6 +158,13 @@ def test_fault_after_the_last_retry_becomes_a_reject(server, tmp_path, fault, re
     assert server.base_url in rejects[0].detail
     captions, rejects = caption_crops(crops, config_for(server), tmp_path)  # the failure was not cached
     assert len(captions) == 2 and rejects == []
+
+
+def test_a_refused_request_is_not_retried(server, tmp_path):
+    server.faults.append("400")
+    _, rejects = caption_crops([make_crop(1)], config_for(server), tmp_path)
+    assert [(r.stage, r.reason) for r in rejects] == [("filter", "http_400")]
+    assert "this request is invalid" in rejects[0].detail and len(server.chat_requests) == 1
 
 
 def test_429_waits_for_retry_after(server, tmp_path):

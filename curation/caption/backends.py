@@ -119,6 +119,7 @@ class TransformersBackend:
         self._lock = threading.Lock()
         self.processor = None
         self.model = None
+        self.consecutive_failures = 0
 
     @property
     def model_name(self) -> str:
@@ -171,6 +172,12 @@ class TransformersBackend:
 
     async def answer(self, question: Question) -> str:
         try:
-            return await asyncio.to_thread(self._generate, question)
+            text = await asyncio.to_thread(self._generate, question)
         except (RuntimeError, ValueError) as exc:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.config.abort_after_consecutive_failures:
+                raise GadmsError(f"{self.model_dir}: {self.consecutive_failures} generations in a row failed, "
+                                 f"last: {' '.join(str(exc).split())[:200]}") from None
             raise RequestFailed("generation_error", str(exc)[:300]) from None
+        self.consecutive_failures = 0
+        return text

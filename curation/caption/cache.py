@@ -12,6 +12,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+from storage.errors import GadmsError
+
 
 def request_key(**parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -21,7 +23,9 @@ class RequestCache:
     FILE_NAME = "caption_requests.sqlite"
 
     def __init__(self, cache_dir: str | Path):
-        path = Path(cache_dir)
+        if "://" in str(cache_dir) and not str(cache_dir).startswith("file://"):
+            raise GadmsError(f"caption cache_dir {cache_dir}: must be a local folder (the cache is a SQLite file)")
+        path = Path(str(cache_dir).removeprefix("file://"))
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / self.FILE_NAME
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)

@@ -141,10 +141,11 @@ class ChatClient:
                 self._raise_if_model_missing(status, message, body.get("model"), endpoint.url)
                 reason, detail = f"http_{status}", f"{endpoint.url}: {message}"
                 if status != 429 and status < 500:
-                    raise RequestFailed(reason, detail)  # the request itself is wrong: retrying cannot help
+                    break  # the request itself is wrong: retrying cannot help
             failed = endpoint
             if attempt < self.retries:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
+        # Many failures in a row mean a dead server or a request every server refuses, not bad luck.
         self.consecutive_failures += 1
         if self.consecutive_failures >= self.abort_after:
             raise ServerConfigError(

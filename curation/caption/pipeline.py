@@ -40,6 +40,8 @@ def caption_crops(
     """
     if config.backend == "alt-text":
         return caption_from_alt_text(crops, config, progress)
+    if not crops:
+        return [], []
     run = _CaptionRun(config, Path(cache_dir), progress)
     try:
         asyncio.get_running_loop()
@@ -210,12 +212,15 @@ class _CaptionRun:
             )
             for model, template, seed in plan
         ]
-        try:
-            answers = await asyncio.gather(
-                *(self._ask(q, image_sha256, t.id, tidy_caption) for q, (_, t, _) in zip(questions, plan))
-            )
-        except RequestFailed as exc:
-            return Reject("caption", exc.reason, crop.source_url, crop.sample_id, exc.detail)
+        answers = await asyncio.gather(
+            *(self._ask(q, image_sha256, t.id, tidy_caption) for q, (_, t, _) in zip(questions, plan)),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, RequestFailed):
+                return Reject("caption", answer.reason, crop.source_url, crop.sample_id, answer.detail)
+            if isinstance(answer, BaseException):
+                raise answer
 
         if config.quality.enabled:
             for number, (answer, (_, template, _)) in enumerate(zip(answers, plan), 1):
