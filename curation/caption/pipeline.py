@@ -42,7 +42,7 @@ def caption_crops(
         return caption_from_alt_text(crops, config, progress)
     if not crops:
         return [], []
-    run = _CaptionRun(config, Path(cache_dir), progress)
+    run = _CaptionRun(config, cache_dir, progress)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -105,7 +105,7 @@ def _seed(base: int, sample_id: str, index: int) -> int:
 
 
 class _CaptionRun:
-    def __init__(self, config: CaptionConfig, cache_dir: Path, progress: Progress | None):
+    def __init__(self, config: CaptionConfig, cache_dir: str | Path, progress: Progress | None):
         self.config = config
         self.prompts: PromptSet = load_prompts(config.prompts_path, config.prompt_version)
         self.templates: list[Template] = load_templates(config.templates_path)
