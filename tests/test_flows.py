@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from curation.synthweb import SiteServer, render_site, write_url_list
+from flows.build_webperson import build_webperson
+from storage.catalog import connect
+from storage.layout import OutputLayout
+from storage.shards import read_shard
+from tests.flow_helpers import REPO, build_config, stop_group, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    info = render_site(root / "site", images=60, seed=3)
+    with SiteServer(info.root, slow_seconds=3) as server:
+        urls = root / "urls.jsonl"
+        write_url_list(info.root, server.base_url, urls)
+        yield {"urls": urls, "server": server, "info": info}
+
+
+def _shard_contents(root: Path) -> dict[str, list[tuple]]:
+    layout = OutputLayout(str(root))
+    contents = {}
+    for path in sorted(Path(layout.shards_dir).glob("*.parquet")):
+        table = read_shard(str(path), columns=["sample_id", "caption1", "caption2", "bbox"])
+        contents[path.stem] = sorted(zip(*(table[c].to_pylist() for c in table.column_names)))
+    return contents
+
+
+def test_build_webperson_on_the_synthetic_web(site, tmp_path):
+    out = tmp_path / "out"
+    summary = build_webperson(build_config(site["urls"], out))
+    urls = sum(1 for _ in open(site["urls"]))
+    crawl_rejects = sum(n for key, n in summary["rejects"].items() if key.startswith("crawl/"))
+    # Every URL ends as a download or a crawl reject; every person either is kept or has a reject.
+    assert summary["urls"] == urls
+    assert summary["downloaded"] + crawl_rejects == urls
+    assert summary["kept"] > 0 and summary["chunks_skipped"] == 0
+    con = connect(summary["catalog"])
+    assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchone() == (summary["kept"],) * 2
+    assert con.execute("SELECT count(*) FROM rejects").fetchone()[0] == sum(summary["rejects"].values())
+    assert con.execute("SELECT count(*) FROM manifest WHERE status = 'complete'").fetchone()[0] == summary["chunks"]
+    assert con.execute("SELECT count(*) FROM runs WHERE flow = 'build-webperson'").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM samples WHERE caption_backend <> 'alt-text'").fetchone() == (0,)
+    reports = list((out / "reports").glob("*/*.png"))
+    assert sorted(p.name for p in reports) == ["caption_lengths.png", "contact_sheet.png"]
+    con.close()
+
+    again = build_webperson(build_config(site["urls"], out))
+    assert again["chunks_skipped"] == again["chunks"] == summary["chunks"]
+    assert again["kept"] == 0
+
+
+def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
+    killed = write_config(tmp_path / "killed.yaml", build_config(site["urls"], tmp_path / "killed", shard_size=8))
+    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config"]
+
+    process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = tmp_path / "killed" / "manifest"
+    deadline = time.monotonic() + 300
+    while not (manifest.is_dir() and len(list(manifest.glob("*.json"))) >= 2):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the build wrote no shard in time"
+        time.sleep(0.2)
+    stop_group(process, signal.SIGKILL)
+    done_before_kill = len(list(manifest.glob("*.json")))
+
+    subprocess.run(gadms + [str(killed)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(gadms + [str(clean)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+
+    resumed, reference = _shard_contents(tmp_path / "killed"), _shard_contents(tmp_path / "clean")
+    assert resumed == reference
+    assert len(resumed) > done_before_kill
+    ids = Counter(row[0] for rows in resumed.values() for row in rows)
+    assert ids and max(ids.values()) == 1
+    con = connect(str(tmp_path / "killed" / "catalog.duckdb"))
+    runs = con.execute("SELECT json_extract(summary, '$.chunks_skipped')::INT FROM runs").fetchall()
+    assert runs == [(done_before_kill,)]  # only the rerun finished; it skipped what the killed run had completed
