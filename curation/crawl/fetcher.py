@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# Failures that are about the host itself; seen while fetching robots.txt they become the URL's own reason.
+HOST_FAILURES = {"private_address", "invalid_url", "dns_error", "connect_error", "tls_error"}
 IMAGE_ACCEPT = "image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5"
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 
@@ -192,8 +194,8 @@ class Fetcher:
             )
             rules = parse_robots(response.body.decode("utf-8", "replace"), self.config.user_agent_token)
         except FetchFailure as failure:
-            if failure.reason == "private_address":
-                raise
+            if failure.reason in HOST_FAILURES:
+                raise  # the image would fail the same way: report that, not "robots unreachable"
             status = int(failure.reason[5:]) if failure.reason.startswith("http_") else None
             if status is not None and 400 <= status < 500 and status != 429:
                 rules = RobotsRules.allow_all()  # no robots.txt: everything allowed
