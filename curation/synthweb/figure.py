@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity
 
@@ -68,7 +68,7 @@ def random_pose(rng: random.Random) -> Pose:
 
 @dataclass
 class DrawnPerson:
-    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2 of what was drawn, clipped to the image
+    bbox: tuple[float, float, float, float] | None  # x1, y1, x2, y2 of what is visible; None: all outside
     unclipped_bbox: tuple[float, float, float, float]
     keypoints: list[tuple[float, float, int]]  # 17 × (x, y, visibility), COCO order
 
@@ -84,6 +84,7 @@ class _Pen:
         self.ox, self.oy = origin
         self.x1 = self.y1 = math.inf
         self.x2 = self.y2 = -math.inf
+        self.strokes: list[tuple] = []  # replayed on a mask when the figure crosses the image border
 
     def map(self, p: tuple[float, float]) -> tuple[float, float]:
         x, y = p[0] * self.scale, p[1] * self.scale
@@ -97,16 +98,42 @@ class _Pen:
     def limb(self, points, width: float, colour) -> None:
         pts = [self.map(p) for p in points]
         w = max(1, round(width * self.scale))
-        self.draw.line(pts, fill=colour, width=w, joint="curve")
+        self._stroke(self.draw, pts, w, colour)
+        self.strokes.append((pts, w))
+        self._extend(pts, w / 2)
+
+    @staticmethod
+    def _stroke(draw: ImageDraw.ImageDraw, pts, w: int, colour) -> None:
+        if w == 0:
+            draw.polygon(pts, fill=colour)
+            return
+        draw.line(pts, fill=colour, width=w, joint="curve")
         r = w / 2
-        for x, y in (pts[0], pts[-1]):
-            self.draw.ellipse((x - r + 0.5, y - r + 0.5, x + r - 0.5, y + r - 0.5), fill=colour)
-        self._extend(pts, r)
+        if w >= 3:  # round end caps; thinner strokes need none
+            for x, y in (pts[0], pts[-1]):
+                draw.ellipse((x - r + 0.5, y - r + 0.5, x + r - 0.5, y + r - 0.5), fill=colour)
 
     def polygon(self, points, colour) -> None:
         pts = [self.map(p) for p in points]
         self.draw.polygon(pts, fill=colour)
+        self.strokes.append((pts, 0))
         self._extend(pts, 0.5)
+
+    def visible_box(self, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """The box of what is inside the image: exact extents when all was inside, else from a redrawn mask."""
+        w, h = size
+        if self.x1 >= 0 and self.y1 >= 0 and self.x2 <= w and self.y2 <= h:
+            return (self.x1, self.y1, self.x2, self.y2)
+        mask = Image.new("L", size, 0)
+        draw = ImageDraw.Draw(mask)
+        for pts, width in self.strokes:
+            self._stroke(draw, pts, width, 255)
+        box = mask.getbbox()
+        if box is None:
+            return None
+        # Pixel extents → the same continuous convention as the unclipped extents, kept inside those.
+        return (max(float(box[0]), self.x1), max(float(box[1]), self.y1),
+                min(float(box[2]), self.x2), min(float(box[3]), self.y2))
 
     def ellipse(self, centre, rx: float, ry: float, colour, start: float = 0.0, stop: float = 360.0) -> None:
         steps = 14
@@ -257,9 +284,9 @@ def draw_person(
         else:
             keypoints.append((0.0, 0.0, 0))
     unclipped = (pen.x1, pen.y1, pen.x2, pen.y2)
-    clipped = (max(0.0, pen.x1), max(0.0, pen.y1), min(float(width), pen.x2), min(float(height), pen.y2))
+    visible = pen.visible_box(image_size)
     return DrawnPerson(
-        bbox=tuple(round(v, 1) for v in clipped),
+        bbox=tuple(round(v, 1) for v in visible) if visible else None,
         unclipped_bbox=tuple(round(v, 1) for v in unclipped),
         keypoints=keypoints,
     )

@@ -268,7 +268,8 @@ def render_scene(rng: random.Random, seed: int, identities: list[int], plan: str
     persons = []
     for (kind, x_range), number in zip(layout, chosen):
         drawn = _place(draw, size, identity_attributes(number), kind, rng, x_range)
-        persons.append(ScenePerson(number, kind, drawn.bbox, drawn.keypoints))
+        if drawn.bbox is not None:
+            persons.append(ScenePerson(number, kind, drawn.bbox, drawn.keypoints))
     return Scene(_lighting(image, rng), plan, persons)
 
 
