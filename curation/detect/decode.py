@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 
 import numpy as np
@@ -9,6 +10,19 @@ from PIL import Image, ImageOps
 
 # Transparent areas become white rather than the black that a plain RGB conversion gives.
 _BACKGROUND = (255, 255, 255)
+
+
+def _pil_open():
+    """PIL's own Image.open.
+
+    Importing ultralytics replaces Image.open with a wrapper that, on any unidentified image, tries to pip-install
+    a HEIF plugin. Hostile web bytes must not trigger installs, so decoding goes around that wrapper.
+    """
+    opener = Image.open
+    module = sys.modules.get(getattr(opener, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        return getattr(module, "_image_open", opener)
+    return opener
 
 
 class DecodeError(Exception):
@@ -23,7 +37,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with _pil_open()(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise DecodeError("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
