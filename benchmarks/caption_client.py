@@ -1,7 +1,7 @@
 """Caption client throughput: requests/s and client CPU per request versus the in-flight limit.
 
-Starts the vLLM stand-in (tests/openai_server.py) in its own process, answering every chat request after a fixed
-latency, so the ideal throughput is in_flight / latency. For each in-flight limit it sends `rounds × in_flight`
+Starts the vLLM stand-in (tests/openai_server.py --canned) in its own process, answering every chat request after
+a fixed latency, so the ideal throughput is in_flight / latency. For each in-flight limit it sends `rounds × in_flight`
 caption requests (a 128×384 JPEG as a base64 data URL, the real caption prompt) through the caption stage's
 OpenAIBackend, and measures wall time and this process's CPU time. Then it runs `caption_crops` end to end
 (filter verdict + 2 captions per crop, request cache, quality checks) at the largest limit.
@@ -37,11 +37,9 @@ from storage.records import PersonCrop, make_sample_id  # noqa: E402
 MODEL = "stand-in-vlm"
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", str(latency), "--model", MODEL],
-        stdout=subprocess.PIPE, text=True,
-    )
+def start_server(latency: float, canned: bool) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", str(latency), "--model", MODEL]
+    process = subprocess.Popen(command + (["--canned"] if canned else []), stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline().strip()
     if not line.startswith("listening on "):
         process.kill()
@@ -117,18 +115,24 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "caption_client.json"))
     args = parser.parse_args()
 
-    server, url = start_server(args.latency)
+    image = crop_jpeg(0)
+    prompts = load_prompts(CaptionConfig().prompts_path, "v1")
+    prompt = prompts.caption_prompt(Template("t", "A [man/woman] in a [colored top] and [colored bottom]."), 80)
+    points = []
+    server, url = start_server(args.latency, canned=True)
     try:
-        image = crop_jpeg(0)
-        prompts = load_prompts(CaptionConfig().prompts_path, "v1")
-        prompt = prompts.caption_prompt(Template("t", "A [man/woman] in a [colored top] and [colored bottom]."), 80)
-        points = []
         for in_flight in args.in_flight:
             point = asyncio.run(sweep_point(url, server.pid, in_flight, args.rounds, image, prompt))
             point["ideal_requests_per_s"] = round(in_flight / args.latency, 1)
             point["fraction_of_ideal"] = round(point["requests_per_s"] / point["ideal_requests_per_s"], 3)
             points.append(point)
             print(json.dumps(point), flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    # End to end needs the full stand-in: JSON verdicts and captions that follow their templates.
+    server, url = start_server(args.latency, canned=False)
+    try:
         e2e = end_to_end(url, max(args.in_flight), args.e2e_crops)
         print(json.dumps({"end_to_end": e2e}), flush=True)
     finally:
@@ -137,7 +141,7 @@ def main() -> None:
 
     result = {
         "benchmark": "caption_client",
-        "server": "tests/openai_server.py (vLLM stand-in), separate process, fixed latency",
+        "server": "tests/openai_server.py (vLLM stand-in) in its own process, fixed latency; --canned for the sweep",
         "latency_s": args.latency,
         "image_bytes": len(image),
         "sweep": points,

@@ -47,6 +47,11 @@ REWRITE_RULES = [
     (r"\b(?:his|her)\b", "[his/her]"),
 ]
 KEEP = {"keep": True, "reason": "one_clear_person"}
+CANNED_ANSWER = json.dumps({
+    "id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "model": "stand-in-vlm",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "A woman in a red T-shirt and blue jeans is walking forward with a black bag."}}],
+}).encode()
 
 
 def fill_template(template: str) -> str:
@@ -83,9 +88,12 @@ def prompt_text(body: dict) -> str:
 
 class VllmStandIn:
     def __init__(self, models: tuple[str, ...] | list[str] = ("stand-in-vlm",), latency_s: float = 0.0,
-                 retry_after: str = "1", hang_s: float = 5.0, embedding_dim: int = 64):
+                 retry_after: str = "1", hang_s: float = 5.0, embedding_dim: int = 64, canned: bool = False):
         self.models = list(models)
         self.latency_s = latency_s
+        # Benchmark mode: read each request's body but skip parsing it, answer one fixed caption after the
+        # latency, so the server spends as little as possible of the CPU the client is measured on.
+        self.canned = canned
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.embedding_dim = embedding_dim
@@ -132,7 +140,14 @@ class VllmStandIn:
             return rewrite_to_template(prompt.rsplit("Description:", 1)[1].strip())
         return "A woman in a red T-shirt and blue jeans is walking forward."
 
+    async def _canned_chat(self, request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(self.latency_s)
+        return web.Response(body=CANNED_ANSWER, content_type="application/json")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self.canned:
+            return await self._canned_chat(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -240,8 +255,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each chat answer")
     parser.add_argument("--model", action="append", help="served model name (repeatable)")
+    parser.add_argument("--canned", action="store_true", help="benchmark mode: one fixed answer, body not parsed")
     args = parser.parse_args()
-    server = VllmStandIn(models=args.model or ["stand-in-vlm"], latency_s=args.latency).start(args.port)
+    server = VllmStandIn(models=args.model or ["stand-in-vlm"], latency_s=args.latency, canned=args.canned)
+    server.start(args.port)
     print(f"listening on {server.base_url}", flush=True)
     try:
         threading.Event().wait()

@@ -126,6 +126,10 @@ class _CaptionRun:
 
     async def run(self, crops: list[PersonCrop]) -> tuple[list[Captions], list[Reject]]:
         self.cache = RequestCache(self.cache_dir)
+        # Enough crops under way to keep every request slot busy, few enough that a big chunk does not build
+        # all its request bodies (base64 images) before the first one is sent.
+        slots = self.config.in_flight_per_endpoint * len(self.config.endpoints) if self.backend.name == "openai" else 1
+        self._crops_in_progress = asyncio.Semaphore(2 * slots)
         try:
             async with self.backend:
                 tasks = [asyncio.create_task(self._caption_one(crop)) for crop in crops]
@@ -177,7 +181,8 @@ class _CaptionRun:
 
     async def _caption_one(self, crop: PersonCrop) -> Captions | Reject:
         try:
-            return await self._filter_and_caption(crop)
+            async with self._crops_in_progress:
+                return await self._filter_and_caption(crop)
         finally:
             if self.progress:
                 self.progress(1)
