@@ -323,3 +323,14 @@ def test_caption_cli_names_the_missing_column(tmp_path, capsys):
     assert gadms(["caption", "--crops", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o"),
                   "--backend", "alt-text"]) == 2
     assert capsys.readouterr().err.strip() == f"gadms caption: error: {tmp_path / 'bad.parquet'}: missing column(s) image"
+
+
+def test_caption_cli_alt_text_backend_with_limit(tmp_path, capsys):
+    crops = [make_crop(n, alt_text="man in a grey coat and black trousers 1024") for n in range(3)]
+    _write_crops(tmp_path / "crops.parquet", crops)
+    assert gadms(["caption", "--crops", str(tmp_path / "crops.parquet"), "--out", str(tmp_path / "out"),
+                  "--backend", "alt-text", "--limit", "2"]) == 0
+    assert "2 crops: 2 captioned, 0 rejected" in capsys.readouterr().out
+    rows = pq.read_table(tmp_path / "out" / "captions.parquet").to_pylist()
+    assert [(r["caption1"], r["caption2"], r["caption_backend"]) for r in rows] == [
+        ("Man in a grey coat and black trousers.", "", "alt-text")] * 2
