@@ -36,7 +36,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """H×W×3 uint8 RGB pixels of `data`. Raises DecodeError("too_many_pixels" | "decode_error", detail)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_pixels check below replaces Pillow's warning; Pillow still refuses images above twice its
+            # MAX_IMAGE_PIXELS (~179 Mpx) on open, which is reported the same way.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _pil_open()(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
@@ -45,7 +47,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 return _to_rgb(ImageOps.exif_transpose(image))
     except DecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("too_many_pixels", str(exc)[:300]) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError,
         # and some malformed headers as SyntaxError / ValueError.
         raise DecodeError("decode_error", f"{type(exc).__name__}: {exc}"[:300]) from None
