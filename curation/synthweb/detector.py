@@ -25,6 +25,7 @@ from curation.synthweb.hostile import jpeg_bytes
 from curation.synthweb.scene import render_scene
 
 DEMO_WEIGHTS = Path(__file__).parent / "weights" / "synthweb-pose-demo.pt"
+DEMO_IMGSZ = 384  # the image size the demo weights were trained at: predict at it too
 TRAIN_IDENTITIES = range(0, 2000)
 VAL_IDENTITIES = range(100_000, 100_400)
 VAL_SEED_OFFSET = 1_000  # validation scenes use texture bank `seed + VAL_SEED_OFFSET`
@@ -213,7 +214,7 @@ class CountCheck:
 
 
 def count_persons_check(model, samples: list[tuple[str, object, list]], rules: SizeRules = SizeRules(),
-                        imgsz: int = 256) -> CountCheck:
+                        imgsz: int = DEMO_IMGSZ) -> CountCheck:
     """For each (name, image, ground-truth boxes): does the number of detections passing `rules` equal the
     number of ground-truth boxes passing the size rules? `model` is a loaded ultralytics YOLO model."""
     correct, mismatches = 0, []

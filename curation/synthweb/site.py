@@ -251,10 +251,13 @@ def _hostile_records(docroot: Path, seed: int, identities: list[int], redirect_t
 
 
 def _img_tag(record: dict, page_dir: str, position: int) -> str:
-    """One of six ways the web writes an image tag, chosen by position on the page."""
+    """One of the ways the web writes an image tag: srcset where a variant exists, else chosen by position."""
     path = record["path"]
     alt = html.escape(record["alt_text"], quote=True)
     relative = "../" * page_dir.count("/") + "../" + path.lstrip("/")
+    if record.get("srcset_small"):  # scenes with a half-size variant always use srcset
+        small = record["srcset_small"]
+        return f'<img src="{small}" srcset="{small} 1x, {path} 2x" alt="{alt}">'
     style = position % 6
     if style == 0:
         return f'<img src="{relative}" alt="{alt}">'
@@ -262,10 +265,7 @@ def _img_tag(record: dict, page_dir: str, position: int) -> str:
         return f'<img src="{path}" alt="{alt}" width="{record["width"] or ""}">'
     if style == 2:
         return f'<img alt="{alt}" src="{BASE_URL_PLACEHOLDER}{path}">'
-    if style == 3 and record.get("srcset_small"):
-        small = record["srcset_small"]
-        return f'<img src="{small}" srcset="{small} 1x, {path} 2x" alt="{alt}">'
-    if style == 4:
+    if style in (3, 4):
         return f'<img src="{TRANSPARENT_GIF}" data-src="{relative}" loading="lazy" class="lazy" alt="{alt}">'
     return f'<IMG SRC={path} ALT="{alt}">'
 
