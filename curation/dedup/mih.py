@@ -28,7 +28,7 @@ import numpy as np
 
 HASH_BITS = 64
 MAX_BLOCK_BITS = 22  # a 22-bit block table is 4M offsets (16 MiB as int32)
-_PROBES_PER_CHUNK = 1 << 22  # bounds the temporary arrays of one query chunk
+_PROBES_PER_CHUNK = 1 << 21  # bounds the temporary arrays of one query chunk
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -127,8 +127,8 @@ class _Segment:
         for (shift, bits), block_radius in zip(block_layout(self.num_blocks), block_radii(radius, self.num_blocks)):
             if block_radius < 0:
                 continue
-            keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-            order = np.argsort(keys, kind="stable").astype(index_type)
+            keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.uint32)
+            order = np.argsort(keys).astype(index_type)  # order within a bucket does not matter
             offsets = np.zeros((1 << bits) + 1, dtype=index_type)
             np.cumsum(np.bincount(keys, minlength=1 << bits), out=offsets[1:])
             occupied = offsets[1:] != offsets[:-1]
@@ -142,7 +142,8 @@ class _Segment:
         for shift, bits, block_radius, occupied, offsets, order, bucket_hashes in self.tables:
             masks = _xor_masks(bits, block_radius)
             query_keys = ((queries >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-            chunk = max(1, _PROBES_PER_CHUNK // len(masks))
+            # Bound the temporaries of a chunk by its probes and its expected candidates.
+            chunk = max(1, int(_PROBES_PER_CHUNK / (len(masks) * (1.0 + len(self.hashes) / (1 << bits)))))
             for start in range(0, len(queries), chunk):
                 keys = query_keys[start : start + chunk]
                 probes = (keys[:, None] ^ masks[None, :]).ravel()
