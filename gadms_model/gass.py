@@ -16,6 +16,7 @@ returned scores are detached.
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -26,12 +27,21 @@ from gadms_model.towers import AttentionRecord, ClipTowers, eot_positions
 Normalisation = Literal["sample", "batch"]
 
 
+@functools.lru_cache(maxsize=8)
+def msp_matrix(length: int) -> torch.Tensor:
+    """The N×N matrix M of MSP (a linear map along the sequence): MSP(x)[n] = Σ_m M[n, m]·x[m].
+
+    Applying M is one small matmul; CUDA's linear upsampling kernel is slow on these shapes (it took half of
+    a GA-DMS step on an H100)."""
+    sequence = torch.eye(length, dtype=torch.float64)[None]  # row m is the basis vector of position m
+    pooled = F.avg_pool1d(sequence.transpose(1, 2), kernel_size=2, stride=2)
+    restored = F.interpolate(pooled, size=length, mode="linear", align_corners=False).transpose(1, 2)
+    return ((sequence + restored) / 2)[0]
+
+
 def multi_scale_pool(x: torch.Tensor) -> torch.Tensor:
     """MSP over scales {1, 2} along dim 1 of a B×N×D tensor."""
-    length = x.shape[1]
-    pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2)
-    restored = F.interpolate(pooled, size=length, mode="linear", align_corners=False).transpose(1, 2)
-    return (x + restored) / 2
+    return msp_matrix(x.shape[1]).to(device=x.device, dtype=x.dtype) @ x
 
 
 def min_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -58,11 +68,12 @@ def scores_from_records(text_ids: torch.Tensor, records: list[AttentionRecord], 
     words = word_positions(text_ids)
     attended = torch.arange(length, device=text_ids.device) <= eot[:, None]
     total = torch.zeros(batch, length, device=text_ids.device)
+    msp = msp_matrix(length).to(device=text_ids.device, dtype=torch.float32)
     for record, grad in zip(records, output_grads):
         grad_eot = grad[rows, eot].float()
         gradient_value = torch.einsum("bd,bnd->bn", grad_eot, record.value.float())
-        query = multi_scale_pool(record.query.float())[rows, eot]
-        key = multi_scale_pool(record.key.float())
+        query = torch.einsum("bn,bnd->bd", msp[eot], record.query.float())  # MSP(q) at EOT only
+        key = msp @ record.key.float()
         similarity = min_max(F.cosine_similarity(query[:, None, :], key, dim=-1), attended)
         attention = record.eot_attention.float() * words
         attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)

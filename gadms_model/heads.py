@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gadms_model.compat import ensure_torchvision_ops
-from gadms_model.towers import block_forward, merge_heads, split_heads
+from gadms_model.towers import block_forward, compiled, merge_heads, split_heads
 
 
 class MaskedTokenHead(nn.Module):
@@ -15,7 +15,8 @@ class MaskedTokenHead(nn.Module):
     residual), then a pre-LN transformer (MLP 4×, QuickGELU), LayerNorm, and the vocabulary head
     Linear → QuickGELU → LayerNorm → Linear(vocab). Used for GA-DMS's MTP and IRRA's MLM."""
 
-    def __init__(self, width: int, vocab_size: int, layers: int = 4, heads: int | None = None):
+    def __init__(self, width: int, vocab_size: int, layers: int = 4, heads: int | None = None,
+                 compile_blocks: bool = False):
         super().__init__()
         ensure_torchvision_ops()
         from open_clip.transformer import LayerNorm, QuickGELU, Transformer
@@ -32,6 +33,7 @@ class MaskedTokenHead(nn.Module):
         self.mlm_head.add_module("ln", LayerNorm(width))
         self.mlm_head.add_module("fc", nn.Linear(width, vocab_size))
         self._init_weights(width, layers)
+        self.run_block = compiled(block_forward) if compile_blocks else block_forward
 
     def _init_weights(self, width: int, layers: int) -> None:
         # IRRA's initialisation of its cross-modal module.
@@ -66,7 +68,7 @@ class MaskedTokenHead(nn.Module):
         Only the predicted positions go through the vocabulary head (the cross-entropy ignores the rest)."""
         x = self._cross_attention(text_tokens, image_tokens)
         for block in self.transformer.resblocks:
-            x = block_forward(block, x, causal=False)
+            x = self.run_block(block, x, causal=False)
         return self.mlm_head(self.ln_post(x[positions]))
 
 

@@ -118,15 +118,33 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
-def block_forward(block: nn.Module, x: torch.Tensor, causal: bool) -> torch.Tensor:
-    """One open_clip ResidualAttentionBlock (pre-LN attention + MLP) with fused attention."""
+def attention_core(block: nn.Module, x: torch.Tensor, causal: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention of an open_clip ResidualAttentionBlock, fused: (q, k, v, attention output before
+    out_proj), heads concatenated (B×N×D each)."""
     attn = block.attn
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     heads = attn.num_heads
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
                                          is_causal=causal)
-    x = x + block.ls_1(attn.out_proj(merge_heads(out)))
+    return q, k, v, merge_heads(out)
+
+
+def block_output(block: nn.Module, x: torch.Tensor, attention_output: torch.Tensor) -> torch.Tensor:
+    """The rest of the block: output projection, residual, MLP (pre-LN), residual."""
+    x = x + block.ls_1(block.attn.out_proj(attention_output))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """One open_clip ResidualAttentionBlock (pre-LN attention + MLP) with fused attention."""
+    return block_output(block, x, attention_core(block, x, causal)[3])
+
+
+def compiled(function):
+    """`torch.compile` for the per-block functions: every block of a tower shares one graph (module weights
+    are graph inputs), fusing LayerNorm, QuickGELU, residuals and autocast casts between the matmuls."""
+    return torch.compile(function, dynamic=False)
 
 
 @dataclass
@@ -144,26 +162,16 @@ class AttentionRecord:
     eot_attention: torch.Tensor  # B×N: EOT's attention weights averaged over heads (0 after EOT)
 
 
-def recorded_block_forward(block: nn.Module, x: torch.Tensor, eot_index: torch.Tensor
-                           ) -> tuple[torch.Tensor, AttentionRecord]:
-    """`block_forward` (causal) that also returns the layer's AttentionRecord."""
-    attn = block.attn
-    heads = attn.num_heads
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    out = merge_heads(F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads),
-                                                     split_heads(v, heads), is_causal=True))
-    x = x + block.ls_1(attn.out_proj(out))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+def eot_attention_row(query: torch.Tensor, key: torch.Tensor, heads: int, eot_index: torch.Tensor
+                      ) -> torch.Tensor:
+    """B×N causal attention weights of the EOT query, averaged over heads (float32, no graph)."""
     with torch.no_grad():
-        rows = torch.arange(x.shape[0], device=x.device)
-        q_eot = split_heads(q[rows, eot_index].unsqueeze(1), heads).float()  # B×H×1×d
-        logits = q_eot @ split_heads(k, heads).float().transpose(-1, -2) / math.sqrt(q_eot.shape[-1])
-        positions = torch.arange(x.shape[1], device=x.device)
+        rows = torch.arange(query.shape[0], device=query.device)
+        q_eot = split_heads(query[rows, eot_index].unsqueeze(1), heads).float()  # B×H×1×d
+        logits = q_eot @ split_heads(key, heads).float().transpose(-1, -2) / math.sqrt(q_eot.shape[-1])
+        positions = torch.arange(key.shape[1], device=key.device)
         logits = logits.masked_fill((positions > eot_index[:, None])[:, None, None, :], float("-inf"))
-        eot_attention = logits.softmax(dim=-1).mean(dim=1).squeeze(1)
-    record = AttentionRecord(query=q.detach(), key=k.detach(), value=v.detach(), output=out,
-                             eot_attention=eot_attention)
-    return x, record
+        return logits.softmax(dim=-1).mean(dim=1).squeeze(1)
 
 
 def eot_positions(text_ids: torch.Tensor) -> torch.Tensor:
@@ -174,9 +182,14 @@ def eot_positions(text_ids: torch.Tensor) -> torch.Tensor:
 class ClipTowers(nn.Module):
     """Holds the open_clip CLIP under `.clip` (its state-dict keys are the checkpoint keys)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, compile_blocks: bool = False):
         super().__init__()
         self.clip = clip
+        maybe_compiled = compiled if compile_blocks else (lambda function: function)
+        self.run_block = maybe_compiled(block_forward)
+        # GASS differentiates w.r.t. the attention output: it must stay a tensor between two graphs.
+        self.run_attention = maybe_compiled(attention_core)
+        self.run_block_output = maybe_compiled(block_output)
 
     @property
     def embed_dim(self) -> int:
@@ -195,7 +208,7 @@ class ClipTowers(nn.Module):
         visual = self.clip.visual
         x = visual._embeds(images)
         for block in visual.transformer.resblocks:
-            x = block_forward(block, x, causal=False)
+            x = self.run_block(block, x, causal=False)
         return _project(visual.ln_post(x), visual.proj)
 
     def _text_embeds(self, text_ids: torch.Tensor) -> torch.Tensor:
@@ -207,7 +220,7 @@ class ClipTowers(nn.Module):
         clip = self.clip
         x = self._text_embeds(text_ids)
         for block in clip.transformer.resblocks:
-            x = block_forward(block, x, causal=True)
+            x = self.run_block(block, x, causal=True)
         rows = torch.arange(x.shape[0], device=x.device)
         return _project(clip.ln_final(x[rows, eot_positions(text_ids)]), clip.text_projection)
 
@@ -216,7 +229,7 @@ class ClipTowers(nn.Module):
         clip = self.clip
         x = self._text_embeds(text_ids)
         for block in clip.transformer.resblocks:
-            x = block_forward(block, x, causal=True)
+            x = self.run_block(block, x, causal=True)
         return _project(clip.ln_final(x), clip.text_projection)
 
     def text_global_recorded(self, text_ids: torch.Tensor, num_layers: int
@@ -233,12 +246,15 @@ class ClipTowers(nn.Module):
         with torch.no_grad():
             x = self._text_embeds(text_ids)
             for block in blocks[:first_recorded]:
-                x = block_forward(block, x, causal=True)
+                x = self.run_block(block, x, causal=True)
         x = x.detach().requires_grad_(True)
         records = []
         for block in blocks[first_recorded:]:
-            x, record = recorded_block_forward(block, x, eot_index)
-            records.append(record)
+            query, key, value, output = self.run_attention(block, x, causal=True)
+            x = self.run_block_output(block, x, output)
+            attention = eot_attention_row(query, key, block.attn.num_heads, eot_index)
+            records.append(AttentionRecord(query=query.detach(), key=key.detach(), value=value.detach(),
+                                           output=output, eot_attention=attention))
         rows = torch.arange(x.shape[0], device=x.device)
         return _project(clip.ln_final(x[rows, eot_index]), clip.text_projection), records
 
@@ -291,7 +307,7 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def resize_position_grid(position_embedding: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """(1 + g·g)×W class + square grid position embedding → (1 + h·w)×W, grid resized bilinearly."""
+    """(1 + g·g)×W class + square grid position embedding → (1 + h·w)×W float32, grid resized bilinearly."""
     class_token, grid = position_embedding[:1], position_embedding[1:]
     side = math.isqrt(grid.shape[0])
     if side * side != grid.shape[0]:
@@ -299,7 +315,7 @@ def resize_position_grid(position_embedding: torch.Tensor, grid_size: tuple[int,
     grid = grid.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=grid_size, mode="bilinear", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(grid_size[0] * grid_size[1], -1)
-    return torch.cat([class_token.float(), grid]).to(position_embedding.dtype)
+    return torch.cat([class_token.float(), grid])  # float32: a half-precision checkpoint loses nothing more
 
 
 def load_clip_weights(clip: nn.Module, path: str | Path) -> None:

@@ -1,0 +1,134 @@
+"""The GADMS module end to end on the tiny config: modes, score store, encoders, tokenizer, config checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from gadms_model.gass import gass_scores
+from gadms_model.model import ModelConfig, build_model
+from gadms_model.score_store import ScoreStore
+from gadms_model.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, SOT_TOKEN_ID, Tokenizer
+from storage.errors import GadmsError
+
+CAPTIONS = [
+    "a man in a red jacket and black trousers carrying a bag",
+    "a woman with long hair wearing a white dress and sandals",
+    "a boy in a blue t-shirt riding a bike",
+    "a man in a red jacket, dark jeans and grey shoes",
+]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    tokenizer = Tokenizer()
+    return torch.randn(4, 3, 64, 32), tokenizer(CAPTIONS), torch.tensor([0, 1, 2, 0])
+
+
+def test_tokenizer_vocabulary_specials_and_truncation():
+    import open_clip
+
+    tokenizer = Tokenizer()
+    assert tokenizer.vocab_size == 49408 and tokenizer.mask_token_id == MASK_TOKEN_ID == 49405
+    ids = tokenizer(["A man in a red coat.", "word " * 100])
+    assert ids.shape == (2, 77) and ids.dtype == torch.long
+    # Same BPE as CLIP's for ordinary text.
+    assert torch.equal(ids[0], open_clip.tokenize(["A man in a red coat."])[0])
+    assert ids[0, 0] == SOT_TOKEN_ID and ids[1, 76] == EOT_TOKEN_ID and (ids[1] == EOT_TOKEN_ID).sum() == 1
+    assert tokenizer.decode(ids[0]) == "a man in a red coat ."
+    masked = ids[0].clone()
+    masked[3] = MASK_TOKEN_ID
+    assert tokenizer.decode(masked) == "a man <|mask|> a red coat ."
+    assert MASK_TOKEN_ID not in tokenizer.encode("<|mask|> mask")
+
+
+def test_gadms_forward_losses_stats_and_gradients(batch):
+    images, text_ids, pids = batch
+    model = build_model(ModelConfig.tiny(num_classes=3))
+    store = ScoreStore(10)
+    caption_ids = torch.tensor([9, 2, 4, 0])
+    out = model(images, text_ids, pids, caption_ids=caption_ids, score_store=store,
+                generator=torch.Generator().manual_seed(0))
+    assert {"loss", "sdm", "mtp", "id", "noise_mask_rate", "mtp_mask_rate", "gass_noise_masked",
+            "gass_informative_masked", "gass_mean"} <= out.keys()
+    assert out["loss"].requires_grad and all(not v.requires_grad for k, v in out.items() if k != "loss")
+    expected = out["sdm"] + 0.4 * out["mtp"] + out["id"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    out["loss"].backward()
+    for name in ("towers.clip.visual.conv1.weight", "towers.clip.transformer.resblocks.0.attn.in_proj_weight",
+                 "mtp_head.mlm_head.fc.weight", "classifier.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    assert model.towers.clip.logit_scale.grad is None  # the temperature is fixed
+    # The store now holds this step's GASS of these captions; the other rows keep the initial 0.85.
+    with torch.no_grad():
+        image_features = model.towers.image_tokens(images)[:, 0]
+    fresh = gass_scores(model.towers, text_ids, image_features, num_layers=2)
+    torch.testing.assert_close(store.gather(caption_ids), fresh.half().float())
+    assert torch.all(store.gather(torch.tensor([1, 3, 5])) == torch.tensor(0.85).half().float())
+
+
+def test_masks_from_stored_scores_start_without_noise_masking(batch):
+    images, text_ids, pids = batch
+    model = build_model(ModelConfig.tiny(mask_from="stored"))
+    store = ScoreStore(4)
+    out = model(images, text_ids, pids, caption_ids=torch.arange(4), score_store=store,
+                generator=torch.Generator().manual_seed(1))
+    # Initial 0.85: p_noise = 0.2·σ(20·(0.15 − 0.9)) ≈ 6e-8, p_informative ≈ 0.3.
+    assert out["noise_mask_rate"].item() == 0.0
+    assert 0.1 < out["mtp_mask_rate"].item() < 0.5
+    assert out["gass_informative_masked"].item() == pytest.approx(0.85, abs=1e-3)
+    assert not torch.all(store.gather(torch.arange(4)) == torch.tensor(0.85).half().float())  # written
+
+
+def test_irra_and_sdm_modes(batch):
+    images, text_ids, pids = batch
+    irra = build_model(ModelConfig.tiny(mode="irra", num_classes=3))
+    out = irra(images, text_ids, pids, generator=torch.Generator().manual_seed(2))
+    assert {"loss", "sdm", "mlm", "id", "mlm_mask_rate"} <= out.keys() and "mtp" not in out
+    assert out["loss"].item() == pytest.approx((out["sdm"] + out["mlm"] + out["id"]).item(), rel=1e-6)
+    sdm = build_model(ModelConfig.tiny(mode="sdm"))
+    assert sdm.mtp_head is None and sdm.classifier is None
+    out = sdm(images, text_ids, pids)
+    assert set(out) == {"loss", "sdm"} and out["loss"].item() == out["sdm"].item()
+
+
+def test_encoders_return_unit_features(batch):
+    images, text_ids, _ = batch
+    model = build_model(ModelConfig.tiny()).eval()
+    with torch.no_grad():
+        image_features, text_features = model.encode_image(images), model.encode_text(text_ids)
+    assert image_features.shape == text_features.shape == (4, 64)
+    torch.testing.assert_close(image_features.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(text_features.norm(dim=-1), torch.ones(4))
+    # Whatever follows EOT does not change a caption's feature (causal attention, EOT pooling).
+    longer = text_ids.clone()
+    longer[0, 20:] = 1234
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(longer)[0], text_features[0])
+
+
+def test_config_is_validated():
+    with pytest.raises(ValidationError):
+        ModelConfig(mode="gadms", unknown_field=1)
+    with pytest.raises(ValidationError):
+        ModelConfig(mode="clip")
+    with pytest.raises(GadmsError, match="gass_layers 8 exceeds the 3 text layers"):
+        build_model(ModelConfig.tiny(gass_layers=8))
+    with pytest.raises(GadmsError, match="neither a JSON file"):
+        build_model(ModelConfig(clip_model="ViT-Nonexistent"))
+    assert ModelConfig().image_size == (384, 128) and ModelConfig().temperature == 0.02
+
+
+def test_score_store_round_trip_and_checks():
+    store = ScoreStore(5, context_length=3)
+    store.update(torch.tensor([4, 1]), torch.tensor([[0.5, 0.25, 1.0], [0.0, 0.125, 0.75]]))
+    assert store.gather(torch.tensor([1, 4, 0])).tolist() == [[0.0, 0.125, 0.75], [0.5, 0.25, 1.0],
+                                                               [0.85009765625] * 3]
+    restored = ScoreStore(5, context_length=3)
+    restored.load_state_dict(store.state_dict())
+    assert torch.equal(restored.scores, store.scores)
+    with pytest.raises(GadmsError, match=r"expected 'scores' of shape \(6, 3\), found \(5, 3\)"):
+        ScoreStore(6, context_length=3).load_state_dict(store.state_dict())
+    with pytest.raises(IndexError, match="caption ids must lie in 0..4"):
+        store.gather(torch.tensor([5]))

@@ -1,0 +1,126 @@
+"""SDM, ID and MLM losses against hand computations; SDM and the score store under 2 gloo processes."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from gadms_model.losses import id_loss, mlm_loss, sdm_loss
+from gadms_model.score_store import ScoreStore
+
+IMAGE = [[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]]
+TEXT = [[0.8, 0.6], [1.0, 1.0], [-1.0, 0.0]]
+PIDS = [7, 7, 3]
+
+
+def hand_sdm(image, text, pids, temperature, epsilon=1e-8):
+    def unit(v):
+        norm = math.sqrt(sum(x * x for x in v))
+        return [x / norm for x in v]
+
+    image, text = [unit(v) for v in image], [unit(v) for v in text]
+    n = len(pids)
+    cos = [[sum(a * b for a, b in zip(image[i], text[j])) for j in range(n)] for i in range(n)]
+
+    def direction(sim):
+        total = 0.0
+        for i in range(n):
+            exps = [math.exp(sim[i][j] / temperature) for j in range(n)]
+            same = [1.0 if pids[i] == pids[j] else 0.0 for j in range(n)]
+            for j in range(n):
+                p = exps[j] / sum(exps)
+                q = same[j] / sum(same)
+                total += p * (math.log(p) - math.log(q + epsilon))
+        return total / n
+
+    transposed = [[cos[j][i] for j in range(n)] for i in range(n)]
+    return direction(cos) + direction(transposed)
+
+
+@pytest.mark.parametrize("temperature", [0.02, 0.5])
+def test_sdm_equals_hand_computation(temperature):
+    loss = sdm_loss(torch.tensor(IMAGE), torch.tensor(TEXT), torch.tensor(PIDS), temperature=temperature)
+    assert loss.item() == pytest.approx(hand_sdm(IMAGE, TEXT, PIDS, temperature), rel=1e-5)
+
+
+def test_id_loss_equals_hand_computation():
+    image_logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5], [0.0, 1.0, 3.0]])
+    text_logits = torch.tensor([[0.0, 0.0, 1.0], [1.0, -1.0, 0.0], [2.0, 2.0, 0.0]])
+    pids = [0, 1, 2]
+
+    def ce(logits):
+        return sum(-logits[i][pids[i]] + math.log(sum(math.exp(x) for x in logits[i])) for i in range(3)) / 3
+
+    expected = (ce(image_logits.tolist()) + ce(text_logits.tolist())) / 2
+    assert id_loss(image_logits, text_logits, torch.tensor(pids)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mlm_loss_averages_over_masked_positions_only():
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, 1.0, 1.0]],
+                           [[0.5, 0.5, 2.0], [1.0, 1.0, 1.0], [0.0, 4.0, 0.0]]])
+    labels = torch.tensor([[1, -100, 0], [-100, -100, 2]])
+
+    def nll(row, target):
+        return -row[target] + math.log(sum(math.exp(x) for x in row))
+
+    rows = logits.tolist()
+    expected = (nll(rows[0][0], 1) + nll(rows[0][2], 0) + nll(rows[1][2], 2)) / 3
+    assert mlm_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # The model passes only the masked positions: same value.
+    masked = labels != -100
+    assert mlm_loss(logits[masked], labels[masked]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world, port, image, text, pids, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        half = image.shape[0] // world
+        local = slice(rank * half, (rank + 1) * half)
+        local_image = image[local].clone().requires_grad_(True)
+        local_text = text[local].clone().requires_grad_(True)
+        loss = sdm_loss(local_image, local_text, pids[local])
+        loss.backward()
+        # The score store: ranks send different numbers of rows; both must end with both updates.
+        store = ScoreStore(6, context_length=4)
+        ids = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([5])
+        store.update(ids, torch.full((len(ids), 4), 0.25 * (rank + 1)))
+        results[rank] = (loss.item(), local_image.grad, local_text.grad, store.scores.float())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gathered_sdm_across_two_gloo_processes_equals_single_process():
+    torch.manual_seed(0)
+    image, text = torch.randn(8, 16), torch.randn(8, 16)
+    pids = torch.tensor([0, 1, 2, 0, 3, 1, 4, 5])  # identities shared across the two ranks' halves
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), image, text, pids, results), nprocs=2, join=True)
+        results = dict(results)
+
+    full_image, full_text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
+    full_loss = sdm_loss(full_image, full_text, pids)
+    full_loss.backward()
+    for rank in (0, 1):
+        loss, image_grad, text_grad, store = results[rank]
+        assert loss == pytest.approx(full_loss.item(), rel=1e-6)
+        # Each rank's gradient is the global loss's gradient w.r.t. its own slice.
+        torch.testing.assert_close(image_grad, full_image.grad[rank * 4:(rank + 1) * 4], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(text_grad, full_text.grad[rank * 4:(rank + 1) * 4], rtol=1e-5, atol=1e-7)
+        expected_store = torch.full((6, 4), 0.85).half().float()
+        expected_store[[0, 1, 2]] = 0.25
+        expected_store[5] = 0.5
+        assert torch.equal(store, expected_store)
