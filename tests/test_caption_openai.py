@@ -175,7 +175,6 @@ def test_429_waits_for_retry_after(server, tmp_path):
     assert server.request_times[1] - server.request_times[0] >= 0.95
 
 
-@pytest.mark.slow
 def test_timeout_is_retried_then_rejected(server, tmp_path):
     server.hang_s = 2.0
     server.faults.append("timeout")

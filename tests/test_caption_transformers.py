@@ -94,7 +94,6 @@ def test_tiny_random_vlm_captions_and_the_cache_spares_a_rerun(tiny_vlm, tmp_pat
     assert fresh == captions and len(calls) == 8
 
 
-@pytest.mark.slow
 def test_tiny_random_vlm_answers_become_rejects_not_crashes(tiny_vlm, tmp_path):
     crops = [make_crop(n) for n in range(2)]
     config = local_config(tiny_vlm, filter=True, filter_max_tokens=8, invalid_output_retries=0)
