@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from curation.synthweb import (
     FLIP_INDEX,
@@ -106,7 +106,7 @@ def test_near_duplicates_carry_transformed_ground_truth(site):
     assert dups
     for dup in dups:
         original = records[dup["duplicate_of"]]
-        assert len(dup["persons"]) == len([p for p in original["persons"]])
+        assert len(dup["persons"]) == len(original["persons"])
         if dup["duplicate_kind"] == "exact":
             assert dup["sha256"] == original["sha256"]
         if dup["duplicate_kind"] == "resized":
@@ -131,8 +131,6 @@ def test_drawn_box_is_tight_around_the_drawn_pixels(angle):
         drawn = draw_person(ImageDraw.Draw(image), image.size, identity_attributes(number), pose, 300,
                             (256, 420 if angle == 0 else 260), angle, rng)
         background = Image.new("RGB", image.size, (0, 255, 0))
-        from PIL import ImageChops
-
         painted = ImageChops.difference(image, background).convert("L").point(lambda v: 255 if v else 0).getbbox()
         assert painted is not None
         for got, want in zip(painted, drawn.bbox):

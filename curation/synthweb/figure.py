@@ -69,7 +69,6 @@ def random_pose(rng: random.Random) -> Pose:
 @dataclass
 class DrawnPerson:
     bbox: tuple[float, float, float, float] | None  # x1, y1, x2, y2 of what is visible; None: all outside
-    unclipped_bbox: tuple[float, float, float, float]
     keypoints: list[tuple[float, float, int]]  # 17 × (x, y, visibility), COCO order
 
 
@@ -283,10 +282,5 @@ def draw_person(
             keypoints.append((round(x, 1), round(y, 1), 1 if hidden else 2))
         else:
             keypoints.append((0.0, 0.0, 0))
-    unclipped = (pen.x1, pen.y1, pen.x2, pen.y2)
     visible = pen.visible_box(image_size)
-    return DrawnPerson(
-        bbox=tuple(round(v, 1) for v in visible) if visible else None,
-        unclipped_bbox=tuple(round(v, 1) for v in unclipped),
-        keypoints=keypoints,
-    )
+    return DrawnPerson(bbox=tuple(round(v, 1) for v in visible) if visible else None, keypoints=keypoints)

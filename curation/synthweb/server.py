@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

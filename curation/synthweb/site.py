@@ -3,7 +3,8 @@
     <out>/www/                   the document root the server serves
         index.html, robots.txt (disallows /private/), sitemap.xml
         gallery/page-N.html      public pages, paginated; private/page-N.html behind robots.txt
-        img/, private/img/       scenes and their near-duplicates; hostile files (see FAULTS)
+        img/, private/img/       scenes, their near-duplicates and srcset variants; hostile files (see FAULTS)
+        _payload/                images the server sends only through a fault URL (slow, 429, short read)
     <out>/ground_truth.jsonl     one record per image URL path the pages reference (see `render_site`)
     <out>/site.json              seed, counts and the fault table the server implements
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from curation.synthweb.alttext import make_alt_text
 from curation.synthweb.hostile import (
@@ -114,7 +118,10 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
     Ground-truth records: `path` (URL path), `pages` (pages that reference it), `sha256`, `width`, `height`,
     `plan`, `persons` [{bbox x1,y1,x2,y2; keypoints 17 × [x, y, visibility] in COCO order; identity; kind;
     caption (the clean description)}], `alt_text` with `alt_style` and `noise_words` (one flag per word of
-    alt_text.split()), `robots_disallowed`, `duplicate_of`/`duplicate_kind`, and `fault` (None or a FAULTS name).
+    alt_text.split()), `robots_disallowed`, `duplicate_of`/`duplicate_kind` (exact, reencoded, resized, cropped,
+    mirrored; boxes and keypoints transformed to match), `fault` (None or a FAULTS name), `http_status` (of the
+    first response) and, on scenes that have a half-size variant, `srcset_small` (its path; the page's `<img>`
+    then uses it as `src` and lists both in `srcset`).
     """
     if images < 1:
         raise GadmsError(f"--images must be at least 1, got {images}")
@@ -201,10 +208,6 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
-    import io
-
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as image:
         return image.size
 
