@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--val-images", type=int, default=400)
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--imgsz", type=int, default=256)
-    train.add_argument("--batch", type=int, default=64)
+    train.add_argument("--batch", type=int, default=16)
     train.add_argument("--nbs", type=int, default=16, help="nominal batch size (ultralytics default 64)")
     train.add_argument("--device", default="cpu", help="cpu, 0 (first GPU), ...")
     train.add_argument("--workers", type=int, default=2, help="ultralytics data-loader workers")

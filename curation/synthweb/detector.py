@@ -39,7 +39,7 @@ class DetectorTrainConfig(BaseModel):
     val_images: int = Field(400, ge=1)
     epochs: int = Field(40, ge=1)
     imgsz: int = Field(256, ge=32)
-    batch: int = Field(64, ge=1)
+    batch: int = Field(16, ge=1)
     nbs: int = Field(16, ge=1)  # ultralytics' default 64 gives too few optimiser steps on small datasets
     device: str = "cpu"
     workers: int = Field(2, ge=0)
