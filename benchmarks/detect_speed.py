@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from curation.dedup import phash64
 from curation.detect import DetectConfig, PersonDetector, detect_persons
 from curation.detect.decode import decode_image

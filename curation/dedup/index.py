@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -66,6 +67,7 @@ class DedupIndex:
     def __init__(self, directory: Path, radius: int):
         self.directory = directory
         self.radius = radius
+        self._thread_lock = threading.Lock()  # flock excludes processes; this, threads sharing this object
         self._reset(generation=-1)
 
     @classmethod
@@ -191,7 +193,7 @@ class DedupIndex:
 
     @contextmanager
     def _locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with open(self.directory / LOCK_FILE, "a+b") as lock:
+        with self._thread_lock, open(self.directory / LOCK_FILE, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 con = duckdb.connect(str(self.directory / INDEX_FILE))

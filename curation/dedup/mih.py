@@ -31,11 +31,6 @@ MAX_BLOCK_BITS = 22  # a 22-bit block table is 4M offsets (16 MiB as int32)
 _PROBES_PER_CHUNK = 1 << 21  # bounds the temporary arrays of one query chunk
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise Hamming distance of two uint64 arrays."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int8)
-
-
 def as_hashes(values) -> np.ndarray:
     """Python ints / any integer array → contiguous uint64 array."""
     array = np.asarray(values)
@@ -183,13 +178,6 @@ class MultiIndexHash:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._segments)
-
-    @property
-    def hashes(self) -> np.ndarray:
-        """All stored hashes, indexed by id."""
-        if not self._segments:
-            return np.empty(0, np.uint64)
-        return np.concatenate([s.hashes for s in self._segments])
 
     def add(self, hashes) -> None:
         """Append hashes (ids continue from len(self)); merge segments of similar size to keep their count ~log n."""

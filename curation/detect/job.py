@@ -74,7 +74,10 @@ def _shard_done(layout: OutputLayout, out: str, shard_id: str) -> bool:
     return Path(crops_path(out, shard_id)).is_file() and Path(layout.rejects_path(shard_id)).is_file()
 
 
-def _run_shard(path, out, layout, detector, index, run_id, bar, timings) -> dict:
+def _run_shard(
+    path: Path, out: str, layout: OutputLayout, detector: PersonDetector, index: DedupIndex | None, run_id: str,
+    bar, timings: dict,
+) -> dict:
     shard_id = path.stem
     crops, rejects, images = [], [], 0
     started = time.perf_counter()
