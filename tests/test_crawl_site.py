@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from curation.crawl import CrawlConfig, crawl_chunk, discover_images, read_url_list
-from curation.crawl.state import load_outcomes
+from curation.crawl.state import load_segments, saved_rows
 from curation.synthweb import SiteServer, render_site, write_url_list
 from gadms_model.cli import main
 from storage.errors import GadmsError
@@ -230,7 +230,7 @@ def test_resume_after_kill_loses_nothing_and_repeats_nothing(server, url_list, g
         os.kill(child.pid, signal.SIGKILL)  # a kill -9 in the middle of the chunk
     finally:
         child.wait()
-    saved = load_outcomes(str(state))
+    saved = saved_rows(load_segments(str(state)))
     assert 9 <= len(saved) < 31, "the kill should land mid-chunk"
     before = len(server.requests)
     resumed = crawl_chunk(records, config, str(state))

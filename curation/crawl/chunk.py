@@ -18,8 +18,10 @@ import time
 import zlib
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
+import pyarrow as pa
 from yarl import URL
 
 from curation.crawl.config import CrawlConfig
@@ -27,22 +29,35 @@ from curation.crawl.fetcher import IMAGE_ACCEPT, Fetcher, FetchFailure, host_key
 from curation.crawl.imageinfo import ImageCheckError, inspect_image
 from curation.crawl.loop import run_sync
 from curation.crawl.robots import RobotsCache
-from curation.crawl.state import Outcome, SegmentWriter, load_outcomes, open_chunk_state
+from curation.crawl.state import Outcome, SegmentWriter, load_segments, open_chunk_state, saved_rows
 from storage.records import Download, Reject, UrlRecord
 
 log = logging.getLogger(__name__)
 
 STAGE = "crawl"
 PROGRESS_EVERY_S = 0.25
+DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height"]
 
 # (downloaded, rejected) since the last call; sha256 duplicates are only known at the end and count as downloaded.
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass
 class CrawlResult:
-    downloads: list[Download]
-    rejects: list[Reject]
+    """What a chunk became. `downloads_table` holds the downloads as Arrow (DOWNLOAD_COLUMNS) for writers that
+    should not copy every image through Python objects; `downloads` gives them as records."""
+
+    def __init__(self, downloads_table: pa.Table, rejects: list[Reject]):
+        self.downloads_table = downloads_table
+        self.rejects = rejects
+
+    @cached_property
+    def downloads(self) -> list[Download]:
+        columns = [self.downloads_table.column(name).to_pylist() for name in DOWNLOAD_COLUMNS]
+        return [
+            Download(url=url, page_url=page_url, alt_text=alt_text, data=data, sha256=sha256, mime=mime,
+                     width=width, height=height)
+            for url, page_url, alt_text, data, sha256, mime, width, height in zip(*columns)
+        ]
 
     def reason_counts(self) -> dict[str, int]:
         return dict(Counter(r.reason for r in self.rejects).most_common())
@@ -68,24 +83,30 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
     urls = list(urls)
     robots_cache = robots_cache if robots_cache is not None else RobotsCache(config.robots_cache_ttl_s)
     open_chunk_state(state_dir, urls)
-    done = load_outcomes(state_dir)
+    segments = load_segments(state_dir)
+    saved = saved_rows(segments)
     first_row: dict[str, int] = {}
     todo: list[tuple[int, UrlRecord]] = []
     for index, record in enumerate(urls):
-        if first_row.setdefault(record.url, index) == index and index not in done:
+        if first_row.setdefault(record.url, index) == index and index not in saved:
             todo.append((index, record))
     if progress is not None:
-        finished = len(urls) - len(todo)
-        ok = sum(1 for o in done.values() if o.reason is None)
-        progress(ok, finished - ok)
+        reasons = segments.column("reason").to_pylist()
+        ok = sum(1 for position in saved.values() if reasons[position] is None)
+        progress(ok, len(urls) - len(todo) - ok)
     if todo:
         _run(todo, config, state_dir, robots_cache, progress)
-        done = load_outcomes(state_dir)
-    return _assemble(urls, done, first_row)
+        segments = load_segments(state_dir)
+        saved = saved_rows(segments)
+    return _assemble(urls, segments, saved, first_row)
 
 
-def _assemble(urls: list[UrlRecord], done: dict[int, Outcome], first_row: dict[str, int]) -> CrawlResult:
-    downloads: list[Download] = []
+def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
+              first_row: dict[str, int]) -> CrawlResult:
+    reasons = segments.column("reason").to_pylist()
+    details = segments.column("detail").to_pylist()
+    hashes = segments.column("sha256").to_pylist()
+    kept: list[tuple[UrlRecord, int]] = []  # (input row, position in segments)
     rejects: list[Reject] = []
     kept_url_by_sha: dict[str, str] = {}
     for index, record in enumerate(urls):
@@ -93,20 +114,29 @@ def _assemble(urls: list[UrlRecord], done: dict[int, Outcome], first_row: dict[s
         if first != index:
             rejects.append(Reject(STAGE, "duplicate_url", record.url, detail=f"same URL as row {first}"))
             continue
-        outcome = done.get(index)
-        if outcome is None:
+        position = saved.get(index)
+        if position is None:
             raise RuntimeError(f"crawl: row {index} ({record.url}) has no outcome after the run")
-        if outcome.reason is not None:
-            rejects.append(Reject(STAGE, outcome.reason, record.url, detail=outcome.detail))
-        elif outcome.sha256 in kept_url_by_sha:
-            rejects.append(Reject(STAGE, "duplicate_sha256", record.url, detail=kept_url_by_sha[outcome.sha256]))
+        sha256 = hashes[position]
+        if reasons[position] is not None:
+            rejects.append(Reject(STAGE, reasons[position], record.url, detail=details[position] or ""))
+        elif sha256 in kept_url_by_sha:
+            rejects.append(Reject(STAGE, "duplicate_sha256", record.url, detail=kept_url_by_sha[sha256]))
         else:
-            kept_url_by_sha[outcome.sha256] = record.url
-            downloads.append(Download(
-                url=record.url, page_url=record.page_url, alt_text=record.alt_text, data=outcome.data,
-                sha256=outcome.sha256, mime=outcome.mime, width=outcome.width, height=outcome.height,
-            ))
-    return CrawlResult(downloads, rejects)
+            kept_url_by_sha[sha256] = record.url
+            kept.append((record, position))
+    picked = segments.take(pa.array([position for _, position in kept], pa.int64()))
+    table = pa.table({
+        "url": pa.array([r.url for r, _ in kept], pa.string()),
+        "page_url": pa.array([r.page_url for r, _ in kept], pa.string()),
+        "alt_text": pa.array([r.alt_text for r, _ in kept], pa.string()),
+        "image": picked.column("data"),
+        "sha256": picked.column("sha256"),
+        "mime": picked.column("mime"),
+        "width": picked.column("width"),
+        "height": picked.column("height"),
+    })
+    return CrawlResult(table, rejects)
 
 
 def _run(todo: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str, robots_cache: RobotsCache,

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             state_dir = join(out, "work", "crawl", chunk_id)
             result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache)
             write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
-            write_downloads(result.downloads, downloads_path(out, chunk_id), chunk_id, run_id)  # last: marks done
+            write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id)  # last: done
             fs.rm(filesystem(state_dir)[1], recursive=True)
             for reason, n in result.reason_counts().items():
                 reasons[reason] = reasons.get(reason, 0) + n

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp"}
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT (C4), JPG (C8), DAC (CC).
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0–7
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -64,7 +65,7 @@ def _jpeg(data: bytes) -> tuple[int, int]:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers have no length
+        if marker in _STANDALONE_MARKERS:  # no length field
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
@@ -78,7 +79,8 @@ def _jpeg(data: bytes) -> tuple[int, int]:
         if marker == 0xDA:  # start of scan: the image data follows, and must end with EOI
             if size is None:
                 raise ImageCheckError("decode_error", "jpeg: scan before any frame header")
-            if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+            ends_clean = data.endswith(b"\xff\xd9")  # the usual case; else look for EOI before trailing bytes
+            if not ends_clean and data.find(b"\xff\xd9", pos + 2 + length) < 0:
                 raise ImageCheckError("truncated", f"jpeg: no end-of-image marker in {len(data)} bytes")
             return size
         pos += 2 + length

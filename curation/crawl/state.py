@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, join
@@ -25,7 +26,7 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("index", pa.int64(), nullable=False),
         pa.field("reason", pa.string()),  # null when downloaded
         pa.field("detail", pa.string()),
-        pa.field("data", pa.binary()),
+        pa.field("data", pa.large_binary()),
         pa.field("sha256", pa.string()),
         pa.field("mime", pa.string()),
         pa.field("width", pa.int32()),
@@ -72,16 +73,34 @@ def open_chunk_state(state_dir: str, urls: list[UrlRecord]) -> None:
         json.dump(expected, f)
 
 
-def load_outcomes(state_dir: str) -> dict[int, Outcome]:
-    """Every outcome saved in the state folder, by row index (first one wins should a row repeat)."""
+def load_segments(state_dir: str) -> pa.Table:
+    """All saved outcomes as one table (OUTCOME_SCHEMA), rows in no particular order. Local segments are
+    memory-mapped, so image bytes are not copied until they are written out."""
     fs, path = filesystem(state_dir)
-    outcomes: dict[int, Outcome] = {}
+    tables = [OUTCOME_SCHEMA.empty_table()]
     for segment in sorted(fs.glob(f"{path.rstrip('/')}/seg-*.arrow")):
-        with fs.open(segment, "rb") as f:
-            table = pa.ipc.open_file(f).read_all()
-        for row in table.to_pylist():
-            outcomes.setdefault(row["index"], Outcome(**{**row, "detail": row["detail"] or ""}))
-    return outcomes
+        if isinstance(fs, LocalFileSystem):
+            tables.append(pa.ipc.open_file(pa.memory_map(segment)).read_all())
+        else:
+            with fs.open(segment, "rb") as f:
+                tables.append(pa.ipc.open_file(f).read_all())
+    return pa.concat_tables(tables)
+
+
+def saved_rows(segments: pa.Table) -> dict[int, int]:
+    """Row index → position of its first outcome in `segments`."""
+    positions: dict[int, int] = {}
+    for position, index in enumerate(segments.column("index").to_pylist()):
+        positions.setdefault(index, position)
+    return positions
+
+
+def binary_column(values: list[bytes | None], rows_per_chunk: int = 256) -> pa.ChunkedArray:
+    """Image bytes as an Arrow column built in small pieces: one array of hundreds of MB costs ~10× more
+    (its buffer is regrown and copied over and over). large_binary: a chunk's images may pass 2 GiB."""
+    pieces = [pa.array(values[i : i + rows_per_chunk], pa.large_binary())
+              for i in range(0, len(values), rows_per_chunk)]
+    return pa.chunked_array(pieces, pa.large_binary())
 
 
 class SegmentWriter:
@@ -106,6 +125,7 @@ class SegmentWriter:
         if not self.buffer:
             return
         columns = {name: [getattr(o, name) for o in self.buffer] for name in OUTCOME_SCHEMA.names}
+        columns["data"] = binary_column(columns["data"])
         table = pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
         with atomic_write(join(self.state_dir, f"{self.prefix}-{self.segments:06d}.arrow")) as f:
             with pa.ipc.new_file(f, OUTCOME_SCHEMA) as ipc:

@@ -1,0 +1,233 @@
+"""Benchmark: `gadms crawl` against img2dataset 1.47 on the same URL list served by nginx on loopback.
+
+    .venv/bin/python benchmarks/crawl_vs_img2dataset.py [--images 20000] [--rounds 2]
+
+What it does, in one run:
+  1. writes N synthetic 256×512 JPEGs (cached) and a robots.txt into a document root;
+  2. serves them with nginx (Debian package; Python's threaded server tops out near 1,850 requests/s);
+  3. installs img2dataset 1.47 into its own virtualenv under the cache folder (once; NO_ALBUMENTATIONS_UPDATE=1
+     so it never calls home);
+  4. downloads the same URL list with: ours (robots.txt on, per-host concurrency limit on, checks by magic bytes
+     and header dimensions, Parquet output), img2dataset with re-encoding off, and img2dataset with its default
+     decode + re-encode; each `--rounds` times, alternating, and reports images/s (images written / wall time
+     of the whole command, start-up included) with the ratios of the medians;
+  5. saves the figures with the machine's load average to benchmarks/results/crawl_vs_img2dataset.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+IMG2DATASET_VERSION = "1.47.0"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gadms" / "bench-crawl"
+
+
+def make_images(docroot: Path, count: int, seed: int = 0) -> list[str]:
+    """Synthetic 256×512 JPEGs (smooth colour fields and shapes, ~15–30 KB like rendered person scenes)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image_dir = docroot / "img"
+    marker = docroot / f".complete-{count}-{seed}"
+    names = [f"img/{i:06d}.jpg" for i in range(count)]
+    if marker.exists():
+        return names
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    for name in names:
+        field = noise.integers(0, 256, size=(48, 24, 3), dtype=np.uint8)
+        image = Image.fromarray(field).resize((256, 512), Image.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(3, 8)):
+            x, y = rng.randint(0, 230), rng.randint(0, 480)
+            colour = tuple(rng.randint(0, 255) for _ in range(3))
+            draw.ellipse((x, y, x + rng.randint(10, 90), y + rng.randint(10, 160)), fill=colour)
+        image.save(docroot / name, format="JPEG", quality=90)
+    (docroot / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
+    marker.touch()
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nginx(docroot: Path, workdir: Path, port: int) -> subprocess.Popen:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        sys.exit("nginx is not installed: apt-get install -y nginx")
+    conf = workdir / "nginx.conf"
+    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir(exist_ok=True)
+    conf.write_text(f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 2;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+daemon off;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_timeout 65; keepalive_requests 1000000;
+    types {{ image/jpeg jpg; text/plain txt; }}
+    default_type application/octet-stream;
+    client_body_temp_path {temp['body']}; proxy_temp_path {temp['proxy']}; fastcgi_temp_path {temp['fastcgi']};
+    uwsgi_temp_path {temp['uwsgi']}; scgi_temp_path {temp['scgi']};
+    server {{ listen 127.0.0.1:{port} backlog=8192; root {docroot}; }}
+}}
+""")
+    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    sys.exit(f"nginx did not start; see {workdir}/error.log")
+
+
+def img2dataset_venv(cache: Path) -> Path:
+    venv = cache / f"img2dataset-{IMG2DATASET_VERSION}"
+    exe = venv / "bin" / "img2dataset"
+    if not exe.exists():
+        print(f"installing img2dataset {IMG2DATASET_VERSION} into {venv} ...", flush=True)
+        # A plain interpreter, not the project's venv: img2dataset's pins must not meet ours.
+        base_python = getattr(sys, "_base_executable", None) or shutil.which("python3")
+        subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"img2dataset=={IMG2DATASET_VERSION}"],
+                       check=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    return exe
+
+
+def run_ours(url_list: Path, out: Path, args) -> int:
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(
+        "allow_private_addresses: ['127.0.0.1']\n"
+        "robots: true\n"  # robots.txt fetched and obeyed
+        f"per_host_concurrency: {args.per_host_concurrency}\n"  # the per-host limiter is on
+        "per_host_min_delay_s: 0.0\n"
+        f"concurrency: {args.concurrency}\n"
+        f"workers: {args.workers}\n"
+        "contact_url: https://example.org/gadms-benchmark\n"
+    )
+    command = [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(url_list), "--out", str(out),
+               "--config", str(config)]
+    subprocess.run(command, check=True, cwd=REPO, stderr=subprocess.DEVNULL)
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "downloads").glob("*.parquet"))
+
+
+def run_img2dataset(exe: Path, url_list: Path, out: Path, args, reencode: bool) -> int:
+    command = [
+        str(exe), "--url_list", str(url_list), "--input_format", "parquet", "--url_col", "url",
+        "--caption_col", "caption", "--output_format", "parquet", "--output_folder", str(out),
+        "--processes_count", str(args.workers), "--thread_count", str(args.i2d_threads),
+        "--resize_mode", "no", "--number_sample_per_shard", "10000", "--timeout", "10", "--retries", "0",
+    ]
+    if not reencode:
+        command += ["--disable_all_reencoding", "True"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes for both tools")
+    parser.add_argument("--concurrency", type=int, default=256, help="ours: requests in flight")
+    parser.add_argument("--per-host-concurrency", type=int, default=64, help="ours: per-host limit")
+    parser.add_argument("--i2d-threads", type=int, default=256, help="img2dataset --thread_count (its default)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "crawl_vs_img2dataset.json")
+    args = parser.parse_args()
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    docroot = args.cache / "docroot"
+    print(f"images: {args.images} synthetic JPEGs under {docroot}", flush=True)
+    names = make_images(docroot, args.images)
+    exe = img2dataset_venv(args.cache)
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-crawl-") as tmp:
+        tmp = Path(tmp)
+        port = free_port()
+        nginx = start_nginx(docroot, tmp, port)
+        try:
+            url_list = tmp / "urls.parquet"
+            pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/{n}" for n in names],
+                                     "caption": [f"image {i}" for i in range(len(names))]}), url_list)
+            tools = {
+                "gadms_crawl": lambda out: run_ours(url_list, out, args),
+                "img2dataset_no_reencode": lambda out: run_img2dataset(exe, url_list, out, args, reencode=False),
+                "img2dataset_default": lambda out: run_img2dataset(exe, url_list, out, args, reencode=True),
+            }
+            for round_ in range(args.rounds):
+                order = list(tools) if round_ % 2 == 0 else list(reversed(tools))
+                for name in order:
+                    out = tmp / f"{name}-{round_}"
+                    load_before = os.getloadavg()[0]
+                    started = time.perf_counter()
+                    images = tools[name](out)
+                    seconds = time.perf_counter() - started
+                    run = {"tool": name, "round": round_, "images": images, "seconds": round(seconds, 3),
+                           "images_per_s": round(images / seconds, 1), "load1_before": round(load_before, 2),
+                           "load1_after": round(os.getloadavg()[0], 2)}
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+
+    median = {name: statistics.median(r["images_per_s"] for r in runs if r["tool"] == name) for name in tools}
+    result = {
+        "benchmark": "crawl_vs_img2dataset",
+        "urls": args.images,
+        "rounds": args.rounds,
+        "server": "nginx (Debian), 2 worker processes, 127.0.0.1, keep-alive on",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {
+            "gadms_crawl": f"workers={args.workers}, concurrency={args.concurrency}, per_host_concurrency="
+                           f"{args.per_host_concurrency}, robots on, magic bytes + header dimensions checked, "
+                           "sha256, Parquet output",
+            "img2dataset": f"{IMG2DATASET_VERSION}, processes_count={args.workers}, thread_count={args.i2d_threads},"
+                           " resize_mode=no, output_format=parquet, retries=0; no_reencode adds "
+                           "--disable_all_reencoding True",
+        },
+        "median_images_per_s": median,
+        "ratio_vs_img2dataset_no_reencode": round(median["gadms_crawl"] / median["img2dataset_no_reencode"], 2),
+        "ratio_vs_img2dataset_default": round(median["gadms_crawl"] / median["img2dataset_default"], 2),
+        "runs": runs,
+        "note": "other engineers share this 2-core machine: load1_before/after record the load during each run",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("median_images_per_s", "ratio_vs_img2dataset_no_reencode",
+                                              "ratio_vs_img2dataset_default")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
