@@ -62,7 +62,7 @@ class Benchmark:
     name: str
     root: str
     train: list[TrainSample]
-    val: EvalSplit | None
+    val: EvalSplit | None  # None for ICFG-PEDES (no val split) or a file without val records
     test: EvalSplit
 
     @property
@@ -136,7 +136,7 @@ def load_benchmark(name: str, root: str | os.PathLike) -> Benchmark:
         for image_id, (pid, image_path, captions) in enumerate(by_split["train"])
         for caption in captions
     ]
-    val = _eval_split(by_split["val"]) if "val" in spec.splits else None
+    val = _eval_split(by_split["val"]) if by_split.get("val") else None
     return Benchmark(name=name, root=str(dataset_dir), train=train, val=val, test=_eval_split(by_split["test"]))
 
 

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from gadms_model.data.benchmarks import TrainSample
-from storage.catalog import complete_shards
 from storage.errors import GadmsError
 from storage.fs import filesystem, join
 from storage.layout import OutputLayout
@@ -142,6 +141,8 @@ class ShardSource:
 
 def webperson_shard_files(root: str) -> list[str]:
     """Shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order."""
+    from storage.catalog import complete_shards  # needs duckdb: imported only for output roots
+
     layout = OutputLayout(str(root))
     entries = [e for e in complete_shards(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
     if not entries:

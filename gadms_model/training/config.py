@@ -74,6 +74,7 @@ class TrainConfig(BaseModel):
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (a fixed budget)")
     num_workers: int = Field(2, ge=0)
+    augment: bool = Field(True, description="the recipe's train augmentation; false: resize + normalise only")
     shuffle_window: int = Field(8, ge=1, description="row groups shuffled together (streaming locality)")
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")

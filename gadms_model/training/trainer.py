@@ -149,7 +149,7 @@ def _scalars(outputs: dict) -> dict[str, float]:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train as `config` says; with `resume`, continue exactly from the latest checkpoint in output_dir."""
     from gadms_model.data.loading import BlockShuffleSampler, TrainDataset, collate_pairs
-    from gadms_model.data.transforms import train_transform
+    from gadms_model.data.transforms import eval_transform, train_transform
     from gadms_model.model import ModelConfig, build_model
     from gadms_model.score_store import ScoreStore
 
@@ -187,7 +187,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         _load_initial_weights(model, config.init_from)
     model.to(device)
 
-    dataset = TrainDataset(source, train_transform(tuple(model_config.image_size)), seed=config.seed)
+    transform = train_transform if config.augment else eval_transform
+    dataset = TrainDataset(source, transform(tuple(model_config.image_size)), seed=config.seed)
     sampler = BlockShuffleSampler(source.blocks(), config.seed, process.world_size, process.rank, config.shuffle_window)
     micro_per_epoch = len(sampler) // config.batch_size
     steps_per_epoch = micro_per_epoch // config.grad_accum_steps
