@@ -1,8 +1,9 @@
 """Parquet in and out of the detection stage: crawl downloads in, person crops out.
 
-Downloads: the columns of `storage.records.Download` (url, page_url, alt_text, data, sha256, mime, width,
-height); only `url` and `data` are required, rows without data (crawl failures) are skipped, and a missing
-sha256 is computed. Crops: CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
+Downloads: the crawl CLI's `<out>/downloads/<chunk>.parquet` (curation.crawl.output.DOWNLOAD_SCHEMA, bytes in
+`image`) or any Parquet with the fields of `storage.records.Download` (bytes in `data`). Only `url` and the bytes
+are required; rows without bytes (crawl failures) are skipped, and a missing sha256 is computed.
+Crops: CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
 """
 from __future__ import annotations
 
@@ -34,13 +35,16 @@ CROP_SCHEMA = pa.schema(
         pa.field("crop_sha256", pa.string(), nullable=False),
     ]
 )
-REQUIRED_DOWNLOAD_COLUMNS = ("url", "data")
+BYTES_COLUMNS = ("data", "image")  # Download's field name, the crawl CLI's column name
 OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height")
 
 
 def download_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a crawl output: `path` itself, or every *.parquet directly in the folder `path`."""
+    """The Parquet files of a crawl output: `path` itself, every *.parquet in the folder `path`, or in its
+    `downloads/` subfolder (the crawl CLI's output root)."""
     path = Path(path)
+    if path.is_dir() and not any(path.glob("*.parquet")) and (path / "downloads").is_dir():
+        path = path / "downloads"
     if path.is_dir():
         files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         if not files:
@@ -65,16 +69,17 @@ def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download]
     except (OSError, pa.ArrowInvalid) as exc:
         raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
     names = set(parquet.schema_arrow.names)
-    missing = [c for c in REQUIRED_DOWNLOAD_COLUMNS if c not in names]
-    if missing:
-        raise GadmsError(f"{path}: missing column {missing[0]!r} (a crawl output needs url and data)")
-    columns = [*REQUIRED_DOWNLOAD_COLUMNS, *(c for c in OPTIONAL_DOWNLOAD_COLUMNS if c in names)]
+    bytes_column = next((c for c in BYTES_COLUMNS if c in names), None)
+    if "url" not in names or bytes_column is None:
+        missing = "url" if "url" not in names else "data"
+        raise GadmsError(f"{path}: missing column {missing!r} (a crawl output needs url and data or image)")
+    columns = ["url", bytes_column, *(c for c in OPTIONAL_DOWNLOAD_COLUMNS if c in names)]
     row = 0
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         downloads = []
         for record in batch.to_pylist():
             row += 1
-            data = record.get("data")
+            data = record[bytes_column]
             if not data:
                 continue
             if not isinstance(record["url"], str):
