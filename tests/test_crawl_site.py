@@ -315,6 +315,7 @@ class HostileServer:
 
     def __init__(self):
         self.hits: list[tuple[str, float]] = []
+        self.user_agents: set[str] = set()
         self.aborted = threading.Event()
         app = web.Application()
         app.router.add_get("/robots.txt", self.robots)
@@ -325,6 +326,7 @@ class HostileServer:
         app.router.add_get("/delayed/{n}.jpg", self.image)
         app.router.add_get("/ours-only/{n}.jpg", self.image)
         app.router.add_get("/noimageai.jpg", self.opted_out)
+        app.router.add_get("/hop/{n}", self.hop)
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -332,7 +334,11 @@ class HostileServer:
     async def robots(self, request):
         return web.Response(text="User-agent: gadms-crawler\nDisallow: /ours-only/\nCrawl-delay: 0.25\n")
 
+    async def hop(self, request):
+        raise web.HTTPMovedPermanently(f"/hop/{int(request.match_info['n']) + 1}")
+
     async def image(self, request):
+        self.user_agents.add(request.headers.get("User-Agent", ""))
         self.hits.append((request.path, time.monotonic()))
         return web.Response(body=_tiny_gif(int(request.match_info["n"]) + 1), content_type="image/gif")
 
@@ -426,3 +432,14 @@ def test_robots_group_for_our_token_crawl_delay_and_scoped_opt_out(hostile, tmp_
     starts = sorted(t for p, t in hostile.hits if p.startswith("/delayed/"))
     assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.24  # Crawl-delay: 0.25 beats per_host_min_delay 0
     assert [d.width for d in result.downloads] == [1, 2, 3, 4] and result.downloads[0].mime == "image/gif"
+
+
+def test_redirect_limit_and_identifying_user_agent(hostile, tmp_path):
+    config = fast_config(max_redirects=3, contact_url="https://example.org/crawler-contact")
+    urls = [hostile.base_url + "/hop/0", f"{hostile.base_url}/delayed/7.jpg"]
+    hostile.user_agents.clear()
+    result = crawl_chunk([UrlRecord(u) for u in urls], config, str(tmp_path / "s"))
+    assert [(r.reason, r.detail) for r in result.rejects] == [
+        ("too_many_redirects", f"more than 3, last {hostile.base_url}/hop/4")]
+    assert hostile.user_agents == {config.user_agent}
+    assert "gadms-crawler/0.1" in config.user_agent and "https://example.org/crawler-contact" in config.user_agent

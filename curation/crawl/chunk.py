@@ -4,6 +4,10 @@ Rows already in the chunk's state folder are skipped (resume). The rest are fetc
 several worker processes when the chunk is large (aiohttp costs ~0.3 ms of CPU per request, so one core caps
 the rate). Within a loop each host gets as many "lanes" as it may have requests in flight, so a slow or
 rate-limited host never holds slots other hosts could use.
+
+Workers are started with multiprocessing's "forkserver" method (forking a process that runs threads, as
+Prefect and tqdm do, can deadlock), which imports the caller's main module: scripts that crawl large chunks
+need the usual `if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
