@@ -17,6 +17,7 @@ returned scores are detached.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal
 
 import torch
@@ -59,26 +60,41 @@ def word_positions(text_ids: torch.Tensor) -> torch.Tensor:
     return (positions > 0) & (positions < eot_positions(text_ids)[:, None])
 
 
+def eot_attention_rows(query: torch.Tensor, key: torch.Tensor, heads: int, eot: torch.Tensor) -> torch.Tensor:
+    """L×B×N causal attention weights of the EOT query averaged over heads, from L×B×N×D queries and keys."""
+    layers, batch, length, width = key.shape
+    rows = torch.arange(batch, device=key.device)
+    head_dim = width // heads
+    query_eot = query[:, rows, eot].reshape(layers, batch, heads, 1, head_dim)
+    keys = key.reshape(layers, batch, length, heads, head_dim).transpose(2, 3)
+    logits = query_eot @ keys.transpose(-1, -2) / math.sqrt(head_dim)  # L×B×H×1×N
+    after_eot = torch.arange(length, device=key.device) > eot[:, None]
+    logits = logits.masked_fill(after_eot[None, :, None, None, :], float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=2).squeeze(2)
+
+
 def scores_from_records(text_ids: torch.Tensor, records: list[AttentionRecord], output_grads: list[torch.Tensor],
                         normalisation: Normalisation = "sample") -> torch.Tensor:
-    """GASS from each layer's attention record and the gradient of the similarity w.r.t. its output."""
+    """GASS from each layer's attention record and the gradient of the similarity w.r.t. its output.
+
+    All layers are scored at once (tensors stacked to L×B×N×D): a fixed, small number of kernels per step."""
     batch, length = text_ids.shape
     rows = torch.arange(batch, device=text_ids.device)
     eot = eot_positions(text_ids)
     words = word_positions(text_ids)
     attended = torch.arange(length, device=text_ids.device) <= eot[:, None]
-    total = torch.zeros(batch, length, device=text_ids.device)
     msp = msp_matrix(length).to(device=text_ids.device, dtype=torch.float32)
-    for record, grad in zip(records, output_grads):
-        grad_eot = grad[rows, eot].float()
-        gradient_value = torch.einsum("bd,bnd->bn", grad_eot, record.value.float())
-        query = torch.einsum("bn,bnd->bd", msp[eot], record.query.float())  # MSP(q) at EOT only
-        key = msp @ record.key.float()
-        similarity = min_max(F.cosine_similarity(query[:, None, :], key, dim=-1), attended)
-        attention = record.eot_attention.float() * words
-        attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        total += gradient_value * similarity * attention
-    scores = (total / len(records)).relu() * words
+    query = torch.stack([record.query for record in records]).float()
+    key = torch.stack([record.key for record in records]).float()
+    value = torch.stack([record.value for record in records]).float()
+    grad_eot = torch.stack([grad[rows, eot] for grad in output_grads]).float()  # L×B×D
+
+    gradient_value = torch.einsum("lbd,lbnd->lbn", grad_eot, value)
+    query_msp = torch.einsum("bn,lbnd->lbd", msp[eot], query)  # MSP(q) at EOT only
+    similarity = min_max(F.cosine_similarity(query_msp[:, :, None, :], msp @ key, dim=-1), attended)
+    attention = eot_attention_rows(query, key, records[0].heads, eot) * words
+    attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    scores = (gradient_value * similarity * attention).mean(dim=0).relu() * words
     return normalise_scores(scores, normalisation)
 
 

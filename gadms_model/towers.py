@@ -159,19 +159,7 @@ class AttentionRecord:
     key: torch.Tensor
     value: torch.Tensor
     output: torch.Tensor
-    eot_attention: torch.Tensor  # B×N: EOT's attention weights averaged over heads (0 after EOT)
-
-
-def eot_attention_row(query: torch.Tensor, key: torch.Tensor, heads: int, eot_index: torch.Tensor
-                      ) -> torch.Tensor:
-    """B×N causal attention weights of the EOT query, averaged over heads (float32, no graph)."""
-    with torch.no_grad():
-        rows = torch.arange(query.shape[0], device=query.device)
-        q_eot = split_heads(query[rows, eot_index].unsqueeze(1), heads).float()  # B×H×1×d
-        logits = q_eot @ split_heads(key, heads).float().transpose(-1, -2) / math.sqrt(q_eot.shape[-1])
-        positions = torch.arange(key.shape[1], device=key.device)
-        logits = logits.masked_fill((positions > eot_index[:, None])[:, None, None, :], float("-inf"))
-        return logits.softmax(dim=-1).mean(dim=1).squeeze(1)
+    heads: int
 
 
 def eot_positions(text_ids: torch.Tensor) -> torch.Tensor:
@@ -252,9 +240,8 @@ class ClipTowers(nn.Module):
         for block in blocks[first_recorded:]:
             query, key, value, output = self.run_attention(block, x, causal=True)
             x = self.run_block_output(block, x, output)
-            attention = eot_attention_row(query, key, block.attn.num_heads, eot_index)
             records.append(AttentionRecord(query=query.detach(), key=key.detach(), value=value.detach(),
-                                           output=output, eot_attention=attention))
+                                           output=output, heads=block.attn.num_heads))
         rows = torch.arange(x.shape[0], device=x.device)
         return _project(clip.ln_final(x[rows, eot_index]), clip.text_projection), records
 
