@@ -162,6 +162,22 @@ def test_rerun_of_a_shard_after_a_kill_replaces_its_own_entries(tmp_path, plante
     assert len(other) == len(crops)
 
 
+def test_high_bit_hashes_are_compared_on_all_64_bits(tmp_path):
+    """pHashes are uniform over 64 bits: half have the top bit set; none may lose low bits on the way."""
+    top = 1 << 63
+
+    def crop(name: str, phash: int) -> PersonCrop:
+        return PersonCrop(sample_id=name, source_url=name, page_url="", alt_text="", source_sha256=name, image=b"",
+                          width=1, height=1, bbox=(0, 0, 1, 1), det_score=1.0, keypoints=None, phash=phash,
+                          crop_sha256=name)
+
+    DedupIndex.open(tmp_path).deduplicate([crop("a", top), crop("b", top | 0b1111111)], "s1")
+    kept, rejects = DedupIndex.open(tmp_path).deduplicate([crop("c", top | 0b10000000), crop("d", top | 0b11111111)], "s2")
+    assert [c.sample_id for c in kept] == [] and [(r.detail, r.extra["distance"]) for r in rejects] == [("a", 1), ("b", 1)]
+    kept, _ = DedupIndex.open(tmp_path).deduplicate([crop("e", top | (0b1111111 << 8))], "s3")
+    assert [c.sample_id for c in kept] == ["e"]  # 7 bits from a, 14 from b
+
+
 def test_remote_root_and_bad_radius_are_refused(tmp_path):
     with pytest.raises(GadmsError, match="local directory"):
         DedupIndex.open("memory://bucket/dedup")

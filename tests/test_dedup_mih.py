@@ -6,6 +6,7 @@ import pytest
 
 from curation.dedup.mih import (
     MultiIndexHash,
+    as_hashes,
     block_layout,
     block_radii,
     brute_force_pairs,
@@ -27,6 +28,17 @@ def _planted(rng, n_random: int, n_planted: int, max_distance: int) -> np.ndarra
     sources = rng.integers(0, n_random, n_planted)
     near = _flip_bits(rng, base[sources], rng.integers(0, max_distance + 1, n_planted))
     return np.concatenate([base, near])
+
+
+def test_python_int_hashes_keep_all_64_bits():
+    top = 1 << 63
+    hashes = as_hashes([top, top | 0b1111111, 2**64 - 1, 5])
+    assert hashes.dtype == np.uint64 and [int(h) for h in hashes] == [top, top | 0b1111111, 2**64 - 1, 5]
+    # 7 low bits apart: not duplicates at radius 6, though equal as float64
+    kept, _, _ = deduplicate_hashes(MultiIndexHash(6), [top, top | 0b1111111, top | 0b111111])
+    assert kept.tolist() == [True, True, False]
+    with pytest.raises(TypeError, match="integer array"):
+        as_hashes(np.array([1.5]))
 
 
 def test_block_radii_follow_the_pigeonhole_bound():

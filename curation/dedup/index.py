@@ -109,7 +109,7 @@ class DedupIndex:
 
     def _decide(self, crops: list[PersonCrop]) -> tuple[list[PersonCrop], list[Reject]]:
         hashes = as_hashes([c.phash for c in crops])
-        stored_near = nearest_matches(self._mih, hashes)
+        stored_near, stored_distance = nearest_matches(self._mih, hashes)
         stored_exact = [self._exact.get(c.sample_id, self._exact.get(c.crop_sha256)) for c in crops]
         blocked = (stored_near >= 0) | np.array([m is not None for m in stored_exact], dtype=bool)
 
@@ -126,7 +126,7 @@ class DedupIndex:
                 rejects.append(_reject(crop, "exact_duplicate", stored_exact[k], 0))
             elif stored_near[k] >= 0:
                 match = int(stored_near[k])
-                rejects.append(_reject(crop, "near_duplicate", self._sample_ids[match], _distance(crop.phash, self._phashes[match])))
+                rejects.append(_reject(crop, "near_duplicate", self._sample_ids[match], int(stored_distance[k])))
             elif batch_match[k] >= 0:
                 other = crops[batch_match[k]]
                 exact = other.sample_id == crop.sample_id or other.crop_sha256 == crop.crop_sha256
@@ -176,7 +176,6 @@ class DedupIndex:
         sample_ids = rows.column("sample_id").to_pylist()
         phashes = rows.column("phash").to_numpy()
         self._mih.add(phashes)
-        self._phashes = np.concatenate([self._phashes, phashes])
         self._sample_ids += sample_ids
         for sample_id, crop_sha in zip(sample_ids, rows.column("crop_sha256").to_pylist()):
             self._exact.setdefault(sample_id, sample_id)
@@ -187,7 +186,6 @@ class DedupIndex:
         self._generation = generation
         self._last_seq = -1
         self._mih = MultiIndexHash(self.radius)
-        self._phashes = np.empty(0, np.uint64)
         self._sample_ids: list[str] = []
         self._exact: dict[str, str] = {}  # sample_id or crop sha256 → kept sample_id
 
@@ -216,11 +214,10 @@ def _exact_pairs(crops: list[PersonCrop]) -> tuple[np.ndarray, np.ndarray]:
     later, earlier = [], []
     for k, crop in enumerate(crops):
         for key in (crop.sample_id, crop.crop_sha256):
-            if key in first_seen:
+            first = first_seen.setdefault(key, k)
+            if first != k:
                 later.append(k)
-                earlier.append(first_seen[key])
-            else:
-                first_seen[key] = k
+                earlier.append(first)
     return np.array(later, dtype=np.int64), np.array(earlier, dtype=np.int64)
 
 

@@ -32,10 +32,17 @@ _PROBES_PER_CHUNK = 1 << 21  # bounds the temporary arrays of one query chunk
 
 
 def as_hashes(values) -> np.ndarray:
-    """Python ints / any integer array → contiguous uint64 array."""
-    array = np.asarray(values)
-    if array.dtype != np.uint64:
-        array = np.array([int(v) for v in np.ravel(array)], dtype=np.uint64) if array.dtype == object else array.astype(np.uint64)
+    """Python ints (0 ≤ h < 2**64) or an unsigned/integer array → contiguous uint64 array.
+
+    A list is converted with dtype uint64 from the start: np.asarray would turn a list holding values ≥ 2**63
+    into float64 and silently drop their low bits.
+    """
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "ui":
+            raise TypeError(f"hashes must be an integer array, got {values.dtype}")
+        array = values.astype(np.uint64, copy=False)
+    else:
+        array = np.array(list(values), dtype=np.uint64)
     return np.ascontiguousarray(array.ravel())
 
 
@@ -250,7 +257,7 @@ def deduplicate_hashes(index: MultiIndexHash, hashes) -> tuple[np.ndarray, np.nd
     Returns (kept mask, stored id matched or -1, earlier batch position matched or -1) per batch item.
     """
     hashes = as_hashes(hashes)
-    stored_match = nearest_matches(index, hashes)
+    stored_match, _ = nearest_matches(index, hashes)
     later, earlier, distance = within_batch_pairs(hashes, index.radius)
     batch_match = resolve_in_order(stored_match >= 0, later, earlier, distance)
     kept = (stored_match < 0) & (batch_match < 0)
@@ -258,16 +265,19 @@ def deduplicate_hashes(index: MultiIndexHash, hashes) -> tuple[np.ndarray, np.nd
     return kept, stored_match, batch_match
 
 
-def nearest_matches(index: MultiIndexHash, hashes: np.ndarray) -> np.ndarray:
-    """For each hash, the id of its closest stored hash within the index radius (ties: lowest id), or -1."""
+def nearest_matches(index: MultiIndexHash, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each hash, the id of its closest stored hash within the index radius (ties: lowest id) and the
+    distance to it, or -1 and -1."""
     match = np.full(len(hashes), -1, dtype=np.int64)
+    distance = np.full(len(hashes), -1, dtype=np.int8)
     q, i, d = index.search(hashes)
     if len(q):
         order = np.lexsort((i, d, q))
-        q, i = q[order], i[order]
+        q, i, d = q[order], i[order], d[order]
         first = np.r_[True, q[1:] != q[:-1]]
         match[q[first]] = i[first]
-    return match
+        distance[q[first]] = d[first]
+    return match, distance
 
 
 def within_batch_pairs(hashes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
