@@ -178,6 +178,13 @@ def test_high_bit_hashes_are_compared_on_all_64_bits(tmp_path):
     assert [c.sample_id for c in kept] == ["e"]  # 7 bits from a, 14 from b
 
 
+def test_a_damaged_index_file_is_a_one_line_error(tmp_path):
+    (tmp_path / INDEX_FILE).write_bytes(b"this is not a duckdb database" * 100)
+    with pytest.raises(GadmsError, match=r"index.duckdb: cannot open the dedup index") as info:
+        DedupIndex.open(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_remote_root_and_bad_radius_are_refused(tmp_path):
     with pytest.raises(GadmsError, match="local directory"):
         DedupIndex.open("memory://bucket/dedup")

@@ -194,9 +194,13 @@ class DedupIndex:
         with self._thread_lock, open(self.directory / LOCK_FILE, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                con = duckdb.connect(str(self.directory / INDEX_FILE))
+                path = self.directory / INDEX_FILE
                 try:
+                    con = duckdb.connect(str(path))
                     con.execute(_SCHEMA)
+                except duckdb.Error as exc:
+                    raise GadmsError(f"{path}: cannot open the dedup index: {str(exc).splitlines()[0]}") from None
+                try:
                     yield con
                 finally:
                     con.close()
