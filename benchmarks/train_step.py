@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -122,6 +123,8 @@ def main() -> int:
         "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or 'unknown'}, "
                                                                       f"{torch.get_num_threads()} threads)",
         "torch": torch.__version__,
+        # CPU figures are only comparable on an idle machine: the load average says whether it was.
+        "load_average_1min": None if cuda else round(os.getloadavg()[0], 2),
         "gadms": results["gadms"],
         "baseline_sdm_mlm": results["baseline"],
         "gadms_over_baseline_step": round(results["gadms"]["median_step_ms"]

@@ -7,9 +7,10 @@ For each of the last L text layers l (B = batch, N = context positions, D = text
     S_a^l[j] = A^l[eot, j] / Σ_{words i} A^l[eot, i]                     A: attention weights averaged over heads
     score[j] = ReLU( mean_l S_g^l[j] · S_a^l[j] ) for word tokens (0 < j < eot), 0 elsewhere
 then each caption's scores are divided by their maximum ("sample", the default) or by the batch maximum
-("batch", what the authors' code does), so they lie in [0, 1].
-- MSP (multi-scale pooling, scales {1, 2}): average adjacent pairs along the sequence (positions 2i, 2i+1),
-  interpolate linearly back to N positions (align_corners=False), average with the unpooled sequence.
+("batch", what the authors' code does), so they lie in [0, 1] (a caption whose scores are all 0 stays 0).
+- MSP (multi-scale pooling, scales {1, 2}): average adjacent pairs along the whole context (positions 2i, 2i+1,
+  padding included), interpolate linearly back to N positions (align_corners=False), average with the unpooled
+  sequence.
 - Φ: min-max scaling over the positions the EOT query attends to (0 ≤ j ≤ eot); 1 where they are all equal.
 All L gradients come from one `torch.autograd.grad` call; the parameters' `.grad` are never touched and the
 returned scores are detached.

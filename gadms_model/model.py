@@ -18,7 +18,7 @@ from torch import nn
 from gadms_model.gass import gass_scores
 from gadms_model.heads import IdentityClassifier, MaskedTokenHead
 from gadms_model.losses import id_loss, mlm_loss, sdm_loss
-from gadms_model.masking import bert_corrupt, dual_selection, mask_candidates, random_mask
+from gadms_model.masking import IGNORE_LABEL, bert_corrupt, dual_selection, mask_candidates, random_mask
 from gadms_model.score_store import ScoreStore
 from gadms_model.tokenizer import VOCAB_SIZE, Tokenizer
 from gadms_model.towers import (ClipTowers, build_clip, load_clip_weights, load_model_config,
@@ -137,7 +137,7 @@ class GADMS(nn.Module):
         text_global = self.towers.text_global(align_ids)
         terms = {"sdm": (sdm_loss(image_global, text_global, pids, c.temperature), 1.0)}
         if mask_ids is not None:
-            predicted = mask_labels != -100
+            predicted = mask_labels != IGNORE_LABEL
             logits = self.mtp_head(self.towers.text_tokens(mask_ids), image_tokens, predicted)
             name, weight = ("mtp", c.mtp_weight) if c.mode == "gadms" else ("mlm", c.mlm_weight)
             terms[name] = (mlm_loss(logits, mask_labels[predicted]), weight)

@@ -3,8 +3,8 @@
 open_clip builds the modules (so checkpoints keep open_clip's / OpenAI's key layout); the forward passes here
 reuse those modules' weights but call `F.scaled_dot_product_attention` directly (flash attention in bf16, with
 `is_causal` for the text tower instead of an explicit mask), and the text tower can record, for the GASS pass,
-what the last layers' real multi-head attention computed (queries, keys, values, the EOT attention row and the
-attention output before the output projection).
+what the last layers' real multi-head attention computed (queries, keys, values and the attention output before
+the output projection). Checkpoints are read here too (weights only, the position grid resized to the model's).
 """
 from __future__ import annotations
 
