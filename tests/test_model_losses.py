@@ -124,3 +124,51 @@ def test_gathered_sdm_across_two_gloo_processes_equals_single_process():
         expected_store[[0, 1, 2]] = 0.25
         expected_store[5] = 0.5
         assert torch.equal(store, expected_store)
+
+
+def _ddp_worker(rank, world, port, results):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gadms_model.model import ModelConfig, build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # same initial weights on both ranks
+        model = build_model(ModelConfig.tiny())
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        torch.manual_seed(10 + rank)  # different data per rank
+        text_ids = model.tokenizer(["a man in a red coat", "a woman with a bag", "a child in blue"][: 2 + rank])
+        images = torch.randn(len(text_ids), 3, 64, 32)
+        pids = torch.arange(len(text_ids)) + 10 * rank
+        store = ScoreStore(8)
+        caption_ids = torch.arange(len(text_ids)) + 4 * rank
+        # Equal batch sizes for the gathered SDM; the store update also takes unequal ones (tested above).
+        out = ddp(images[:2], text_ids[:2], pids[:2], caption_ids=caption_ids[:2], score_store=store,
+                  generator=torch.Generator().manual_seed(rank))
+        out["loss"].backward()
+        optimizer.step()
+        results[rank] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, store.scores.float())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gadms_step_under_ddp_keeps_ranks_in_sync():
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        results = dict(results)
+    (state0, store0), (state1, store1) = results[0], results[1]
+    assert state0.keys() == state1.keys()
+    for key in state0:
+        assert torch.equal(state0[key], state1[key]), key
+    from gadms_model.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    initial = build_model(ModelConfig.tiny()).state_dict()
+    assert not torch.equal(initial["towers.clip.visual.conv1.weight"], state0["towers.clip.visual.conv1.weight"])
+    assert torch.equal(store0, store1)
+    written = (store0 != torch.tensor(0.85).half().float()).any(dim=1)
+    assert written.tolist() == [True, True, False, False, True, True, False, False]
