@@ -104,6 +104,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--eps", type=float, default=1e-3, help="Adam eps (the recipe's 1e-3 is for pretrained CLIP)")
+    parser.add_argument("--no-augment", action="store_true", help="resize + normalise only")
+    parser.add_argument("--train-captions", default="alt_text", choices=["alt_text", "clean"],
+                        help="clean: the upper bound without caption noise (a diagnostic, not the experiment)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
@@ -113,7 +117,7 @@ def main() -> None:
     height, width = args.image_size
     if not (data_root / "RSTPReid" / "data_captions.json").exists():
         write_synthetic_benchmark(data_root, args.train_identities, args.val_identities, args.test_identities,
-                                  args.images_per_identity, seed=args.data_seed, train_captions="alt_text",
+                                  args.images_per_identity, seed=args.data_seed, train_captions=args.train_captions,
                                   size=(width, height))
     benchmark = load_benchmark("rstpreid", data_root)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -135,13 +139,14 @@ def main() -> None:
         }
         result = {
             "setting": {
-                "data": "curation.synthweb identities; train captions = noisy alt text, test queries = clean captions",
+                "data": "curation.synthweb identities; train captions = noisy alt text (or clean: diagnostic), test queries = clean captions",
                 "train_images": len({s.image_id for s in benchmark.train}), "train_captions": len(benchmark.train),
                 "train_identities": benchmark.num_train_ids,
                 "val_images": len(benchmark.val.image_paths), "test_images": len(benchmark.test.image_paths),
                 "test_queries": len(benchmark.test.captions),
                 "model": f"ModelConfig.tiny(image_size=({height}, {width})), random init",
-                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seeds": args.seeds,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "adam_eps": args.eps,
+                "augment": not args.no_augment, "train_captions": args.train_captions, "seeds": args.seeds,
                 "selection": "best val R@1 per run (val identities disjoint from test)",
                 "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                 "platform": platform.machine(), "total_seconds": round(time.time() - started, 1),
@@ -162,7 +167,8 @@ def main() -> None:
                 "model": ModelConfig.tiny(mode=mode, image_size=(height, width)).model_dump(mode="json"),
                 "epochs": args.epochs, "batch_size": args.batch_size, "num_workers": args.num_workers,
                 "seed": seed, "device": args.device, "progress": False,
-                "optim": {"lr": args.lr, "warmup_epochs": max(1, args.epochs // 6)},
+                "optim": {"lr": args.lr, "eps": args.eps, "warmup_epochs": max(1, args.epochs // 6)},
+                "augment": not args.no_augment,
             })
             run_started = time.time()
             if (output_dir / "final.pt").exists():  # finished in an earlier invocation: reuse it

@@ -1,0 +1,74 @@
+"""`gadms search` on a tiny model trained on the synthetic web finds the queried identity."""
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from curation.synthweb.identities import clean_caption, identity_attributes
+from gadms_model.cli import main
+from gadms_model.data.synthetic import write_synthetic_benchmark
+from gadms_model.model import ModelConfig
+from gadms_model.retrieval import search
+from gadms_model.training import TrainConfig, train
+from storage.layout import OutputLayout
+from storage.shards import commit_shard
+from tests.storage_fixtures import captions_for, crop
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    dataset = write_synthetic_benchmark(root, 5, 0, 0, 4, seed=0, train_captions="clean")
+    config = TrainConfig.model_validate({
+        "output_dir": str(root / "run"),
+        "data": {"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
+        "model": ModelConfig.tiny(mode="sdm").model_dump(mode="json"),
+        "epochs": 40, "batch_size": 10, "num_workers": 0, "seed": 0, "augment": False, "progress": False,
+        "optim": {"lr": 1e-3, "eps": 1e-8, "warmup_epochs": 1},
+    })
+    return train(config).checkpoint_path, dataset / "imgs"
+
+
+@pytest.mark.slow
+def test_search_returns_the_queried_identity(trained, tmp_path, capsys):
+    checkpoint, gallery = trained
+    sheet, index = tmp_path / "sheet.png", tmp_path / "index.pt"
+    query = clean_caption(identity_attributes(2))
+    argv = ["search", query, "--checkpoint", checkpoint, "--gallery", str(gallery), "-k", "4", "--index", str(index),
+            "--sheet", str(sheet), "--device", "cpu"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ranks = [line.split() for line in lines[:4]]
+    assert [r[0] for r in ranks] == ["1", "2", "3", "4"]
+    assert ranks[0][2].startswith("train/00002_")
+    assert lines[4] == f"index: {index} (built); contact sheet: {sheet}"
+    with Image.open(sheet) as image:
+        assert image.size == (4 * 128, 24 + 256 + 30)
+    # The second query reuses the cached index.
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[4].endswith("(cached); contact sheet: " + str(sheet))
+    # Every identity's clean caption finds one of its own images first, for at least 4 of the 5.
+    found = 0
+    for identity in range(5):
+        hits = search(checkpoint, str(gallery), clean_caption(identity_attributes(identity)), k=1,
+                      index_path=str(index), progress=False).hits
+        found += hits[0]["id"].startswith(f"train/{identity:05d}_")
+    assert found >= 4
+
+
+@pytest.mark.slow
+def test_search_a_webperson_output_root(trained, tmp_path):
+    checkpoint, _ = trained
+    layout = OutputLayout(str(tmp_path / "out"))
+    crops = [crop(n) for n in (1, 2, 3)]
+    commit_shard(layout, "s0001", "run-1", crops, [captions_for(c, f"caption one {i}", f"caption two {i}") for i, c in enumerate(crops)], [])
+    results = search(checkpoint, str(tmp_path / "out" / "catalog.duckdb"), "a person", k=3,
+                     index_path=str(tmp_path / "index.pt"), sheet_path=tmp_path / "s.png", progress=False)
+    assert sorted(h["id"] for h in results.hits) == sorted(c.sample_id for c in crops)
+    assert {h["caption"] for h in results.hits} == {"caption one 0", "caption one 1", "caption one 2"}
+    assert results.index_built and Path(results.sheet_path).exists()
+
+
+def test_search_rejects_an_unknown_gallery(tmp_path, capsys):
+    assert main(["search", "x", "--checkpoint", str(tmp_path / "none.pt"), "--gallery", str(tmp_path / "missing")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
