@@ -114,3 +114,22 @@ def test_test_transform_is_resize_and_clip_normalisation():
     assert tensor.shape == (3, 6, 2)
     expected = [(1.0 - 0.48145466) / 0.26862954, (0.0 - 0.4578275) / 0.26130258, (128 / 255 - 0.40821073) / 0.27577711]
     assert tensor[:, 0, 0].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_shard_source_reads_each_row_group_once_per_window(tmp_path, monkeypatch):
+    import storage.shards
+
+    monkeypatch.setattr(storage.shards, "ROW_GROUP_SIZE", 2)
+    write_root(tmp_path, {"s0001": [1, 2, 3, 4, 5], "s0002": [6, 7]})
+    source = webperson_source(str(tmp_path))
+    assert source.blocks() == [(0, 4), (4, 8), (8, 10), (10, 14)]
+    reads = []
+    original = source._open
+    monkeypatch.setattr(source, "_open", lambda path: reads.append(path) or original(path))
+    sampler = BlockShuffleSampler(source.blocks(), seed=0, window=4)
+    order = list(sampler)
+    assert sorted(order) == list(range(14))
+    assert [source[i].caption.split()[-1] for i in (0, 5, 13)] == ["1", "3", "7"]
+    for index in order:
+        source[index]
+    assert len(reads) == 4  # one read per row group, although the window interleaves them

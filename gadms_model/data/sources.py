@@ -2,8 +2,8 @@
 
 - `ShardSource`: WebPerson shards of an output root (only shards with a `complete` manifest entry), or the
   public WebPerson Parquet release (image, image_path, caption1, caption2). One pid per image; its two
-  captions are pairs 2i and 2i+1 and share it. Reads whole Parquet row groups and keeps the last one, so a
-  sampler that walks row groups (`BlockShuffleSampler`) streams through large datasets.
+  captions are pairs 2i and 2i+1 and share it. Reads whole Parquet row groups and keeps the most recent few
+  (as many as the sampler shuffles together), so `BlockShuffleSampler` streams through large datasets.
 - `JsonImageSource`: the authors' JSON list of {"<image file>": {"caption1", "caption2"}} with `images/`.
 - `BenchmarkSource`: the train split of a public benchmark (identity pids, one pair per caption).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class ShardSource:
 
     captions_per_image = 2
 
-    def __init__(self, files: list[str], id_column: str):
+    def __init__(self, files: list[str], id_column: str, cached_row_groups: int = 8):
         if not files:
             raise DataSourceError("no Parquet files to read")
         self.files = files
@@ -87,7 +88,8 @@ class ShardSource:
                     first_image += rows
         self.num_images = first_image
         self._starts = [group.first_image for group in self.row_groups]
-        self._cached: tuple[_RowGroup, dict] | None = None
+        self.cached_row_groups = cached_row_groups
+        self._cache: OrderedDict[_RowGroup, dict] = OrderedDict()
 
     @staticmethod
     def _open(path: str) -> pq.ParquetFile:
@@ -112,12 +114,14 @@ class ShardSource:
         return [(2 * g.first_image, 2 * (g.first_image + g.num_rows)) for g in self.row_groups]
 
     def _row_group(self, group: _RowGroup) -> dict:
-        if self._cached is None or self._cached[0] != group:
-            table = self._open(group.path).read_row_group(
-                group.index, columns=["image", "caption1", "caption2", self.id_column]
-            )
-            self._cached = (group, table.to_pydict())
-        return self._cached[1]
+        if group in self._cache:
+            self._cache.move_to_end(group)
+            return self._cache[group]
+        table = self._open(group.path).read_row_group(group.index, columns=["image", "caption1", "caption2", self.id_column])
+        self._cache[group] = table.to_pydict()
+        while len(self._cache) > self.cached_row_groups:
+            self._cache.popitem(last=False)
+        return self._cache[group]
 
     def sample_id(self, image_index: int) -> str:
         group = self.row_groups[bisect.bisect_right(self._starts, image_index) - 1]
@@ -136,7 +140,7 @@ class ShardSource:
 
     def __getstate__(self):
         # DataLoader workers each keep their own row-group cache.
-        return {**self.__dict__, "_cached": None}
+        return {**self.__dict__, "_cache": OrderedDict()}
 
 
 def webperson_shard_files(root: str) -> list[str]:

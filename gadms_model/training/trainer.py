@@ -176,6 +176,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     barrier()
 
     source = build_source(config)
+    if hasattr(source, "cached_row_groups"):
+        source.cached_row_groups = config.shuffle_window  # a shuffle window's row groups stay decoded
     model_fields = dict(config.model)
     if model_fields.get("mode") == "irra":
         model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities
