@@ -41,7 +41,7 @@ def demo_build_config(urls: Path, output_root: Path) -> dict:
         "crawl": {"allow_private_addresses": ["127.0.0.1"], "contact_url": "https://example.org/gadms-demo",
                   "per_host_concurrency": 16, "per_host_min_delay_s": 0, "retries": 1, "backoff_base_s": 0.2,
                   "max_retry_after_s": 3, "read_timeout_s": 2, "total_timeout_s": 4},
-        "detect": {"imgsz": 256, "device": "cpu"},
+        "detect": {"imgsz": 384, "device": "cpu"},
         "caption": {"backend": "alt-text"},
         "runner": {"kind": "local", "max_workers": 2},
     }

@@ -1,9 +1,14 @@
 """One rebuild per output root at a time.
 
-Two guards: a Prefect global concurrency limit named after the output root (limit 1; it works across machines
-and work pools when runs share a Prefect server), and, for local roots, an exclusive lock on <root>/.build.lock
-(it also covers `gadms build` runs with no server). A second build of the same root fails at once with a
-message naming the root, instead of interleaving writes.
+Two guards:
+- for local roots, an exclusive lock on <root>/.build.lock, released by the kernel even when the build is
+  killed, so a rerun after a crash starts at once;
+- with a Prefect server (PREFECT_API_URL set: deployments, workers on several machines), also a global
+  concurrency limit of 1 named after the output root. Its slot is leased and renewed while the build runs; a
+  killed build's lease expires after LEASE_SECONDS, and a new build waits that long before giving up.
+A second build of a root that is being written fails with a message naming the root, instead of interleaving
+writes. Without a server (`gadms build`), Prefect's temporary API runs no lease expiry, so only the file lock
+is used there.
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 
 from storage.errors import GadmsError
 from storage.fs import filesystem, is_local
+
+LEASE_SECONDS = 60
 
 
 def concurrency_limit_name(output_root: str) -> str:
@@ -36,7 +44,7 @@ def _ensure_limit(name: str) -> None:
 
 @contextmanager
 def _local_lock(output_root: str) -> Iterator[None]:
-    fs, root = filesystem(output_root)
+    _, root = filesystem(output_root)
     os.makedirs(root, exist_ok=True)
     lock_path = os.path.join(root, ".build.lock")
     with open(lock_path, "a+") as lock_file:
@@ -51,14 +59,16 @@ def _local_lock(output_root: str) -> Iterator[None]:
 
 
 @contextmanager
-def output_root_lock(output_root: str, wait_seconds: float = 5.0) -> Iterator[None]:
-    name = concurrency_limit_name(output_root)
-    _ensure_limit(name)
+def output_root_lock(output_root: str) -> Iterator[None]:
     with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
-        except TimeoutError:
-            raise GadmsError(f"{output_root}: another build holds the concurrency limit {name!r}") from None
         if is_local(output_root):
             stack.enter_context(_local_lock(output_root))
+        if PREFECT_API_URL.value():
+            name = concurrency_limit_name(output_root)
+            _ensure_limit(name)
+            try:
+                stack.enter_context(concurrency(name, occupy=1, timeout_seconds=LEASE_SECONDS + 30,
+                                                lease_duration=LEASE_SECONDS, strict=True))
+            except TimeoutError:
+                raise GadmsError(f"{output_root}: another build holds the concurrency limit {name!r}") from None
         yield

@@ -22,6 +22,10 @@ os.environ.update(
         "MPLCONFIGDIR": str(_SESSION_HOME / "matplotlib"),
         "TORCH_HOME": str(_SESSION_HOME / "torch"),
         "HF_HOME": str(_SESSION_HOME / "hf"),
+        # Two shared cores in CI: Prefect's temporary API server may need more than its default 20 s to start.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        # Prefect logs "Stopping temporary server" at exit, after pytest closed the captured streams.
+        "PREFECT_LOGGING_LEVEL": "WARNING",
     }
 )
 

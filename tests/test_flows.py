@@ -62,25 +62,31 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert again["kept"] == 0
 
 
-def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
+def test_killed_build_reruns_to_the_same_shards(tmp_path):
+    # Each run gets a freshly started server on the same port: the site's 429 fault answers by request count.
+    info = render_site(tmp_path / "site", images=60, seed=3)
+    with SiteServer(info.root) as first:
+        port = int(first.base_url.rsplit(":", 1)[1])
+        write_url_list(info.root, first.base_url, tmp_path / "urls.jsonl")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
-    killed = write_config(tmp_path / "killed.yaml", build_config(site["urls"], tmp_path / "killed", shard_size=8))
+    clean = write_config(tmp_path / "clean.yaml", build_config(tmp_path / "urls.jsonl", tmp_path / "clean", shard_size=8))
+    killed = write_config(tmp_path / "killed.yaml", build_config(tmp_path / "urls.jsonl", tmp_path / "killed", shard_size=8))
     gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config"]
 
-    process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest = tmp_path / "killed" / "manifest"
-    deadline = time.monotonic() + 300
-    while not (manifest.is_dir() and len(list(manifest.glob("*.json"))) >= 2):
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the build wrote no shard in time"
-        time.sleep(0.2)
-    stop_group(process, signal.SIGKILL)
+    with SiteServer(info.root, port=port, slow_seconds=3):
+        process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        manifest = tmp_path / "killed" / "manifest"
+        deadline = time.monotonic() + 300
+        while not (manifest.is_dir() and len(list(manifest.glob("*.json"))) >= 2):
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the build wrote no shard in time"
+            time.sleep(0.2)
+        stop_group(process, signal.SIGKILL)
     done_before_kill = len(list(manifest.glob("*.json")))
-
-    subprocess.run(gadms + [str(killed)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run(gadms + [str(clean)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    for config in (killed, clean):
+        with SiteServer(info.root, port=port, slow_seconds=3):
+            subprocess.run(gadms + [str(config)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
 
     resumed, reference = _shard_contents(tmp_path / "killed"), _shard_contents(tmp_path / "clean")
     assert resumed == reference
