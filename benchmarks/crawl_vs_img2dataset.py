@@ -11,7 +11,10 @@ What it does, in one run:
      and header dimensions, Parquet output), img2dataset with re-encoding off, and img2dataset with its default
      decode + re-encode; each `--rounds` times, alternating, and reports images/s (images written / wall time
      of the whole command, start-up included) with the ratios of the medians;
-  5. saves the figures with the machine's load average to benchmarks/results/crawl_vs_img2dataset.json.
+  5. where cgroup v1 cpuacct is writable (root in a container), also measures the CPU seconds each command and
+     all its processes used, a figure other users' load hardly moves (nginx's share is left out: it is the
+     same work for every tool);
+  6. saves the figures with the machine's load average to benchmarks/results/crawl_vs_img2dataset.json.
 """
 from __future__ import annotations
 
@@ -35,6 +38,35 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 IMG2DATASET_VERSION = "1.47.0"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gadms" / "bench-crawl"
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+class CpuAccount:
+    """CPU time of a command and all its descendants, from a cgroup v1 cpuacct group made for it (None where
+    cgroups are not writable)."""
+
+    def __init__(self, name: str):
+        self.group: Path | None = CPUACCT / f"gadms-bench-{name}-{os.getpid()}"
+        try:
+            self.group.mkdir()
+        except OSError:
+            self.group = None
+
+    def enter(self) -> None:
+        """preexec_fn: move the child into the group before it executes the command."""
+        if self.group is not None:
+            (self.group / "cgroup.procs").write_text(str(os.getpid()))
+
+    def seconds(self) -> float | None:
+        if self.group is None:
+            return None
+        time.sleep(0.5)  # let helper processes (multiprocessing's forkserver) exit
+        used = int((self.group / "cpuacct.usage").read_text()) / 1e9
+        try:
+            self.group.rmdir()
+        except OSError:
+            pass
+        return used
 
 
 def make_images(docroot: Path, count: int, seed: int = 0) -> list[str]:
@@ -121,7 +153,7 @@ def img2dataset_venv(cache: Path) -> Path:
     return exe
 
 
-def run_ours(url_list: Path, out: Path, args) -> int:
+def run_ours(url_list: Path, out: Path, args, preexec) -> int:
     config = out.parent / f"{out.name}.yaml"
     config.write_text(
         "allow_private_addresses: ['127.0.0.1']\n"
@@ -134,11 +166,11 @@ def run_ours(url_list: Path, out: Path, args) -> int:
     )
     command = [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(url_list), "--out", str(out),
                "--config", str(config)]
-    subprocess.run(command, check=True, cwd=REPO, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=preexec)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "downloads").glob("*.parquet"))
 
 
-def run_img2dataset(exe: Path, url_list: Path, out: Path, args, reencode: bool) -> int:
+def run_img2dataset(exe: Path, url_list: Path, out: Path, args, reencode: bool, preexec) -> int:
     command = [
         str(exe), "--url_list", str(url_list), "--input_format", "parquet", "--url_col", "url",
         "--caption_col", "caption", "--output_format", "parquet", "--output_folder", str(out),
@@ -148,7 +180,8 @@ def run_img2dataset(exe: Path, url_list: Path, out: Path, args, reencode: bool) 
     if not reencode:
         command += ["--disable_all_reencoding", "True"]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   preexec_fn=preexec)
     return sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
 
 
@@ -179,21 +212,26 @@ def main() -> int:
             pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/{n}" for n in names],
                                      "caption": [f"image {i}" for i in range(len(names))]}), url_list)
             tools = {
-                "gadms_crawl": lambda out: run_ours(url_list, out, args),
-                "img2dataset_no_reencode": lambda out: run_img2dataset(exe, url_list, out, args, reencode=False),
-                "img2dataset_default": lambda out: run_img2dataset(exe, url_list, out, args, reencode=True),
+                "gadms_crawl": lambda out, pre: run_ours(url_list, out, args, pre),
+                "img2dataset_no_reencode": lambda out, pre: run_img2dataset(exe, url_list, out, args, False, pre),
+                "img2dataset_default": lambda out, pre: run_img2dataset(exe, url_list, out, args, True, pre),
             }
             for round_ in range(args.rounds):
                 order = list(tools) if round_ % 2 == 0 else list(reversed(tools))
                 for name in order:
                     out = tmp / f"{name}-{round_}"
+                    cpu = CpuAccount(f"{name}-{round_}")
                     load_before = os.getloadavg()[0]
                     started = time.perf_counter()
-                    images = tools[name](out)
+                    images = tools[name](out, cpu.enter)
                     seconds = time.perf_counter() - started
+                    load_after = os.getloadavg()[0]
+                    cpu_s = cpu.seconds()
                     run = {"tool": name, "round": round_, "images": images, "seconds": round(seconds, 3),
                            "images_per_s": round(images / seconds, 1), "load1_before": round(load_before, 2),
-                           "load1_after": round(os.getloadavg()[0], 2)}
+                           "load1_after": round(load_after, 2),
+                           "cpu_s": None if cpu_s is None else round(cpu_s, 2),
+                           "images_per_cpu_s": None if not cpu_s else round(images / cpu_s, 1)}
                     runs.append(run)
                     print(json.dumps(run), flush=True)
                     shutil.rmtree(out, ignore_errors=True)
@@ -202,6 +240,8 @@ def main() -> int:
             nginx.wait(10)
 
     median = {name: statistics.median(r["images_per_s"] for r in runs if r["tool"] == name) for name in tools}
+    per_cpu = {name: statistics.median(r["images_per_cpu_s"] for r in runs if r["tool"] == name)
+               for name in tools} if all(r["images_per_cpu_s"] for r in runs) else None
     result = {
         "benchmark": "crawl_vs_img2dataset",
         "urls": args.images,
@@ -219,13 +259,17 @@ def main() -> int:
         "median_images_per_s": median,
         "ratio_vs_img2dataset_no_reencode": round(median["gadms_crawl"] / median["img2dataset_no_reencode"], 2),
         "ratio_vs_img2dataset_default": round(median["gadms_crawl"] / median["img2dataset_default"], 2),
+        "median_images_per_cpu_s": per_cpu,
+        "cpu_ratio_vs_img2dataset_no_reencode":
+            round(per_cpu["gadms_crawl"] / per_cpu["img2dataset_no_reencode"], 2) if per_cpu else None,
+        "cpu_ratio_vs_img2dataset_default":
+            round(per_cpu["gadms_crawl"] / per_cpu["img2dataset_default"], 2) if per_cpu else None,
         "runs": runs,
         "note": "other engineers share this 2-core machine: load1_before/after record the load during each run",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_images_per_s", "ratio_vs_img2dataset_no_reencode",
-                                              "ratio_vs_img2dataset_default")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("median", "ratio", "cpu_ratio"))}, indent=1))
     return 0
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -87,7 +86,8 @@ def _plain_images(url_list, ground_truth) -> list[UrlRecord]:
 
 
 def _summary(result):
-    return ([(d.url, d.sha256, d.width, d.height, d.alt_text) for d in result.downloads],
+    """Downloads (in the order they were saved, which timing decides) as a sorted list; rejects in input order."""
+    return (sorted((d.url, d.sha256, d.width, d.height, d.alt_text) for d in result.downloads),
             [(r.url, r.reason, r.detail) for r in result.rejects])
 
 
@@ -302,10 +302,28 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     before = len(server.requests)
     assert main(args) == 0  # rerun: every chunk is done already
     assert len(server.requests) == before
-    assert f"crawl: {rows} URLs" in capsys.readouterr().out
+    assert f"crawl: {len(downloads)} downloaded, {len(rejects)} rejected" in capsys.readouterr().out
     config.write_text("per_host_min_delay: 0\n")
-    assert main(args) == 2
+    assert main(args) == 2  # a bad config: one line naming the file and the field
     assert "crawl.yaml: field 'per_host_min_delay': Extra inputs are not permitted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_forks_workers_from_a_single_threaded_process(server, url_list, ground_truth, tmp_path):
+    plain = _plain_images(url_list, ground_truth)
+    list_path = tmp_path / "urls.jsonl"
+    list_path.write_text("".join(json.dumps({"url": r.url, "caption": r.alt_text}) + "\n" for r in plain))
+    config = tmp_path / "crawl.yaml"
+    config.write_text("per_host_min_delay_s: 0\nworkers: 2\nmin_urls_per_worker: 1\n"
+                      "contact_url: https://example.org/contact\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"),
+         "--config", str(config), "--allow-private", "127.0.0.1"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    table = pq.read_table(tmp_path / "out" / "downloads")
+    assert sorted(table.column("url").to_pylist()) == sorted(r.url for r in plain)
+    assert sorted(table.column("sha256").to_pylist()) == sorted(ground_truth[r.url]["sha256"] for r in plain)
+    assert f"crawl: {len(plain)} downloaded, 0 rejected" in completed.stdout
 
 
 # --- a hostile aiohttp server for what the synthetic site does not serve ------------------------------------
@@ -427,11 +445,11 @@ def test_robots_group_for_our_token_crawl_delay_and_scoped_opt_out(hostile, tmp_
     urls = [f"{hostile.base_url}/delayed/{n}.jpg" for n in range(4)]
     urls += [hostile.base_url + "/ours-only/1.jpg", hostile.base_url + "/noimageai.jpg"]
     result = crawl_chunk([UrlRecord(u) for u in urls], fast_config(), str(tmp_path / "s"))
-    assert [d.url for d in result.downloads] == urls[:4]
+    assert sorted(d.url for d in result.downloads) == urls[:4]
     assert [(r.url, r.reason) for r in result.rejects] == [(urls[4], "robots_disallowed"), (urls[5], "opt_out")]
     starts = sorted(t for p, t in hostile.hits if p.startswith("/delayed/"))
     assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.24  # Crawl-delay: 0.25 beats per_host_min_delay 0
-    assert [d.width for d in result.downloads] == [1, 2, 3, 4] and result.downloads[0].mime == "image/gif"
+    assert sorted(d.width for d in result.downloads) == [1, 2, 3, 4] and result.downloads[0].mime == "image/gif"
 
 
 def test_redirect_limit_and_identifying_user_agent(hostile, tmp_path):

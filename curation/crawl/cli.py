@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
             ("workers", args.workers), ("url_column", args.url_column), ("caption_column", args.caption_column),
         ) if value is not None
     }
-    config = load_config(args.config, CrawlConfig, overrides) if args.config else validate_config(overrides, CrawlConfig)
+    if args.config:
+        config = load_config(args.config, CrawlConfig, overrides)
+    else:
+        config = validate_config(overrides, CrawlConfig, "command line")
     if args.allow_private:
         config = validate_config(
             {**config.model_dump(), "allow_private_addresses": config.allow_private_addresses + args.allow_private},
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         total = count_rows(args.urls)
 
     counts = {"ok": 0, "rejected": 0}
+    tqdm.monitor_interval = 0  # no monitor thread: with a single thread, crawl workers can be forked
     bar = tqdm(total=total, unit="url", desc="crawl", dynamic_ncols=True)
 
     def progress(ok: int, rejected: int) -> None:
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
         bar.update(ok + rejected)
 
+    totals = {"downloaded": 0, "rejected": 0}
     reasons: dict[str, int] = {}
     iterator = iter(records)
     try:
@@ -88,22 +93,37 @@ def run(args: argparse.Namespace) -> int:
             if not chunk:
                 break
             chunk_id = f"part-{number:05d}"
-            if fs.exists(filesystem(downloads_path(out, chunk_id))[1]):
-                progress(len(chunk), 0)  # finished in an earlier run
+            if fs.exists(filesystem(downloads_path(out, chunk_id))[1]):  # finished in an earlier run
+                downloaded, rejected = _rows(downloads_path(out, chunk_id)), _rows(rejects_path(out, chunk_id))
+                progress(downloaded, rejected)
+                totals["downloaded"] += downloaded
+                totals["rejected"] += rejected
                 continue
             state_dir = join(out, "work", "crawl", chunk_id)
             result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache)
             write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
             write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id)  # last: done
             fs.rm(filesystem(state_dir)[1], recursive=True)
+            totals["downloaded"] += result.downloads_table.num_rows
+            totals["rejected"] += len(result.rejects)
             for reason, n in result.reason_counts().items():
                 reasons[reason] = reasons.get(reason, 0) + n
     finally:
         bar.close()
     summary = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    print(f"crawl: {counts['ok'] + counts['rejected']} URLs -> {out}/downloads, {out}/rejects"
-          + (f"; rejected this run: {summary}" if summary else ""))
+    print(f"crawl: {totals['downloaded']} downloaded, {totals['rejected']} rejected -> {out}/downloads, "
+          f"{out}/rejects" + (f"; rejected this run: {summary}" if summary else ""))
     return 0
+
+
+def _rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    from storage.fs import filesystem
+
+    fs, p = filesystem(path)
+    with fs.open(p, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _seed_records(seeds: list[str], config, out: str, robots_cache) -> list:
@@ -122,7 +142,8 @@ def _seed_records(seeds: list[str], config, out: str, robots_cache) -> list:
         with fs.open(p, "r") as f:
             saved = json.load(f)
         if saved["seeds"] != seeds:
-            raise GadmsError(f"{out}: holds a crawl of other seed pages ({' '.join(saved['seeds'])}); use another --out")
+            other = " ".join(saved["seeds"])
+            raise GadmsError(f"{out}: holds a crawl of other seed pages ({other}); use another --out")
         return [UrlRecord(**record) for record in saved["records"]]
     records = discover_images(seeds, config, robots_cache=robots_cache)
     if records:  # nothing found is more likely a config problem than a result worth keeping

@@ -167,6 +167,8 @@ class Fetcher:
         if not (check_robots and self.config.robots):
             return
         rules = await self.robots(url)
+        if rules.crawl_delay_s:  # also for rules cached by an earlier chunk
+            self.limiter.set_crawl_delay(host_key(url), rules.crawl_delay_s * self.delay_scale)
         if rules.unreachable:
             raise FetchFailure("robots_unreachable", rules.unreachable)
         if not rules.allows(url.raw_path_qs):
@@ -201,8 +203,6 @@ class Fetcher:
                 rules = RobotsRules.allow_all()  # no robots.txt: everything allowed
             else:
                 rules = RobotsRules.disallow_all(f"robots.txt: {failure.reason} {failure.detail}".strip())
-        if rules.crawl_delay_s:
-            self.limiter.set_crawl_delay(host_key(url), rules.crawl_delay_s * self.delay_scale)
         self.robots_cache.put(origin(url), rules)
         return rules
 

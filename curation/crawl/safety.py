@@ -34,6 +34,7 @@ class AddressPolicy:
     def __init__(self, allowed: Iterable[str] = ()):
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.hosts: set[str] = set()
+        self._literal_verdicts: dict[str, bool] = {}
         for entry in allowed:
             try:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
@@ -51,8 +52,11 @@ class AddressPolicy:
 
     def refuses_literal(self, host: str) -> bool:
         """True when `host` is an IP literal the policy refuses (host names are checked when resolved)."""
-        address = parse_ip(host)
-        return address is not None and not self.allows(host, address)
+        refused = self._literal_verdicts.get(host)
+        if refused is None:  # parsing an address costs more than the rest of the check: once per host
+            address = parse_ip(host)
+            refused = self._literal_verdicts[host] = address is not None and not self.allows(host, address)
+        return refused
 
 
 class SafeResolver(AbstractResolver):

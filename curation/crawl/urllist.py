@@ -44,7 +44,8 @@ def _files(path_or_url: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
         raise GadmsError(f"{path_or_url}: URL list not found")
     if not fs.isdir(path):
         if _format_of(path) is None:
-            raise GadmsError(f"{path_or_url}: unknown URL list format (use .csv, .tsv, .jsonl, .parquet, optionally .gz)")
+            raise GadmsError(
+                f"{path_or_url}: unknown URL list format (use .csv, .tsv, .jsonl, .parquet, optionally .gz)")
         return fs, [path]
     files = sorted(p for p in fs.find(path) if _format_of(p) is not None and not p.rsplit("/", 1)[-1].startswith("."))
     if not files:
