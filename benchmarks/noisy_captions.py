@@ -55,6 +55,7 @@ def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device,
     sums = {"noise": 0.0, "description": 0.0}
     counts = {"noise": 0, "description": 0}
     mixed_captions = noise_lower = 0
+    mixed_means = {"noise": [], "description": []}
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]
         captions = [noise_words[n]["caption"] for n in chunk]
@@ -74,6 +75,8 @@ def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device,
             if per_kind["noise"] and per_kind["description"]:
                 mixed_captions += 1
                 noise_lower += statistics.fmean(per_kind["noise"]) < statistics.fmean(per_kind["description"])
+                for kind, values in per_kind.items():
+                    mixed_means[kind].append(statistics.fmean(values))
     return {
         "mean_gass_noise_tokens": sums["noise"] / max(counts["noise"], 1),
         "mean_gass_description_tokens": sums["description"] / max(counts["description"], 1),
@@ -81,12 +84,60 @@ def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device,
         "description_tokens": counts["description"],
         "captions_with_both": mixed_captions,
         "share_of_those_where_noise_scores_lower": noise_lower / max(mixed_captions, 1),
+        # Per-sample max normalisation makes pooled means depend on the caption mix (an all-noise caption's
+        # best noise word scores 1): within captions that have both kinds is the like-for-like comparison.
+        "within_mixed_captions_mean_gass_noise": statistics.fmean(mixed_means["noise"]) if mixed_captions else None,
+        "within_mixed_captions_mean_gass_description":
+            statistics.fmean(mixed_means["description"]) if mixed_captions else None,
     }
 
 
 def mean_std(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}
+
+
+def diagnose(args, device: torch.device) -> dict:
+    """Is GASS informative at all in this setting? GASS of noise vs description words of the same alt texts under
+    (a) a random-init model and (b) an SDM model trained on the clean captions of the same images."""
+    from gadms_model.model import build_model
+    from gadms_model.training import checkpoint as ckpt
+
+    work = Path(args.work_dir) / "diagnose"
+    height, width = args.image_size
+    sizes = (args.train_identities, args.val_identities, args.test_identities, args.images_per_identity)
+    for captions in ("clean", "alt_text"):  # same seed → the same images, two caption sets
+        if not (work / captions / "RSTPReid").exists():
+            write_synthetic_benchmark(work / captions, *sizes, seed=args.data_seed, train_captions=captions,
+                                      size=(width, height))
+    model_config = ModelConfig.tiny(mode="sdm", image_size=(height, width))
+    torch.manual_seed(args.seeds[0])
+    random_path = work / "random-init.pt"
+    ckpt.save({"model_config": model_config.model_dump(mode="json"),
+               "model": build_model(model_config).state_dict()}, random_path)
+    clean_run = work / "clean-sdm"
+    if not (clean_run / "final.pt").exists():
+        train(TrainConfig.model_validate({
+            "output_dir": str(clean_run),
+            "data": {"kind": "benchmark", "path": str(work / "clean"), "benchmark": "rstpreid"},
+            "model": model_config.model_dump(mode="json"), "epochs": args.epochs, "batch_size": args.batch_size,
+            "num_workers": args.num_workers, "seed": args.seeds[0], "device": args.device, "progress": False,
+            "optim": {"lr": args.lr, "eps": args.eps, "warmup_epochs": max(1, args.epochs // 6)},
+            "augment": not args.no_augment,
+        }))
+    alt_dir = work / "alt_text" / "RSTPReid"
+    clean_best = clean_run / "best.pt"
+    return {
+        "question": "does GASS score injected noise words below description words of the same alt texts?",
+        "random_init": gass_by_token_kind(str(random_path), alt_dir, device),
+        "sdm_trained_on_clean_captions": {
+            "val": torch.load(clean_best, weights_only=True)["metrics"],
+            "test": evaluate(str(clean_best), "rstpreid", str(work / "clean"), device=device, progress=False),
+            "gass_on_alt_text": gass_by_token_kind(str(clean_best), alt_dir, device),
+        },
+        "setting": {"identities": sizes, "image_size": args.image_size, "epochs": args.epochs,
+                    "batch_size": args.batch_size, "lr": args.lr, "adam_eps": args.eps, "augment": not args.no_augment},
+    }
 
 
 def main() -> None:
@@ -110,7 +161,18 @@ def main() -> None:
                         help="clean: the upper bound without caption noise (a diagnostic, not the experiment)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--diagnose", action="store_true",
+                        help="instead of the comparison: GASS of noise vs description words under a random-init and a "
+                             "clean-caption-trained model; merged into --out under 'diagnostics'")
     args = parser.parse_args()
+    if args.diagnose:
+        device = torch.device("cuda" if args.device == "cuda" else "cpu")
+        out = Path(args.out)
+        existing = json.loads(out.read_text()) if out.exists() else {}
+        existing["diagnostics"] = diagnose(args, device)
+        out.write_text(json.dumps(existing, indent=2) + "\n")
+        print(json.dumps(existing["diagnostics"], indent=2))
+        return
 
     work = Path(args.work_dir)
     data_root = work / "data"
