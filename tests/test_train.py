@@ -108,3 +108,9 @@ def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_pat
     assert first == second
     scored = (state["score_store"]["scores"] != torch.tensor(0.85, dtype=torch.float16)).any(1)
     assert int(scored.sum()) == 16  # every caption either rank saw (4 steps × 2 ranks × 2) is in both stores
+
+
+@pytest.mark.parametrize("name", ["pretrain-webperson.yaml", "finetune-cuhk.yaml"])
+def test_example_configs_validate(name):
+    config = load_config(REPO / "gadms_model" / "training" / "configs" / name, TrainConfig)
+    ModelConfig.model_validate(config.model)
