@@ -124,7 +124,13 @@ class JsonlLog:
         """On resume, drop lines the interrupted run wrote after its last checkpoint."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short when the run was killed
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
