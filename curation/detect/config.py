@@ -3,7 +3,8 @@
 Defaults are the paper's rules (WebPerson, GA-DMS): person class only, confidence > 0.85, shorter box side
 > 90 px, width/height within [1/4, 1/2]; pose: ≥ 8 visible keypoints, ≥ 1 hip, ≥ 2 head keypoints.
 The paper does not say when a keypoint counts as visible: here it is keypoint confidence ≥ `keypoint_conf`
-(default 0.5, the threshold ultralytics itself uses to draw a keypoint).
+(default 0.5: the model rates the keypoint more likely visible than not; ultralytics' plots draw keypoints
+from 0.25, a looser choice).
 The config is saved with every run, so it records which rules were used.
 """
 from __future__ import annotations
