@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
@@ -37,6 +38,8 @@ OUTCOME_SCHEMA = pa.schema(
 
 @dataclass
 class Outcome:
+    """What one input row (by index in the chunk) became; one row of a segment."""
+
     index: int
     reason: str | None = None  # None: downloaded
     detail: str = ""
@@ -58,9 +61,10 @@ def open_chunk_state(state_dir: str, urls: list[UrlRecord]) -> None:
     """Create the state folder for this chunk, or check that an existing one belongs to the same URL list."""
     fs, path = filesystem(state_dir)
     meta_path = join(state_dir, "chunk.json")
+    meta = filesystem(meta_path)[1]
     expected = {"urls": len(urls), "fingerprint": chunk_fingerprint(urls)}
-    if fs.exists(filesystem(meta_path)[1]):
-        with fs.open(filesystem(meta_path)[1], "r") as f:
+    if fs.exists(meta):
+        with fs.open(meta, "r") as f:
             found = json.load(f)
         if found != expected:
             raise GadmsError(
