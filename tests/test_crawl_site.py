@@ -308,6 +308,16 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     assert "crawl.yaml: field 'per_host_min_delay': Extra inputs are not permitted" in capsys.readouterr().err
 
 
+def test_crawl_chunk_from_inside_a_running_event_loop(server, url_list, ground_truth, tmp_path):
+    plain = _plain_images(url_list, ground_truth)[:2]
+
+    async def caller():  # e.g. an async Prefect task or a notebook
+        return crawl_chunk(plain, fast_config(), str(tmp_path / "s"))
+
+    result = asyncio.run(caller())
+    assert sorted(d.url for d in result.downloads) == sorted(r.url for r in plain)
+
+
 @pytest.mark.slow
 def test_cli_forks_workers_from_a_single_threaded_process(server, url_list, ground_truth, tmp_path):
     plain = _plain_images(url_list, ground_truth)
