@@ -19,14 +19,19 @@ from tests.flow_helpers import REPO, build_config, stop_group, write_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site")
-    info = render_site(root / "site", images=60, seed=3)
-    with SiteServer(info.root, slow_seconds=3) as server:
-        urls = root / "urls.jsonl"
-        write_url_list(info.root, server.base_url, urls)
-        yield {"urls": urls, "server": server, "info": info}
+@pytest.fixture
+def site(tmp_path):
+    """A rendered site and its URL list. Serve it with `served(site)`: a fresh server per build, on the same port,
+    because the site's 429 fault answers by request count."""
+    info = render_site(tmp_path / "site", images=60, seed=3)
+    with SiteServer(info.root) as first:
+        port = int(first.base_url.rsplit(":", 1)[1])
+        write_url_list(info.root, first.base_url, tmp_path / "urls.jsonl")
+    return {"urls": tmp_path / "urls.jsonl", "info": info, "port": port}
+
+
+def served(site) -> SiteServer:
+    return SiteServer(site["info"].root, port=site["port"], slow_seconds=3)
 
 
 def _shard_contents(root: Path) -> dict[str, list[tuple]]:
@@ -40,7 +45,8 @@ def _shard_contents(root: Path) -> dict[str, list[tuple]]:
 
 def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     out = tmp_path / "out"
-    summary = build_webperson(build_config(site["urls"], out))
+    with served(site):
+        summary = build_webperson(build_config(site["urls"], out))
     urls = sum(1 for _ in open(site["urls"]))
     crawl_rejects = sum(n for key, n in summary["rejects"].items() if key.startswith("crawl/"))
     # Every URL ends as a download or a crawl reject; every person either is kept or has a reject.
@@ -57,23 +63,19 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert sorted(p.name for p in reports) == ["caption_lengths.png", "contact_sheet.png"]
     con.close()
 
-    again = build_webperson(build_config(site["urls"], out))
+    with served(site):
+        again = build_webperson(build_config(site["urls"], out))
     assert again["chunks_skipped"] == again["chunks"] == summary["chunks"]
     assert again["kept"] == 0
 
 
-def test_killed_build_reruns_to_the_same_shards(tmp_path):
-    # Each run gets a freshly started server on the same port: the site's 429 fault answers by request count.
-    info = render_site(tmp_path / "site", images=60, seed=3)
-    with SiteServer(info.root) as first:
-        port = int(first.base_url.rsplit(":", 1)[1])
-        write_url_list(info.root, first.base_url, tmp_path / "urls.jsonl")
+def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    clean = write_config(tmp_path / "clean.yaml", build_config(tmp_path / "urls.jsonl", tmp_path / "clean", shard_size=8))
-    killed = write_config(tmp_path / "killed.yaml", build_config(tmp_path / "urls.jsonl", tmp_path / "killed", shard_size=8))
+    clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
+    killed = write_config(tmp_path / "killed.yaml", build_config(site["urls"], tmp_path / "killed", shard_size=8))
     gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config"]
 
-    with SiteServer(info.root, port=port, slow_seconds=3):
+    with served(site):
         process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         manifest = tmp_path / "killed" / "manifest"
@@ -85,7 +87,7 @@ def test_killed_build_reruns_to_the_same_shards(tmp_path):
         stop_group(process, signal.SIGKILL)
     done_before_kill = len(list(manifest.glob("*.json")))
     for config in (killed, clean):
-        with SiteServer(info.root, port=port, slow_seconds=3):
+        with served(site):
             subprocess.run(gadms + [str(config)], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
 
     resumed, reference = _shard_contents(tmp_path / "killed"), _shard_contents(tmp_path / "clean")
@@ -96,3 +98,16 @@ def test_killed_build_reruns_to_the_same_shards(tmp_path):
     con = connect(str(tmp_path / "killed" / "catalog.duckdb"))
     runs = con.execute("SELECT json_extract(summary, '$.chunks_skipped')::INT FROM runs").fetchall()
     assert runs == [(done_before_kill,)]  # only the rerun finished; it skipped what the killed run had completed
+
+
+def test_build_webperson_on_a_local_ray_instance(site, tmp_path):
+    pytest.importorskip("prefect_ray")
+    config = build_config(site["urls"], tmp_path / "ray-out", shard_size=25,
+                          runner={"kind": "ray", "ray_address": None})
+    with served(site):
+        reference = build_webperson(build_config(site["urls"], tmp_path / "local-out", shard_size=25))
+    with served(site):
+        summary = build_webperson(config)
+    assert summary["chunks"] == reference["chunks"] == 4
+    assert summary["kept"] == reference["kept"] > 0
+    assert _shard_contents(tmp_path / "ray-out") == _shard_contents(tmp_path / "local-out")
