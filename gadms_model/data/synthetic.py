@@ -23,10 +23,12 @@ def write_synthetic_benchmark(
     seed: int = 0,
     train_captions: Literal["alt_text", "clean"] = "alt_text",
     size: tuple[int, int] = (32, 64),
+    first_identity: int = 0,
 ) -> Path:
     """Write `<root>/RSTPReid/{data_captions.json, noise_words.json, imgs/}`; return the dataset directory.
 
-    Identities are numbered train, then val, then test; `size` is (width, height) of the rendered crops.
+    Identities are numbered train, then val, then test, from `first_identity` (pick a range no other data
+    uses, e.g. far above a rendered web's identities, for a held-out split); `size` is (width, height) of the rendered crops.
     Train images whose alt text is empty are skipped (a captionless image cannot be a training pair).
     """
     from curation.synthweb.dataset import iter_identity_dataset
@@ -35,8 +37,9 @@ def write_synthetic_benchmark(
     images_dir = dataset_dir / "imgs"
     images_dir.mkdir(parents=True, exist_ok=True)
     records, noise_words = [], {}
-    splits = (("train", 0, train_identities), ("val", train_identities, val_identities),
-              ("test", train_identities + val_identities, test_identities))
+    splits = (("train", first_identity, train_identities),
+              ("val", first_identity + train_identities, val_identities),
+              ("test", first_identity + train_identities + val_identities, test_identities))
     for split, first, count in splits:
         for number, sample in enumerate(iter_identity_dataset(count, images_per_identity, seed, size, first)):
             name = f"{split}/{sample.identity:05d}_{number % images_per_identity:02d}.jpg"
