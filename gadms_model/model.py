@@ -134,11 +134,14 @@ class GADMS(nn.Module):
             if c.mode == "irra":
                 mask_ids, mask_labels = random_mask(text_ids, generator, c.mlm_probability,
                                                     self.tokenizer.mask_token_id)
-        text_global = self.towers.text_global(align_ids)
+        if mask_ids is None:
+            text_global = self.towers.text_global(align_ids)
+        else:
+            text_global, mask_tokens = self.towers.text_global_and_tokens(align_ids, mask_ids)
         terms = {"sdm": (sdm_loss(image_global, text_global, pids, c.temperature), 1.0)}
         if mask_ids is not None:
             predicted = mask_labels != IGNORE_LABEL
-            logits = self.mtp_head(self.towers.text_tokens(mask_ids), image_tokens, predicted)
+            logits = self.mtp_head(mask_tokens, image_tokens, predicted)
             name, weight = ("mtp", c.mtp_weight) if c.mode == "gadms" else ("mlm", c.mlm_weight)
             terms[name] = (mlm_loss(logits, mask_labels[predicted]), weight)
             out[f"{name}_mask_rate"] = predicted.sum() / mask_candidates(text_ids).sum().clamp_min(1)

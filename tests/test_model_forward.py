@@ -132,3 +132,13 @@ def test_score_store_round_trip_and_checks():
         ScoreStore(6, context_length=3).load_state_dict(store.state_dict())
     with pytest.raises(IndexError, match="caption ids must lie in 0..4"):
         store.gather(torch.tensor([5]))
+
+
+def test_one_pass_over_two_text_batches_equals_two_passes(batch):
+    _, text_ids, _ = batch
+    model = build_model(ModelConfig.tiny()).eval()
+    other = text_ids.flip(0)
+    with torch.no_grad():
+        global_features, tokens = model.towers.text_global_and_tokens(text_ids, other[:3])
+        torch.testing.assert_close(global_features, model.towers.text_global(text_ids), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tokens, model.towers.text_tokens(other[:3]), atol=1e-5, rtol=1e-5)

@@ -143,9 +143,10 @@ def _fixed_mask_loss(model, images, text_ids, pids, scores, seed):
     generator = torch.Generator().manual_seed(seed)
     noise_ids, mtp_ids, labels = dual_mask(text_ids, scores, generator)
     image_tokens = model.towers.image_tokens(images)
-    loss = sdm_loss(image_tokens[:, 0], model.towers.text_global(noise_ids), pids)
+    text_global, mtp_tokens = model.towers.text_global_and_tokens(noise_ids, mtp_ids)
+    loss = sdm_loss(image_tokens[:, 0], text_global, pids)
     predicted = labels != -100
-    logits = model.mtp_head(model.towers.text_tokens(mtp_ids), image_tokens, predicted)
+    logits = model.mtp_head(mtp_tokens, image_tokens, predicted)
     return loss + model.config.mtp_weight * mlm_loss(logits, labels[predicted])
 
 
