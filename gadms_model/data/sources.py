@@ -134,6 +134,9 @@ class ShardSource:
         row = image_index - group.first_image
         where = f"{group.path}: row {group.index}:{row} ({self.id_column} {rows[self.id_column][row]!r})"
         caption = rows[f"caption{caption_index + 1}"][row]
+        if not caption and caption_index == 1:
+            # One-caption samples (the alt-text captioner writes caption2 = ""): the second pair repeats the first.
+            caption = rows["caption1"][row]
         if not caption:
             raise DataSourceError(f"{where}: empty caption{caption_index + 1}")
         return Pair(decode_image(rows["image"][row], where), caption, image_index)
