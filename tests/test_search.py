@@ -18,13 +18,13 @@ from tests.storage_fixtures import captions_for, crop
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    dataset = write_synthetic_benchmark(root, 5, 0, 0, 4, seed=0, train_captions="clean")
+    dataset = write_synthetic_benchmark(root, 4, 0, 0, 3, seed=0, train_captions="clean")
     config = TrainConfig.model_validate({
         "output_dir": str(root / "run"),
         "data": {"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
         "model": ModelConfig.tiny(mode="sdm").model_dump(mode="json"),
-        "epochs": 40, "batch_size": 10, "num_workers": 0, "seed": 0, "augment": False, "progress": False,
-        "optim": {"lr": 1e-3, "eps": 1e-8, "warmup_epochs": 1},
+        "epochs": 30, "batch_size": 6, "num_workers": 0, "seed": 0, "augment": False, "progress": False,
+        "optim": {"lr": 2e-3, "eps": 1e-8, "warmup_epochs": 1},
     })
     return train(config).checkpoint_path, dataset / "imgs"
 
@@ -47,13 +47,13 @@ def test_search_returns_the_queried_identity(trained, tmp_path, capsys):
     # The second query reuses the cached index.
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[4].endswith("(cached); contact sheet: " + str(sheet))
-    # Every identity's clean caption finds one of its own images first, for at least 4 of the 5.
+    # Most identities' clean captions find one of their own images first (chance: 1 in 4).
     found = 0
-    for identity in range(5):
+    for identity in range(4):
         hits = search(checkpoint, str(gallery), clean_caption(identity_attributes(identity)), k=1,
                       index_path=str(index), progress=False).hits
         found += hits[0]["id"].startswith(f"train/{identity:05d}_")
-    assert found >= 4
+    assert found >= 3
 
 
 @pytest.mark.slow
