@@ -41,11 +41,6 @@ def msp_matrix(length: int) -> torch.Tensor:
     return ((sequence + restored) / 2)[0]
 
 
-def multi_scale_pool(x: torch.Tensor) -> torch.Tensor:
-    """MSP over scales {1, 2} along dim 1 of a B×N×D tensor."""
-    return msp_matrix(x.shape[1]).to(device=x.device, dtype=x.dtype) @ x
-
-
 def min_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Per-row min-max scaling of B×N `x` over the `valid` positions (1 where a row's valid values are equal)."""
     low = x.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)

@@ -184,10 +184,6 @@ class ClipTowers(nn.Module):
         return self.clip.visual.output_dim
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        return tuple(self.clip.visual.grid_size)
-
-    @property
     def text_layers(self) -> int:
         return len(self.clip.transformer.resblocks)
 
