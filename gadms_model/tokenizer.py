@@ -41,15 +41,14 @@ class Tokenizer:
             raise ValueError(f"context_length must be at least 3 (SOT, one word, EOT), got {context_length}")
         self.context_length = context_length
         bpe = SimpleTokenizer(context_length=context_length)
-        # Drop the last merge: its id becomes <|mask|>.
+        # Drop the last merge (a fresh instance has encoded nothing with it yet): its id becomes <|mask|>.
         last_merge = max(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
         del bpe.bpe_ranks[last_merge]
-        merged = "".join(last_merge)
-        assert bpe.encoder.pop(merged) == MASK_TOKEN_ID
+        freed_id = bpe.encoder.pop("".join(last_merge))
+        if (freed_id, bpe.sot_token_id, bpe.eot_token_id) != (MASK_TOKEN_ID, SOT_TOKEN_ID, EOT_TOKEN_ID):
+            raise RuntimeError("open_clip's BPE vocabulary is not CLIP's 49,408-token layout")
         bpe.encoder[MASK_TOKEN] = MASK_TOKEN_ID
         bpe.decoder[MASK_TOKEN_ID] = MASK_TOKEN
-        bpe.cache = {token: token for token in bpe.cache}
-        assert bpe.sot_token_id == SOT_TOKEN_ID and bpe.eot_token_id == EOT_TOKEN_ID
         self._bpe = bpe
 
     def encode(self, text: str) -> list[int]:
