@@ -39,7 +39,7 @@ class ScoreStore:
         if ids.shape[0] != scores.shape[0] or scores.shape[1:] != self.scores.shape[1:]:
             raise ValueError(f"scores of shape {tuple(scores.shape)} do not fit ids of shape {tuple(ids.shape)} "
                              f"and context {self.scores.shape[1]}")
-        ids, scores = ids.detach(), scores.detach()
+        ids, scores = ids.detach().to(scores.device), scores.detach()  # one device for the collectives (NCCL)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ids, scores = _all_gather_rows(ids, scores)
         self._check_ids(ids)
