@@ -28,6 +28,7 @@ def checkpoint_and_root(tmp_path_factory):
     return train(config).checkpoint_path, root
 
 
+@pytest.mark.slow  # trains the module's tiny model
 def test_eval_matches_the_protocol_on_the_test_split(checkpoint_and_root):
     checkpoint, root = checkpoint_and_root
     # Reference: full similarity matrix from the model's own encoders, ranked by rank_metrics.

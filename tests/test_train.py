@@ -64,6 +64,8 @@ def test_resume_repeats_the_uninterrupted_loss_sequence(synthetic_root, tmp_path
     assert state["step"] == 8 and state["epoch"] == 2 and state["step_in_epoch"] == 0
     assert {"model", "optimizer", "scheduler", "score_store", "rng", "model_config"} <= set(state)
     assert (state["score_store"]["scores"] != torch.tensor(0.85, dtype=torch.float16)).any()
+    assert list((tmp_path / "b" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "b" / "config.yaml").exists()
     # Model selection used the val split: best.pt carries its validation metrics.
     best = torch.load(resumed.checkpoint_path, weights_only=True)
     assert Path(resumed.checkpoint_path).name == "best.pt"
