@@ -94,7 +94,8 @@ def test_resume_refuses_a_changed_config_and_a_fresh_start_refuses_old_checkpoin
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_path):
-    config = config_for(synthetic_root, tmp_path / "ddp", epochs=1, batch_size=2, checkpoint_every_steps=2)
+    config = config_for(synthetic_root, tmp_path / "ddp", epochs=1, batch_size=2, grad_accum_steps=2,
+                        checkpoint_every_steps=1)
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -104,12 +105,14 @@ def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_pat
     assert completed.returncode == 0, completed.stderr[-3000:]
     checkpoints = sorted((tmp_path / "ddp" / "checkpoints").glob("step-*.pt"))
     state = torch.load(checkpoints[-1], weights_only=True)
-    assert state["step"] == 4  # 17 captions over 2 ranks → 9 each → 4 batches of 2 per rank
+    assert state["step"] == 2  # 17 captions over 2 ranks → 9 each → 4 micro-batches of 2 → 2 accumulated steps
     assert len(state["rng"]) == 2
     first, second = state["score_store_sha256"]
     assert first == second
     scored = (state["score_store"]["scores"] != torch.tensor(0.85, dtype=torch.float16)).any(1)
-    assert int(scored.sum()) == 16  # every caption either rank saw (4 steps × 2 ranks × 2) is in both stores
+    assert int(scored.sum()) == 16  # every caption either rank saw (4 micro-batches × 2 ranks × 2) is in both
+    lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2]
 
 
 @pytest.mark.parametrize("name", ["pretrain-webperson.yaml", "finetune-cuhk.yaml"])
