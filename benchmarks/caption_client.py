@@ -64,6 +64,14 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _loop_lag(samples: list[float], stop: asyncio.Event) -> None:
+    """How late 5 ms sleeps wake up: the event loop's own work plus the time the OS did not run us."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(0.005)
+        samples.append(time.perf_counter() - start - 0.005)
+
+
 async def sweep_point(url: str, server_pid: int, in_flight: int, rounds: int, image: bytes, prompt: str) -> dict:
     config = CaptionConfig(endpoints=[url], models=[MODEL], in_flight_per_endpoint=in_flight, check_models=False)
     async with OpenAIBackend(config) as backend:
@@ -74,15 +82,23 @@ async def sweep_point(url: str, server_pid: int, in_flight: int, rounds: int, im
 
         await asyncio.gather(*(one(i) for i in range(in_flight)))  # warm-up: open the connections
         count = in_flight * rounds
+        lags: list[float] = []
+        stop = asyncio.Event()
+        monitor = asyncio.create_task(_loop_lag(lags, stop))
         server_cpu = process_cpu_s(server_pid)
         cpu, wall = time.process_time(), time.perf_counter()
         answers = await asyncio.gather(*(one(i) for i in range(count)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         server_cpu = process_cpu_s(server_pid) - server_cpu
+        stop.set()
+        await monitor
     assert len(answers) == count and all(answers)
+    lags.sort()
     return {"in_flight": in_flight, "requests": count, "wall_s": round(wall, 3),
             "requests_per_s": round(count / wall, 1), "client_cpu_ms_per_request": round(1000 * cpu / count, 3),
             "server_cpu_ms_per_request": round(1000 * server_cpu / count, 3),
+            "event_loop_lag_ms_p50": round(1000 * lags[len(lags) // 2], 2),
+            "event_loop_lag_ms_p99": round(1000 * lags[int(len(lags) * 0.99)], 2),
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -111,6 +127,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
     parser.add_argument("--rounds", type=int, default=10, help="requests per point = rounds × in-flight")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per point; the fastest is reported")
     parser.add_argument("--e2e-crops", type=int, default=1024)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "caption_client.json"))
     args = parser.parse_args()
@@ -122,7 +139,11 @@ def main() -> None:
     server, url = start_server(args.latency, canned=True)
     try:
         for in_flight in args.in_flight:
-            point = asyncio.run(sweep_point(url, server.pid, in_flight, args.rounds, image, prompt))
+            # Shared machines are noisy: keep the best of a few repeats (as timeit does), record them all.
+            runs = [asyncio.run(sweep_point(url, server.pid, in_flight, args.rounds, image, prompt))
+                    for _ in range(args.repeats)]
+            point = max(runs, key=lambda run: run["requests_per_s"])
+            point["all_requests_per_s"] = [run["requests_per_s"] for run in runs]
             point["ideal_requests_per_s"] = round(in_flight / args.latency, 1)
             point["fraction_of_ideal"] = round(point["requests_per_s"] / point["ideal_requests_per_s"], 3)
             # What one core could drive if the client alone were the limit (CPU per request is the client's cost).

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.caption.client import ChatClient, RequestFailed
+from curation.caption.client import IMAGE_SLOT, ChatClient, RequestFailed
 from curation.caption.config import CaptionConfig
 from storage.errors import GadmsError
 
@@ -79,12 +80,12 @@ class OpenAIBackend:
         await self.client.__aexit__(*exc_info)
 
     def request_body(self, question: Question) -> dict:
+        """The chat request; its image URL is IMAGE_SLOT, filled in as the request is sent."""
         # Instruction text first, image last: every request of a kind then shares a long token prefix that
         # vLLM's prefix cache computes once.
         content: list[dict] = [{"type": "text", "text": question.prompt}]
         if question.image is not None:
-            data_url = "data:image/jpeg;base64," + base64.b64encode(question.image).decode("ascii")
-            content.append({"type": "image_url", "image_url": {"url": data_url}})
+            content.append({"type": "image_url", "image_url": {"url": IMAGE_SLOT}})
         body = {
             "model": question.model,
             "messages": [{"role": "user", "content": content}],
@@ -101,7 +102,14 @@ class OpenAIBackend:
         return body
 
     async def answer(self, question: Question) -> str:
-        return await self.client.chat(self.request_body(question))
+        image = _data_url(question.image) if question.image is not None else None
+        return await self.client.chat(self.request_body(question), image)
+
+
+@functools.lru_cache(maxsize=4096)
+def _data_url(jpeg: bytes) -> bytes:
+    """Base64 data URL of a JPEG; cached because a crop's filter and caption requests send the same image."""
+    return b"data:image/jpeg;base64," + base64.b64encode(jpeg)
 
 
 class TransformersBackend:
