@@ -16,7 +16,6 @@ from curation.synthweb import SiteServer, render_site, write_url_list
 from flows.build_webperson import build_webperson
 from gadms_model.data.synthetic import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate, format_table
-from gadms_model.model import TINY_CONFIG
 from gadms_model.retrieval import search
 from gadms_model.training import TrainConfig, train
 from storage.catalog import connect
@@ -51,7 +50,7 @@ def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, 
     return TrainConfig(
         output_dir=str(model_dir),
         data={"kind": "webperson", "path": str(output_root)},
-        model={"clip_model": str(TINY_CONFIG), "image_size": (128, 64),
+        model={"clip_model": "gadms-tiny", "image_size": (128, 64),
                "gass_layers": 2, "mtp_layers": 1},
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
         optim={"lr": 1e-3, "warmup_epochs": 0.5},

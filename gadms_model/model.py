@@ -64,7 +64,8 @@ class ModelConfig(BaseModel):
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":
         """A few-layer, 64-wide model on 64×32 images: random weights, for tests and CPU smoke runs."""
-        values = dict(clip_model=str(TINY_CONFIG), image_size=(64, 32), gass_layers=2, mtp_layers=1)
+        # By name, not path: checkpoints store the config and must load from any checkout.
+        values = dict(clip_model="gadms-tiny", image_size=(64, 32), gass_layers=2, mtp_layers=1)
         values.update(overrides)
         return cls(**values)
 
