@@ -20,7 +20,7 @@ from gadms_model.training import TrainConfig, train
 from storage.configfile import ConfigError, load_config, validate_config
 from storage.reports import loss_curves_png
 
-DEFAULT_CONFIG = "flows/configs/train-webperson.yaml"
+DEFAULT_CONFIG = "gadms_model/training/configs/pretrain-webperson.yaml"
 
 
 class BenchmarkRef(BaseModel):

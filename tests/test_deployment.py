@@ -100,7 +100,7 @@ def test_deployments_build_then_triggered_training(tmp_path):
             train_run = _wait_for(lambda: _flow_runs(api, "train-gadms"), 120, "the triggered train-gadms run",
                                   [server, worker])[0]
             assert train_run["parameters"]["build_flow_run"] == f"prefect.flow-run.{build_run['id']}"
-            assert train_run["parameters"]["config"] == "flows/configs/train-webperson.yaml"
+            assert train_run["parameters"]["config"] == "gadms_model/training/configs/pretrain-webperson.yaml"
         finally:
             for process in reversed(processes):
                 stop_group(process)
