@@ -77,11 +77,15 @@ async def sweep_point(url: str, server_pid: int, in_flight: int, rounds: int, im
     """One timed run; with `watch_loop`, also event-loop lag (the watcher's own CPU then inflates the CPU
     figures, so watched runs are reported for their lag only)."""
     config = CaptionConfig(endpoints=[url], models=[MODEL], in_flight_per_endpoint=in_flight, check_models=False)
+    # As caption_crops does: at most 2 × in_flight requests under way, so request bodies are built shortly
+    # before a slot frees, not all at once at the start.
+    under_way = asyncio.Semaphore(2 * in_flight)
     async with OpenAIBackend(config) as backend:
 
         async def one(i: int) -> str:
-            question = Question("caption", MODEL, prompt, image, 160, 0.7, 0.9, i)
-            return await backend.answer(question)
+            async with under_way:
+                question = Question("caption", MODEL, prompt, image, 160, 0.7, 0.9, i)
+                return await backend.answer(question)
 
         await asyncio.gather(*(one(i) for i in range(in_flight)))  # warm-up: open the connections
         count = in_flight * rounds

@@ -333,3 +333,13 @@ def test_caption_cli_alt_text_backend_with_limit(tmp_path, capsys):
     rows = pq.read_table(tmp_path / "out" / "captions.parquet").to_pylist()
     assert [(r["caption1"], r["caption2"], r["caption_backend"]) for r in rows] == [
         ("Man in a grey coat and black trousers.", "", "alt-text")] * 2
+
+
+def test_caption_crops_works_when_called_inside_an_event_loop(server, tmp_path):
+    import asyncio
+
+    async def from_async_code():
+        return caption_crops([make_crop(1)], config_for(server), tmp_path)
+
+    captions, rejects = asyncio.run(from_async_code())
+    assert len(captions) == 1 and rejects == []
