@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
+from tqdm import tqdm
 
 from curation.caption import caption_crops
 from curation.chunks import Chunk, plan_chunks
@@ -188,12 +189,16 @@ def build_webperson(config: str | dict = DEFAULT_CONFIG) -> dict:
         reports = []
         with make_task_runner(cfg.runner) as runner:
             futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id}) for c in chunks]
-            for done, future in enumerate(as_completed(futures), start=1):
-                report = future.result()
-                reports.append(report)
-                state = "skipped (complete)" if report.skipped else (
-                    f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept")
-                logger.info("chunk %d/%d %s: %s", done, len(chunks), report.shard_id, state)
+            # The bar shows on a terminal (`gadms build`); workers' logs get the per-chunk lines.
+            with tqdm(total=len(chunks), unit="chunk", desc="build-webperson", disable=None) as bar:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    report = future.result()
+                    reports.append(report)
+                    state = "skipped (complete)" if report.skipped else (
+                        f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept")
+                    logger.info("chunk %d/%d %s: %s", done, len(chunks), report.shard_id, state)
+                    bar.update()
+                    bar.set_postfix(kept=sum(r.rows for r in reports))
         reports.sort(key=lambda r: r.shard_id)
         summary = summarize(reports, time.perf_counter() - clock)
         write_run_record(cfg.output_root, {
