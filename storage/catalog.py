@@ -22,7 +22,7 @@ from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, is_local
 from storage.layout import OutputLayout
 from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, SHARD_SCHEMA
-from storage.shards import read_manifest_entry
+from storage.shards import json_files, manifest_entries
 
 RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,36 +91,15 @@ def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnecti
     return con
 
 
-def complete_shards(layout: OutputLayout) -> list[dict]:
-    """Manifest entries of complete shards, sorted by shard id."""
-    fs, manifest_dir = filesystem(layout.manifest_dir)
-    if not fs.exists(manifest_dir):
-        return []
-    entries = []
-    for name in sorted(fs.ls(manifest_dir, detail=False)):
-        base = name.rsplit("/", 1)[-1]
-        if base.startswith(".") or not base.endswith(".json"):
-            continue
-        entry = read_manifest_entry(layout.manifest_path(base[: -len(".json")]))
-        if entry is not None:
-            entries.append(entry)
-    return entries
-
-
 def _run_records(layout: OutputLayout) -> list[dict]:
-    fs, runs_dir = filesystem(layout.runs_dir)
-    if not fs.exists(runs_dir):
-        return []
     records = []
-    for name in sorted(fs.ls(runs_dir, detail=False)):
-        base = name.rsplit("/", 1)[-1]
-        if base.startswith(".") or not base.endswith(".json"):
-            continue
-        with fs.open(name, "r") as f:
+    for path in json_files(layout.runs_dir):
+        fs, p = filesystem(path)
+        with fs.open(p, "r") as f:
             try:
                 records.append(json.load(f))
             except json.JSONDecodeError as exc:
-                raise CatalogError(f"{name}: corrupt run record: {exc}") from None
+                raise CatalogError(f"{path}: corrupt run record: {exc}") from None
     return records
 
 
@@ -133,7 +112,7 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
     layout = OutputLayout(root)
     catalog_path = catalog_path or layout.default_catalog_path()
     Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
-    entries = complete_shards(layout)
+    entries = manifest_entries(layout)
     done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
     shard_paths = [layout.shard_path(e["shard_id"]) for e in done]
     reject_paths = [layout.rejects_path(e["shard_id"]) for e in done]

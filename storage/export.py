@@ -10,12 +10,11 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.catalog import complete_shards
 from storage.errors import GadmsError
 from storage.fs import filesystem, join
 from storage.layout import OutputLayout
 from storage.schema import PUBLIC_SCHEMA
-from storage.shards import read_shard, write_parquet_atomic
+from storage.shards import complete_shards, read_shard, write_parquet_atomic
 
 PUBLIC_COLUMNS = PUBLIC_SCHEMA.names
 

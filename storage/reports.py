@@ -11,25 +11,34 @@ from PIL import Image, ImageDraw, ImageFont
 from storage.stats import caption_stats
 
 
-def caption_length_histogram_png(con: duckdb.DuckDBPyConnection, path: str | Path, bin_words: int = 5) -> Path:
-    """A bar chart of caption lengths in words (both captions of every sample)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def caption_length_histogram_png(con: duckdb.DuckDBPyConnection, path: str | Path, bin_words: int = 5) -> Path:
+    """A bar chart of caption lengths in words (both captions of every sample)."""
+    plt = _pyplot()
     histogram = caption_stats(con, histogram_bin=bin_words)["caption_length_words"]["histogram"]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     ax.bar([b["from"] for b in histogram], [b["count"] for b in histogram], width=bin_words * 0.9, align="edge")
     ax.set_xlabel("caption length (words)")
     ax.set_ylabel("captions")
     ax.set_title("WebPerson caption lengths")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def contact_sheet(
@@ -72,11 +81,7 @@ def loss_curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
     """Loss terms per step from a training run's JSONL metrics file (records with "step" and loss keys)."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     series: dict[str, list[tuple[int, float]]] = {}
     with open(metrics_jsonl, encoding="utf-8") as f:
         for line in f:
@@ -93,9 +98,4 @@ def loss_curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
     ax.set_ylabel("loss")
     if series:
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
-from storage.fs import atomic_write, filesystem
+from storage.fs import atomic_write, filesystem, join
 from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject
 from storage.schema import (
@@ -157,6 +157,27 @@ def read_manifest_entry(path: str) -> dict | None:
     if not isinstance(entry, dict) or "status" not in entry:
         raise GadmsError(f"{path}: corrupt manifest entry: no status")
     return entry
+
+
+def json_files(directory: str) -> list[str]:
+    """The *.json files of a folder (local or fsspec), sorted, without in-progress temporary files."""
+    fs, path = filesystem(directory)
+    if not fs.exists(path):
+        return []
+    names = sorted(fs.ls(path, detail=False))
+    return [join(directory, n.rsplit("/", 1)[-1]) for n in names
+            if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+
+
+def manifest_entries(layout: OutputLayout) -> list[dict]:
+    """Every manifest entry of an output root (any status), sorted by shard id."""
+    entries = (read_manifest_entry(path) for path in json_files(layout.manifest_dir))
+    return [e for e in entries if e is not None]
+
+
+def complete_shards(layout: OutputLayout) -> list[dict]:
+    """Manifest entries of the complete shards of an output root, sorted by shard id."""
+    return [e for e in manifest_entries(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
 
 
 def shard_is_complete(manifest_path: str, shard_path: str, verify_sha256: bool = False) -> bool:

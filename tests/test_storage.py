@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from gadms_model.cli import main
-from storage.catalog import complete_shards, connect, refresh, write_run_record
+from storage.catalog import connect, refresh, write_run_record
 from storage.errors import GadmsError
 from storage.export import export_public, read_public
 from storage.layout import OutputLayout
 from storage.schema import SCHEMA_VERSION, SHARD_SCHEMA
-from storage.shards import commit_shard, read_shard, shard_is_complete
+from storage.shards import commit_shard, complete_shards, read_shard, shard_is_complete
 from tests.storage_fixtures import captions_for, crop, rejects
 
 REPO = Path(__file__).resolve().parents[1]

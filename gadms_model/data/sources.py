@@ -23,7 +23,7 @@ from gadms_model.data.benchmarks import TrainSample
 from storage.errors import GadmsError
 from storage.fs import filesystem, join
 from storage.layout import OutputLayout
-from storage.schema import MANIFEST_STATUS_COMPLETE
+from storage.shards import complete_shards
 
 
 class DataSourceError(GadmsError):
@@ -148,10 +148,8 @@ class ShardSource:
 
 def webperson_shard_files(root: str) -> list[str]:
     """Shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order."""
-    from storage.catalog import complete_shards  # needs duckdb: imported only for output roots
-
     layout = OutputLayout(str(root))
-    entries = [e for e in complete_shards(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
+    entries = complete_shards(layout)
     if not entries:
         raise DataSourceError(f"{layout.manifest_dir}: no complete shards (not a WebPerson output root?)")
     return [layout.shard_path(entry["shard_id"]) for entry in entries]
