@@ -39,6 +39,12 @@ _CAPTION_LENGTHS = """
     SELECT len(regexp_extract_all(caption, '\\S+')) AS words FROM captions
 """
 
+# A sample whose two captions followed different templates stores both ids comma-joined ("t0058,t0010").
+_TEMPLATES = """
+    SELECT unnest(string_split(template_id, ',')) AS template FROM samples
+    WHERE template_id IS NOT NULL AND template_id <> ''
+"""
+
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
     return con.execute(sql, params or []).fetchall()
@@ -72,15 +78,9 @@ def caption_stats(con: duckdb.DuckDBPyConnection, top: int = 10, histogram_bin: 
         )
         return [{"word": w, "count": n} for w, n in rows]
 
-    templates = _rows(
-        con,
-        """SELECT template_id, count(*) AS n FROM samples WHERE template_id IS NOT NULL AND template_id <> ''
-           GROUP BY template_id ORDER BY n DESC, template_id LIMIT ?""",
-        [top],
-    )
-    templates_used, = con.execute(
-        "SELECT count(DISTINCT template_id) FROM samples WHERE template_id IS NOT NULL AND template_id <> ''"
-    ).fetchone()
+    templates = _rows(con, f"SELECT template, count(*) AS n FROM ({_TEMPLATES}) GROUP BY template "
+                           "ORDER BY n DESC, template LIMIT ?", [top])
+    templates_used, = con.execute(f"SELECT count(DISTINCT template) FROM ({_TEMPLATES})").fetchone()
     rejects = _rows(
         con, "SELECT stage, reason, count(*) AS n FROM rejects GROUP BY stage, reason ORDER BY stage, n DESC, reason"
     )

@@ -27,7 +27,7 @@ def _build_root(root: Path) -> OutputLayout:
     commit_shard(
         layout, "shard-00000", "run-1", [c0, c1],
         [captions_for(c0, "A woman in a red coat and black boots.", "She carries a red bag.", "t001"),
-         captions_for(c1, "A man wears a blue shirt.", "", "t002")],
+         captions_for(c1, "A man wears a blue shirt.", "", "t002,t003")],
         rejects(("crawl", "http_404"), ("crawl", "http_404"), ("detect", "no_person")),
     )
     commit_shard(
@@ -175,8 +175,9 @@ def test_gadms_stats_exact_numbers(tmp_path, capsys):
     assert stats["top_colour_words"][:2] == [{"word": "red", "count": 3}, {"word": "black", "count": 2}]
     assert {w["word"]: w["count"] for w in stats["top_garment_words"]} == {
         "bag": 1, "boots": 1, "coat": 1, "jeans": 1, "shirt": 1, "shoes": 1, "t-shirt": 1}
-    assert stats["templates_used"] == 2
-    assert stats["top_templates"] == [{"template_id": "t001", "count": 2}, {"template_id": "t002", "count": 1}]
+    assert stats["templates_used"] == 3  # t002,t003: the two captions followed different templates
+    assert stats["top_templates"] == [{"template_id": "t001", "count": 2}, {"template_id": "t002", "count": 1},
+                                      {"template_id": "t003", "count": 1}]
     assert stats["rejects_by_stage"] == {"crawl": {"http_404": 2}, "dedup": {"near_duplicate": 1},
                                          "detect": {"no_person": 1}}
     assert stats["rejects_total"] == 4
