@@ -75,7 +75,7 @@ def gather_inputs(cfg: BuildConfig) -> list:
 
 @task(name="crawl", cache_policy=NO_CACHE)
 def crawl_stage(chunk: Chunk, cfg: BuildConfig):
-    state_dir = join(OutputLayout(cfg.output_root).work_dir, "crawl", chunk.shard_id)
+    state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
     return crawl_chunk(list(chunk.urls), cfg.crawl, state_dir)
 
 
@@ -88,12 +88,12 @@ def detect_stage(downloads: list, cfg: BuildConfig):
 def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig):
     if not cfg.dedup.enabled:
         return crops, []
-    return _dedup_index(OutputLayout(cfg.output_root).dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
+    return _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
 
 
 @task(name="caption", cache_policy=NO_CACHE)
 def caption_stage(crops: list, cfg: BuildConfig):
-    cache_dir = join(OutputLayout(cfg.output_root).work_dir, "caption-cache")
+    cache_dir = join(cfg.state_layout.work_dir, "caption-cache")
     return caption_crops(crops, cfg.caption, cache_dir)
 
 

@@ -11,6 +11,8 @@ from curation.crawl import CrawlConfig
 from curation.dedup import DedupConfig
 from curation.detect import DetectConfig
 from storage.configfile import ConfigError, load_config, validate_config
+from storage.fs import is_local
+from storage.layout import OutputLayout
 
 
 class InputsConfig(BaseModel):
@@ -51,8 +53,23 @@ class BuildConfig(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: int = Field(default=2, ge=0, description="retries of a chunk stage after a transient failure")
     retry_delay_seconds: float = Field(default=5.0, ge=0)
+    work_dir: str | None = Field(default=None, description="local folder for resumable stage state (crawl state, "
+                                 "caption cache, dedup index); default <output_root>, required for remote roots")
     catalog_path: str | None = Field(default=None, description="default: <output_root>/catalog.duckdb")
     duckdb_settings: dict[str, str] = Field(default_factory=dict, description="SET options for remote Parquet")
+
+
+    @model_validator(mode="after")
+    def _local_state(self) -> "BuildConfig":
+        if self.work_dir is None and not is_local(self.output_root):
+            raise ValueError("a remote output_root needs work_dir: a local (or shared POSIX) folder for the "
+                             "crawl state, caption cache and dedup index")
+        return self
+
+    @property
+    def state_layout(self) -> OutputLayout:
+        """Where stage state lives: its work/ and dedup/ folders (the output root itself when it is local)."""
+        return OutputLayout(self.work_dir or self.output_root)
 
 
 def resolve_build_config(config: str | Path | dict | BuildConfig) -> BuildConfig:

@@ -8,16 +8,22 @@ from typing import Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import get_protocol
+
+from storage.errors import GadmsError
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of `path` and the path as that filesystem names it."""
-    fs, _, paths = fsspec.get_fs_token_paths(str(path))
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(str(path))
+    except ImportError as exc:  # e.g. s3:// without s3fs installed
+        raise GadmsError(f"{path}: {exc}") from None
     return fs, paths[0]
 
 
 def is_local(path: str) -> bool:
-    return isinstance(filesystem(path)[0], LocalFileSystem)
+    return get_protocol(str(path)) in ("file", "local")
 
 
 def join(root: str, *parts: str) -> str:
