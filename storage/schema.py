@@ -53,6 +53,44 @@ REJECT_SCHEMA = pa.schema(
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 
+# Stage outputs between the crawl, detect and caption CLIs (the build flow passes records in memory instead).
+# Crawl downloads: the bytes as served (not decoded, not re-encoded); large_binary, as a chunk may pass 2 GiB.
+DOWNLOAD_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("page_url", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("image", pa.large_binary(), nullable=False),  # as served: not decoded, not re-encoded
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("mime", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+# Person crops of the detection stage: the fields of storage.records.PersonCrop.
+CROP_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("page_url", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("det_score", pa.float32(), nullable=False),
+        pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),
+        pa.field("phash", pa.uint64(), nullable=False),
+        pa.field("crop_sha256", pa.string(), nullable=False),
+    ]
+)
+
 # The public WebPerson release layout (what the authors published and their loader reads).
 PUBLIC_SCHEMA = pa.schema(
     [

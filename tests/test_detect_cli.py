@@ -13,7 +13,8 @@ import skimage.data
 from PIL import Image
 from ultralytics.utils import ASSETS
 
-from curation.detect.parquet_io import CROP_SCHEMA, read_crops
+from curation.detect.parquet_io import read_crops
+from storage.schema import CROP_SCHEMA
 from gadms_model.cli import main
 from storage.schema import REJECT_SCHEMA
 
@@ -99,7 +100,8 @@ def test_detect_cli_writes_crops_and_rejects_and_dedups_across_files(crawl_dir, 
 
 def test_detect_cli_reads_the_crawl_cli_output_root(tmp_path, capsys):
     """The crawl CLI writes <out>/downloads/<chunk>.parquet with the bytes in an `image` column."""
-    from curation.crawl.output import DOWNLOAD_SCHEMA, write_downloads
+    from curation.crawl.output import write_downloads
+    from storage.schema import DOWNLOAD_SCHEMA
 
     crawl_out = tmp_path / "crawl-out"
     (crawl_out / "downloads").mkdir(parents=True)

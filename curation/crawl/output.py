@@ -13,25 +13,9 @@ import pyarrow.parquet as pq
 
 from storage.fs import atomic_write, filesystem, join
 from storage.records import Download
-from storage.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from storage.schema import DOWNLOAD_SCHEMA
 from storage.shards import rejects_table, utc_now, write_parquet_atomic
 
-DOWNLOAD_SCHEMA = pa.schema(
-    [
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("page_url", pa.string()),
-        pa.field("alt_text", pa.string()),
-        pa.field("image", pa.large_binary(), nullable=False),  # as served: not decoded, not re-encoded
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("mime", pa.string(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("chunk_id", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ],
-    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
-)
 # Images are compressed already and all different: zstd, dictionary encoding and min/max statistics would spend
 # CPU on hundreds of MB for nothing (dictionary + statistics alone take seconds per 10,000 images).
 _COMPRESSION = {name: ("NONE" if name == "image" else "ZSTD") for name in DOWNLOAD_SCHEMA.names}

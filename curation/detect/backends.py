@@ -12,8 +12,6 @@ import numpy as np
 from curation.detect.config import DetectConfig
 from storage.errors import GadmsError
 
-NUM_KEYPOINTS = 17
-
 
 @dataclass
 class Candidate:

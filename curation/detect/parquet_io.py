@@ -1,9 +1,9 @@
 """Parquet in and out of the detection stage: crawl downloads in, person crops out.
 
-Downloads: the crawl CLI's `<out>/downloads/<chunk>.parquet` (curation.crawl.output.DOWNLOAD_SCHEMA, bytes in
+Downloads: the crawl CLI's `<out>/downloads/<chunk>.parquet` (storage.schema.DOWNLOAD_SCHEMA, bytes in
 `image`) or any Parquet with the fields of `storage.records.Download` (bytes in `data`). Only `url` and the bytes
 are required; rows without bytes (crawl failures) are skipped, and a missing sha256 is computed.
-Crops: CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
+Crops: storage.schema.CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
 """
 from __future__ import annotations
 
@@ -16,25 +16,8 @@ import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
 from storage.records import Download, PersonCrop
-from storage.schema import NUM_KEYPOINTS
+from storage.schema import CROP_SCHEMA
 
-CROP_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("source_url", pa.string(), nullable=False),
-        pa.field("page_url", pa.string()),
-        pa.field("alt_text", pa.string()),
-        pa.field("source_sha256", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
-        pa.field("det_score", pa.float32(), nullable=False),
-        pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),
-        pa.field("phash", pa.uint64(), nullable=False),
-        pa.field("crop_sha256", pa.string(), nullable=False),
-    ]
-)
 BYTES_COLUMNS = ("data", "image")  # Download's field name, the crawl CLI's column name
 OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height")
 

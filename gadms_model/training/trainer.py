@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
