@@ -22,7 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _build_root(root: Path) -> OutputLayout:
-    layout = OutputLayout(str(root))
+    return _build_root_at(str(root))
+
+
+def _build_root_at(root: str) -> OutputLayout:
+    layout = OutputLayout(root)
     c0, c1, c2 = crop(0, "a.example"), crop(1, "a.example"), crop(2, "b.example:8080")
     commit_shard(
         layout, "shard-00000", "run-1", [c0, c1],
@@ -220,3 +224,14 @@ def test_rerunning_a_chunk_is_idempotent(tmp_path):
     assert con.execute("SELECT count(*) FROM rejects").fetchone() == (4,)
     table = read_shard(OutputLayout(str(tmp_path)).shard_path("shard-00001"), columns=["sample_id"])
     assert table.num_rows == 1 and len(first) > 0
+
+
+def test_shards_on_an_fsspec_url(tmp_path):
+    root = "memory://gadms-test/webperson"
+    layout = _build_root_at(root)
+    assert [e["shard_id"] for e in complete_shards(layout)] == ["shard-00000", "shard-00001"]
+    assert read_shard(layout.shard_path("shard-00001"), columns=["caption2"]).to_pylist() == [
+        {"caption2": "He has red shoes."}]
+    assert layout.default_catalog_path() == "catalog.duckdb"  # DuckDB writes local files only
+    paths = export_public(root, str(tmp_path / "public"))
+    assert len(list(read_public(str(tmp_path / "public")))) == 3 and len(paths) == 2
