@@ -10,7 +10,7 @@ from storage.catalog import connect
 from storage.reports import caption_length_histogram_png, sample_contact_sheet_png
 
 
-def _data_url(png: Path) -> str:
+def png_data_url(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
 
 
@@ -57,8 +57,8 @@ def publish_build_artifacts(summary: dict, catalog: str, reports_dir: Path) -> d
                              description="kept, rejected by reason, stage timings, images/s")
     create_table_artifact([{"stage_reason": k, "count": v} for k, v in summary["rejects"].items()],
                           key="webperson-rejects", description="rejects by stage and reason")
-    create_image_artifact(_data_url(pictures["Caption-length histogram"]), key="webperson-caption-lengths",
+    create_image_artifact(png_data_url(pictures["Caption-length histogram"]), key="webperson-caption-lengths",
                           description="caption length (words) histogram")
-    create_image_artifact(_data_url(pictures["Sample contact sheet"]), key="webperson-contact-sheet",
+    create_image_artifact(png_data_url(pictures["Sample contact sheet"]), key="webperson-contact-sheet",
                           description="sample crops with their first caption")
     return pictures

@@ -13,7 +13,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.artifacts import _data_url
+from flows.artifacts import png_data_url
 from flows.config import resolve_build_config
 from gadms_model.evaluation import evaluate, format_table
 from gadms_model.training import TrainConfig, train
@@ -79,7 +79,7 @@ def train_gadms(
         train_config = load_config(config, TrainConfig, overrides)
     result = train_task(train_config, resume)
     curves = loss_curves_png(result.metrics_path, Path(train_config.output_dir) / "loss_curves.png")
-    create_image_artifact(_data_url(curves), key="gadms-loss-curves", description="training losses per step")
+    create_image_artifact(png_data_url(curves), key="gadms-loss-curves", description="training losses per step")
     metrics = {b.dataset: evaluate_task(result.checkpoint_path, b) for b in (evaluate_on or [])}
     summary = {"checkpoint": result.checkpoint_path, "steps": result.steps, "validation": result.best_metrics,
                "test": metrics}

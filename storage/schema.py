@@ -4,7 +4,11 @@ Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
+
+from storage.records import PersonCrop
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = b"gadms.schema_version"
@@ -72,25 +76,6 @@ DOWNLOAD_SCHEMA = pa.schema(
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 
-# Person crops of the detection stage: the fields of storage.records.PersonCrop.
-CROP_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("source_url", pa.string(), nullable=False),
-        pa.field("page_url", pa.string()),
-        pa.field("alt_text", pa.string()),
-        pa.field("source_sha256", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
-        pa.field("det_score", pa.float32(), nullable=False),
-        pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),
-        pa.field("phash", pa.uint64(), nullable=False),
-        pa.field("crop_sha256", pa.string(), nullable=False),
-    ]
-)
-
 # The public WebPerson release layout (what the authors published and their loader reads).
 PUBLIC_SCHEMA = pa.schema(
     [
@@ -105,3 +90,7 @@ PUBLIC_SCHEMA = pa.schema(
 # so a shard without a "complete" manifest entry is never counted.
 MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
 MANIFEST_STATUS_COMPLETE = "complete"
+
+# Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,
+# so the two cannot drift apart.
+CROP_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(PersonCrop)])
