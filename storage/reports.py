@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 from PIL import Image, ImageDraw, ImageFont
 
-from storage.stats import caption_stats
+from storage.stats import caption_length_histogram
 
 
 def _pyplot():
@@ -32,7 +32,7 @@ def _save_figure(fig, path: str | Path) -> Path:
 def caption_length_histogram_png(con: duckdb.DuckDBPyConnection, path: str | Path, bin_words: int = 5) -> Path:
     """A bar chart of caption lengths in words (both captions of every sample)."""
     plt = _pyplot()
-    histogram = caption_stats(con, histogram_bin=bin_words)["caption_length_words"]["histogram"]
+    histogram = caption_length_histogram(con, bin_words)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     ax.bar([b["from"] for b in histogram], [b["count"] for b in histogram], width=bin_words * 0.9, align="edge")
     ax.set_xlabel("caption length (words)")

@@ -50,6 +50,16 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
     return con.execute(sql, params or []).fetchall()
 
 
+def caption_length_histogram(con: duckdb.DuckDBPyConnection, bin_words: int = 5) -> list[dict]:
+    """Caption lengths in words (both captions of every sample), in bins of `bin_words`."""
+    rows = _rows(
+        con,
+        f"""SELECT (words // ?) * ? AS lo, count(*) FROM ({_CAPTION_LENGTHS}) GROUP BY lo ORDER BY lo""",
+        [bin_words, bin_words],
+    )
+    return [{"from": int(b), "to": int(b) + bin_words - 1, "count": n} for b, n in rows]
+
+
 def caption_stats(con: duckdb.DuckDBPyConnection, top: int = 10, histogram_bin: int = 5) -> dict:
     """All statistics as one JSON-ready dict."""
     samples, = con.execute("SELECT count(*) FROM samples").fetchone()
@@ -62,11 +72,6 @@ def caption_stats(con: duckdb.DuckDBPyConnection, top: int = 10, histogram_bin: 
                    quantile_cont(words, 0.1), quantile_cont(words, 0.9)
             FROM ({_CAPTION_LENGTHS})"""
     ).fetchone()
-    histogram = _rows(
-        con,
-        f"""SELECT (words // ?) * ? AS lo, count(*) FROM ({_CAPTION_LENGTHS}) GROUP BY lo ORDER BY lo""",
-        [histogram_bin, histogram_bin],
-    )
     vocabulary, words_total = con.execute(f"SELECT count(DISTINCT word), count(*) FROM ({_WORDS_OF_CAPTIONS})").fetchone()
 
     def top_words(vocab: tuple[str, ...]) -> list[dict]:
@@ -112,7 +117,7 @@ def caption_stats(con: duckdb.DuckDBPyConnection, top: int = 10, histogram_bin: 
             "median": median,
             "p10": p10,
             "p90": p90,
-            "histogram": [{"from": int(b), "to": int(b) + histogram_bin - 1, "count": n} for b, n in histogram],
+            "histogram": caption_length_histogram(con, histogram_bin),
         },
         "vocabulary_size": vocabulary,
         "words_total": words_total,
