@@ -343,3 +343,30 @@ def test_caption_crops_works_when_called_inside_an_event_loop(server, tmp_path):
 
     captions, rejects = asyncio.run(from_async_code())
     assert len(captions) == 1 and rejects == []
+
+
+def test_open_clients_quiet_the_garbage_collector_until_the_last_one_closes(server):
+    import asyncio
+    import gc
+
+    from curation.caption.client import ChatClient
+
+    async def scenario() -> list[tuple]:
+        seen = [(gc.get_threshold(), gc.get_freeze_count() > 0)]
+        async with ChatClient([server.base_url]) as outer:
+            seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+            async with ChatClient([server.base_url]):
+                await outer.check_models([MODEL])
+                seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+            seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+        seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+        return seen
+
+    gc.unfreeze()
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        quiet = ((10_000, 10, 10), True)
+        assert asyncio.run(scenario()) == [((700, 10, 10), False), quiet, quiet, quiet, ((700, 10, 10), False)]
+    finally:
+        gc.set_threshold(*saved)
