@@ -221,3 +221,30 @@ def test_cli_render_and_urls(tmp_path, capsys):
     assert main(["synthweb", "urls", str(tmp_path / "web"), "--base-url", "http://127.0.0.1:8000",
                  "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8").count("\n") >= 5
+
+
+def test_described_captions_are_true_varied_and_deterministic():
+    from curation.synthweb.identities import described_caption, garment_phrases
+
+    identity = identity_attributes(1)
+    captions = [described_caption(identity, random.Random(k)) for k in range(40)]
+    assert captions == [described_caption(identity, random.Random(k)) for k in range(40)]
+    top, bottom, _ = garment_phrases(identity)
+    assert all(top in c and bottom in c and c[0].isupper() and c.endswith(".") for c in captions)
+    assert len(set(captions)) >= 15
+    samples = render_identity_dataset(2, 2, seed=11)
+    assert [s.described for s in samples] == [
+        described_caption(identity_attributes(s.identity), random.Random(f"synthweb-described-11-{s.identity}-{k}"))
+        for s, k in zip(samples, [0, 1, 0, 1])
+    ]
+
+
+def test_synthetic_benchmark_per_image_queries(tmp_path):
+    from gadms_model.data.synthetic import write_synthetic_benchmark
+
+    dataset = write_synthetic_benchmark(tmp_path, 1, 0, 2, 3, seed=4, query_captions="per_image")
+    records = json.loads((dataset / "data_captions.json").read_text())
+    test = [r for r in records if r["split"] == "test"]
+    expected = [s.described for s in render_identity_dataset(2, 3, seed=4, size=(32, 64), first_identity=1)]
+    assert [r["captions"][0] for r in test] == expected
+    assert [r["id"] for r in test] == [1, 1, 1, 2, 2, 2]

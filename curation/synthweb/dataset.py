@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from curation.synthweb.alttext import make_alt_text
-from curation.synthweb.identities import clean_caption, identity_attributes
+from curation.synthweb.identities import clean_caption, described_caption, identity_attributes
 from curation.synthweb.scene import render_person_crop
 
 
@@ -20,6 +20,7 @@ class PersonSample:
     clean_caption: str
     alt_text: str
     noise_words: tuple[bool, ...]  # one flag per word of alt_text.split(): True = noise, not about the person
+    described: str = ""  # this image's own true description (varied wording; see identities.described_caption)
 
 
 def iter_identity_dataset(
@@ -38,7 +39,9 @@ def iter_identity_dataset(
             rng = random.Random(f"synthweb-person-{seed}-{number}-{k}")
             image = render_person_crop(number, rng, seed, size)
             alt = make_alt_text(identity, rng)
-            yield PersonSample(image, number, caption, alt.text, alt.noise_words)
+            # Its own stream: adding it left every rendered image and alt text as they were.
+            described = described_caption(identity, random.Random(f"synthweb-described-{seed}-{number}-{k}"))
+            yield PersonSample(image, number, caption, alt.text, alt.noise_words, described)
 
 
 def render_identity_dataset(

@@ -131,5 +131,33 @@ def clean_caption(identity: Identity) -> str:
     return text
 
 
+def described_caption(identity: Identity, rng: random.Random) -> str:
+    """One annotator's true description of one image of `identity`: a varied sentence structure and attribute
+    order, shoes, hair and accessories sometimes left out, as real benchmarks have a caption per image."""
+    top, bottom, shoes = garment_phrases(identity)
+    pronoun = "He" if identity.gender == "man" else "She"
+    person = rng.choice((f"a {identity.gender}", f"the {identity.gender}", f"this {identity.gender}",
+                         f"a young {identity.gender}"))
+    verb = rng.choice(("wearing", "dressed in", "in"))
+    garments = [top, bottom] + ([shoes] if rng.random() < 0.5 else [])
+    if rng.random() < 0.3:
+        garments = [garments[1], garments[0]] + garments[2:]
+    worn = garments[0] if len(garments) == 1 else ", ".join(garments[:-1]) + " and " + garments[-1]
+    hair = hair_phrase(identity)
+    structure = rng.randrange(4)
+    if structure == 0:
+        text = f"{person} with {hair}, {verb} {worn}."
+    elif structure == 1:
+        text = f"{person} {verb} {worn}. {pronoun} has {hair}."
+    elif structure == 2:
+        text = f"{pronoun} is {verb if verb != 'in' else 'wearing'} {worn}."
+    else:
+        text = f"{person} {verb} {worn}."
+    extras = [a for a in accessory_phrases(identity) if rng.random() < 0.7]
+    if extras:
+        text += f" {pronoun} is " + " and ".join(extras) + "."
+    return text[0].upper() + text[1:]
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

@@ -24,11 +24,15 @@ def write_synthetic_benchmark(
     train_captions: Literal["alt_text", "clean"] = "alt_text",
     size: tuple[int, int] = (32, 64),
     first_identity: int = 0,
+    query_captions: Literal["identity", "per_image"] = "identity",
 ) -> Path:
     """Write `<root>/RSTPReid/{data_captions.json, noise_words.json, imgs/}`; return the dataset directory.
 
     Identities are numbered train, then val, then test, from `first_identity` (pick a range no other data
     uses, e.g. far above a rendered web's identities, for a held-out split); `size` is (width, height) of the rendered crops.
+    `query_captions` (val, test and clean train captions): "identity" gives every image of an identity the same
+    canonical caption; "per_image" gives each image its own true description in varied wording, as the real
+    benchmarks' annotators do (more distinct queries, so a metric is measured on more than one per identity).
     Train images whose alt text is empty are skipped (a captionless image cannot be a training pair).
     """
     from curation.synthweb.dataset import iter_identity_dataset
@@ -46,7 +50,8 @@ def write_synthetic_benchmark(
             if split == "train" and train_captions == "alt_text":
                 caption, flags = sample.alt_text, list(sample.noise_words)
             else:
-                caption, flags = sample.clean_caption, [False] * len(sample.clean_caption.split())
+                caption = sample.described if query_captions == "per_image" else sample.clean_caption
+                flags = [False] * len(caption.split())
             if not caption.strip():
                 continue
             (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
