@@ -49,9 +49,11 @@ class ModelConfig(BaseModel):
     mask_lambda: float = 20.0
     gamma_noise: float = 0.9
     gamma_informative: float = 0.1
-    mask_from: Literal["current", "stored"] = Field(
+    mask_from: Literal["current", "stored", "fixed"] = Field(
         "current", description="current: masks use this step's scores (written to the store first); stored: "
-                               "the scores stored before this step (initial 0.85 until a caption is scored)")
+                               "the scores stored before this step (initial 0.85 until a caption is scored); "
+                               "fixed: the store's scores as loaded (the run's token_scores file, else 0.85), "
+                               "never updated and GASS never computed (ablations: precomputed or oracle scores)")
     # Heads and loss weights
     mtp_weight: float = Field(0.4, ge=0, description="β of L_mtp in 'gadms' mode")
     mlm_weight: float = Field(1.0, ge=0, description="weight of L_mlm in 'irra' mode")
@@ -99,6 +101,10 @@ class GADMS(nn.Module):
                     caption_ids: torch.Tensor | None, score_store: ScoreStore | None) -> torch.Tensor:
         """The scores the masks are drawn from: this step's GASS, through the score store when one is given."""
         c = self.config
+        if c.mask_from == "fixed":
+            if score_store is None or caption_ids is None:
+                raise ValueError("mask_from 'fixed' needs a score store and the batch's caption_ids")
+            return score_store.gather(caption_ids)
         scores = gass_scores(self.towers, text_ids, image_features, c.gass_layers, c.gass_normalisation)
         if score_store is None:
             return scores

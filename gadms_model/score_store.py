@@ -57,6 +57,29 @@ class ScoreStore:
         self.scores.copy_(scores)
 
 
+def load_token_scores(path: str, store: ScoreStore) -> None:
+    """Fill `store` from a torch file {"scores": tensor} of its shape with values in [0, 1] (checked: the file
+    is untrusted input, loaded without unpickling code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GadmsError(f"token_scores {path}: no such file") from None
+    except Exception as exc:  # a corrupt file or one holding code: never a traceback, never executed
+        raise GadmsError(f"token_scores {path}: not a torch tensor file ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(state, dict) or "scores" not in state:
+        found = "a dict without 'scores'" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise GadmsError(f"token_scores {path}: expected {{'scores': tensor}}, found {found}")
+    scores = state["scores"]
+    if not isinstance(scores, torch.Tensor) or scores.shape != store.scores.shape:
+        found = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise GadmsError(f"token_scores {path}: 'scores' must be a tensor of shape {tuple(store.scores.shape)} "
+                         f"(training pairs × context), found {found}")
+    scores = scores.float()
+    if not bool(torch.isfinite(scores).all()) or float(scores.min()) < 0 or float(scores.max()) > 1:
+        raise GadmsError(f"token_scores {path}: 'scores' must lie in [0, 1]")
+    store.scores.copy_(scores)
+
+
 def _all_gather_rows(ids: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate every rank's (ids, scores); ranks may hold different numbers of rows."""
     world = dist.get_world_size()

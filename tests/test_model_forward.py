@@ -81,6 +81,51 @@ def test_masks_from_stored_scores_start_without_noise_masking(batch):
     assert not torch.all(store.gather(torch.arange(4)) == torch.tensor(0.85).half().float())  # written
 
 
+def test_fixed_scores_drive_the_masks_and_are_never_rewritten(batch, monkeypatch):
+    images, text_ids, pids = batch
+    model = build_model(ModelConfig.tiny(mask_from="fixed"))
+    monkeypatch.setattr("gadms_model.model.gass_scores", lambda *a, **k: pytest.fail("GASS computed"))
+    store = ScoreStore(4)
+    store.scores.zero_()  # every word scores 0: p_noise = 0.2·σ(2) ≈ 0.176, p_informative = 0.3·σ(−2) ≈ 0.036
+    before = store.scores.clone()
+    rates = []
+    for seed in range(20):
+        out = model(images, text_ids, pids, caption_ids=torch.arange(4), score_store=store,
+                    generator=torch.Generator().manual_seed(seed))
+        rates.append(out["noise_mask_rate"].item())
+    assert torch.equal(store.scores, before)
+    assert sum(rates) / len(rates) == pytest.approx(0.176, abs=0.04)
+    with pytest.raises(ValueError, match="mask_from 'fixed' needs a score store"):
+        model(images, text_ids, pids)
+
+
+def test_token_scores_file_fills_the_store_and_bad_files_are_named(tmp_path):
+    from gadms_model.score_store import load_token_scores
+
+    good = tmp_path / "scores.pt"
+    scores = torch.rand(3, 77)
+    torch.save({"scores": scores}, good)
+    store = ScoreStore(3)
+    load_token_scores(str(good), store)
+    torch.testing.assert_close(store.gather(torch.arange(3)), scores.half().float())
+    cases = {
+        "shape.pt": ({"scores": torch.zeros(2, 77)}, r"shape \(3, 77\) \(training pairs × context\), found \(2, 77\)"),
+        "range.pt": ({"scores": torch.full((3, 77), 1.5)}, r"must lie in \[0, 1\]"),
+        "kind.pt": ([1, 2], r"expected \{'scores': tensor\}, found a list"),
+        "key.pt": ({"weights": torch.zeros(3, 77)}, "found a dict without 'scores'"),
+    }
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(GadmsError, match=f"token_scores {tmp_path / name}: .*{message}"):
+            load_token_scores(str(tmp_path / name), store)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(GadmsError, match="not a torch tensor file"):
+        load_token_scores(str(tmp_path / "junk.pt"), store)
+    with pytest.raises(GadmsError, match="no such file"):
+        load_token_scores(str(tmp_path / "missing.pt"), store)
+    torch.testing.assert_close(store.gather(torch.arange(3)), scores.half().float())  # failures changed nothing
+
+
 def test_irra_and_sdm_modes(batch):
     images, text_ids, pids = batch
     irra = build_model(ModelConfig.tiny(mode="irra", num_classes=3))

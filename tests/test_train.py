@@ -13,6 +13,7 @@ from gadms_model.data.synthetic import write_synthetic_benchmark
 from gadms_model.model import ModelConfig
 from gadms_model.training import TrainConfig, train
 from storage.configfile import ConfigError, load_config
+from storage.errors import GadmsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,6 +114,22 @@ def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_pat
     assert int(scored.sum()) == 16  # every caption either rank saw (4 micro-batches × 2 ranks × 2) is in both
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2]
+
+
+def test_fixed_token_scores_from_a_file_drive_a_run_unchanged(synthetic_root, tmp_path):
+    scores = torch.zeros(17, 77)
+    scores[::2, 1:4] = 1.0  # 17 captions: every other one has its first three words marked informative
+    torch.save({"scores": scores}, tmp_path / "scores.pt")
+    model = ModelConfig.tiny(mode="gadms", mask_from="fixed").model_dump(mode="json")
+    result = train(config_for(synthetic_root, tmp_path / "run", model=model, epochs=1,
+                              token_scores=str(tmp_path / "scores.pt")))
+    state = torch.load(result.last_checkpoint_path, weights_only=True)
+    assert torch.equal(state["score_store"]["scores"].float(), scores)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4]
+    with pytest.raises(GadmsError, match="token_scores .*shape \\(17, 77\\)"):
+        torch.save({"scores": torch.zeros(5, 77)}, tmp_path / "short.pt")
+        train(config_for(synthetic_root, tmp_path / "bad", model=model, token_scores=str(tmp_path / "short.pt")))
 
 
 @pytest.mark.parametrize("name", ["pretrain-webperson.yaml", "finetune-cuhk.yaml"])

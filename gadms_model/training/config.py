@@ -65,6 +65,9 @@ class TrainConfig(BaseModel):
     data: DataConfig
     model: dict = Field(default_factory=dict, description="gadms_model.ModelConfig fields; num_classes comes from the data")
     init_from: str | None = Field(None, description="checkpoint whose model weights start this run (fine-tuning)")
+    token_scores: str | None = Field(
+        None, description="torch file {'scores': num_pairs × context tensor in [0, 1]} that fills the GASS score "
+                          "store at the start (with model.mask_from 'fixed': masks from these scores only)")
     validation: ValidationConfig | None = Field(
         None, description="model selection split; defaults to the training benchmark's val split when it has one"
     )

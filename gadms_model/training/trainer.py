@@ -156,7 +156,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     from gadms_model.data.loading import BlockShuffleSampler, TrainDataset, collate_pairs
     from gadms_model.data.transforms import eval_transform, train_transform
     from gadms_model.model import ModelConfig, build_model
-    from gadms_model.score_store import ScoreStore
+    from gadms_model.score_store import ScoreStore, load_token_scores
 
     probe_device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     process = init_process(probe_device)
@@ -212,6 +212,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
 
     score_store = ScoreStore(source.num_pairs, model_config.context_length)
+    if config.token_scores:
+        load_token_scores(config.token_scores, score_store)
     optimizer = torch.optim.Adam(
         parameter_groups(model, config.optim), lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps
     )
