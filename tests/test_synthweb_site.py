@@ -248,3 +248,15 @@ def test_synthetic_benchmark_per_image_queries(tmp_path):
     expected = [s.described for s in render_identity_dataset(2, 3, seed=4, size=(32, 64), first_identity=1)]
     assert [r["captions"][0] for r in test] == expected
     assert [r["id"] for r in test] == [1, 1, 1, 2, 2, 2]
+
+
+def test_described_alt_text_keeps_only_alt_texts_about_the_person(tmp_path):
+    from gadms_model.data.synthetic import write_synthetic_benchmark
+
+    all_alt = json.loads((write_synthetic_benchmark(tmp_path / "a", 12, 0, 0, 2, seed=3)
+                          / "noise_words.json").read_text())
+    described = json.loads((write_synthetic_benchmark(tmp_path / "d", 12, 0, 0, 2, seed=3,
+                                                      train_captions="described_alt_text")
+                            / "noise_words.json").read_text())
+    assert described == {name: entry for name, entry in all_alt.items() if not all(entry["noise"])}
+    assert 0 < len(described) < len(all_alt)

@@ -21,7 +21,7 @@ def write_synthetic_benchmark(
     test_identities: int,
     images_per_identity: int,
     seed: int = 0,
-    train_captions: Literal["alt_text", "clean"] = "alt_text",
+    train_captions: Literal["alt_text", "described_alt_text", "clean"] = "alt_text",
     size: tuple[int, int] = (32, 64),
     first_identity: int = 0,
     query_captions: Literal["identity", "per_image"] = "identity",
@@ -33,7 +33,9 @@ def write_synthetic_benchmark(
     `query_captions` (val, test and clean train captions): "identity" gives every image of an identity the same
     canonical caption; "per_image" gives each image its own true description in varied wording, as the real
     benchmarks' annotators do (more distinct queries, so a metric is measured on more than one per identity).
-    Train images whose alt text is empty are skipped (a captionless image cannot be a training pair).
+    Train images whose alt text is empty are skipped (a captionless image cannot be a training pair);
+    "described_alt_text" also skips those whose alt text has no word about the person (spam, file names), leaving
+    only noise within captions.
     """
     from curation.synthweb.dataset import iter_identity_dataset
 
@@ -47,8 +49,10 @@ def write_synthetic_benchmark(
     for split, first, count in splits:
         for number, sample in enumerate(iter_identity_dataset(count, images_per_identity, seed, size, first)):
             name = f"{split}/{sample.identity:05d}_{number % images_per_identity:02d}.jpg"
-            if split == "train" and train_captions == "alt_text":
+            if split == "train" and train_captions in ("alt_text", "described_alt_text"):
                 caption, flags = sample.alt_text, list(sample.noise_words)
+                if train_captions == "described_alt_text" and all(flags):
+                    continue  # only alt texts that describe the person at least in part: noise within captions
             else:
                 caption = sample.described if query_captions == "per_image" else sample.clean_caption
                 flags = [False] * len(caption.split())
