@@ -26,7 +26,8 @@ benchmarks/results/noisy_captions_aligned_start.json (fine-tuning an SDM model t
     nice -n 10 .venv/bin/python benchmarks/noisy_captions.py --work-dir runs/noisy_captions_v3 --device cpu
         [--arms sdm gadms ...] [--seeds 0 1 2] [--lrs 1e-3] [--jobs 2] [--out benchmarks/results/noisy_captions.json]
 
-Finished runs in --work-dir are reused, not retrained. With several --lrs, each arm runs the grid on the first
+Finished runs in --work-dir are reused, not retrained. `--model JSON` replaces the tiny config (for example CLIP
+ViT-B/16 from a local checkpoint with `--image-size 384 128 --device cuda`: the paper's setting). With several --lrs, each arm runs the grid on the first
 seed and keeps the setting with the best val R@1 for the other seeds (test is never looked at to choose).
 """
 from __future__ import annotations
@@ -216,10 +217,14 @@ def train_spec(args, output_dir: Path, data_root: Path, arm: str, seed: int, lr:
                token_scores: str | None) -> dict:
     height, width = args.image_size
     mode, overrides, _ = ARMS[arm]
+    if args.model:  # e.g. CLIP ViT-B/16 from a local checkpoint, on a GPU: the paper's setting
+        model = ModelConfig(**{**json.loads(args.model), "mode": mode, **overrides})
+    else:
+        model = ModelConfig.tiny(mode=mode, image_size=(height, width), **overrides)
     return {
         "output_dir": str(output_dir),
         "data": {"kind": "benchmark", "path": str(data_root), "benchmark": "rstpreid"},
-        "model": ModelConfig.tiny(mode=mode, image_size=(height, width), **overrides).model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
         "token_scores": token_scores,
         "epochs": args.epochs, "batch_size": args.batch_size, "num_workers": args.num_workers,
         "seed": seed, "device": args.device, "progress": False,
@@ -254,6 +259,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes, 1 thread each)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader workers per run")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--model", help="ModelConfig fields as JSON instead of the tiny config, e.g. "
+                                        "'{\"clip_model\": \"ViT-B-16\", \"pretrained\": \"ViT-B-16.pt\"}'")
     args = parser.parse_args()
 
     started = time.time()
@@ -266,7 +273,8 @@ def main() -> None:
                                   args.images_per_identity, seed=args.data_seed, train_captions=args.train_captions,
                                   size=(width, height), query_captions=args.query_captions)
     oracle_path = work / "oracle-token-scores.pt"
-    oracle = write_oracle_scores(data_root, oracle_path, ModelConfig.tiny().context_length)
+    context_length = ModelConfig(**json.loads(args.model)).context_length if args.model else 77
+    oracle = write_oracle_scores(data_root, oracle_path, context_length)
     benchmark = load_benchmark("rstpreid", data_root)
     result: dict = {
         "setting": {
@@ -277,7 +285,8 @@ def main() -> None:
             "val_queries": len(benchmark.val.captions), "test_identities": args.test_identities,
             "test_images": len(benchmark.test.image_paths), "test_queries": len(benchmark.test.captions),
             "distinct_test_queries": len(set(benchmark.test.captions)),
-            "model": f"ModelConfig.tiny(image_size={tuple(args.image_size)}), random init (same tower weights per seed in every arm)",
+            "model": args.model or f"ModelConfig.tiny(image_size={tuple(args.image_size)}), random init (same "
+                                   "tower weights per seed in every arm)",
             "epochs": args.epochs, "batch_size": args.batch_size, "augment": not args.no_augment,
             "lr_grid": args.lrs, "adam_eps": args.eps, "seeds": args.seeds, "arms": args.arms,
             "oracle_scores": oracle,
