@@ -179,6 +179,8 @@ def main() -> None:
         "benchmark": "caption_client",
         "server": "tests/openai_server.py (vLLM stand-in) in its own process, fixed latency; --canned for the sweep",
         "latency_s": args.latency,
+        "rounds_per_point": args.rounds,
+        "repeats_per_point": args.repeats,
         "image_bytes": len(image),
         "sweep": points,
         "end_to_end_caption_crops": e2e,
