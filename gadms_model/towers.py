@@ -199,35 +199,34 @@ class ClipTowers(nn.Module):
         clip = self.clip
         return clip.token_embedding(text_ids) + clip.positional_embedding[: text_ids.shape[1]]
 
+    def _text_hidden(self, text_ids: torch.Tensor) -> torch.Tensor:
+        """B×N×width output of the last text block, before ln_final."""
+        x = self._text_embeds(text_ids)
+        for block in self.clip.transformer.resblocks:
+            x = self.run_block(block, x, causal=True)
+        return x
+
+    def _eot_feature(self, hidden: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """B×E projected feature at each caption's EOT position."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return _project(self.clip.ln_final(hidden[rows, eot_positions(text_ids)]), self.clip.text_projection)
+
     def text_global(self, text_ids: torch.Tensor) -> torch.Tensor:
         """B×E projected EOT feature (not normalised)."""
-        clip = self.clip
-        x = self._text_embeds(text_ids)
-        for block in clip.transformer.resblocks:
-            x = self.run_block(block, x, causal=True)
-        rows = torch.arange(x.shape[0], device=x.device)
-        return _project(clip.ln_final(x[rows, eot_positions(text_ids)]), clip.text_projection)
+        return self._eot_feature(self._text_hidden(text_ids), text_ids)
 
     def text_tokens(self, text_ids: torch.Tensor) -> torch.Tensor:
         """B×N×E projected features of every position after ln_final."""
-        clip = self.clip
-        x = self._text_embeds(text_ids)
-        for block in clip.transformer.resblocks:
-            x = self.run_block(block, x, causal=True)
-        return _project(clip.ln_final(x), clip.text_projection)
+        return _project(self.clip.ln_final(self._text_hidden(text_ids)), self.clip.text_projection)
 
     def text_global_and_tokens(self, global_ids: torch.Tensor, token_ids: torch.Tensor
                                ) -> tuple[torch.Tensor, torch.Tensor]:
         """`text_global(global_ids)` and `text_tokens(token_ids)` from one pass over both batches: the same
         arithmetic per caption with half the kernel launches (a training step on a GPU is launch-bound)."""
-        clip = self.clip
-        x = self._text_embeds(torch.cat([global_ids, token_ids]))
-        for block in clip.transformer.resblocks:
-            x = self.run_block(block, x, causal=True)
-        x_global, x_tokens = x.split([global_ids.shape[0], token_ids.shape[0]])
-        rows = torch.arange(global_ids.shape[0], device=x.device)
-        global_features = _project(clip.ln_final(x_global[rows, eot_positions(global_ids)]), clip.text_projection)
-        return global_features, _project(clip.ln_final(x_tokens), clip.text_projection)
+        hidden_global, hidden_tokens = self._text_hidden(torch.cat([global_ids, token_ids])).split(
+            [global_ids.shape[0], token_ids.shape[0]])
+        tokens = _project(self.clip.ln_final(hidden_tokens), self.clip.text_projection)
+        return self._eot_feature(hidden_global, global_ids), tokens
 
     def text_global_recorded(self, text_ids: torch.Tensor, num_layers: int
                              ) -> tuple[torch.Tensor, list[AttentionRecord]]:
@@ -236,10 +235,8 @@ class ClipTowers(nn.Module):
         The earlier layers run without a graph: GASS needs no gradient below the first recorded layer. The
         recorded part is built even when the weights are frozen (its input requires grad).
         """
-        clip = self.clip
-        blocks = list(clip.transformer.resblocks)
+        blocks = list(self.clip.transformer.resblocks)
         first_recorded = len(blocks) - num_layers
-        eot_index = eot_positions(text_ids)
         with torch.no_grad():
             x = self._text_embeds(text_ids)
             for block in blocks[:first_recorded]:
@@ -251,8 +248,7 @@ class ClipTowers(nn.Module):
             x = self.run_block_output(block, x, output)
             records.append(AttentionRecord(query=query.detach(), key=key.detach(), value=value.detach(),
                                            output=output, heads=block.attn.num_heads))
-        rows = torch.arange(x.shape[0], device=x.device)
-        return _project(clip.ln_final(x[rows, eot_index]), clip.text_projection), records
+        return self._eot_feature(x, text_ids), records
 
 
 # Metadata integers OpenAI's checkpoints carry beside the weights.
