@@ -50,7 +50,7 @@ from gadms_model.data.loading import ImageFiles
 from gadms_model.data.synthetic import write_synthetic_benchmark
 from gadms_model.data.transforms import eval_transform
 from gadms_model.evaluation import evaluate
-from gadms_model.gass import gass_scores
+from gadms_model.gass import gass_scores, normalise_scores
 from gadms_model.model import ModelConfig
 from gadms_model.tokenizer import Tokenizer
 from gadms_model.training import TrainConfig, train
@@ -71,23 +71,16 @@ GASS_KEYS = ("mean_gass_noise_tokens", "mean_gass_description_tokens", "batch_no
              "share_noise_tokens_below_switch", "share_description_tokens_below_switch")
 
 
-def token_word_flags(tokenizer, caption: str, noise: list[bool]) -> list[bool | None]:
-    """Noise flag of each context position (None: SOT, EOT, padding, or a caption whose words do not align)."""
-    flags: list[bool | None] = [None]
+def token_words(tokenizer, caption: str, noise: list[bool]) -> list[tuple[str, bool] | None]:
+    """(word, is-noise flag) of each context position, None at SOT, EOT and padding; [] for a caption whose
+    words, tokenised one by one, do not give the caption's own tokens (no position can be labelled then)."""
+    positions: list[tuple[str, bool] | None] = [None]
     for word, is_noise in zip(caption.split(), noise):
-        flags += [is_noise] * len(tokenizer.encode(word))
-    if len(flags) - 1 != len(tokenizer.encode(caption)):
+        positions += [(word, is_noise)] * len(tokenizer.encode(word))
+    if len(positions) - 1 != len(tokenizer.encode(caption)):
         return []
-    flags = flags[: tokenizer.context_length - 1]
-    return flags + [None] * (tokenizer.context_length - len(flags))
-
-
-def token_words(tokenizer, caption: str) -> list[str]:
-    """The caption word each token position after SOT belongs to (as `token_word_flags` aligns them)."""
-    words = []
-    for word in caption.split():
-        words += [word] * len(tokenizer.encode(word))
-    return words
+    positions = positions[: tokenizer.context_length - 1]
+    return positions + [None] * (tokenizer.context_length - len(positions))
 
 
 def within_caption_auroc(per_caption: list[tuple[list[float], list[float]]]) -> float | None:
@@ -123,23 +116,22 @@ def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device,
         ids = model.tokenizer(captions).to(device)
         pixels = torch.stack([images[start + i] for i in range(len(chunk))]).to(device)
         image_global = model.towers.image_tokens(pixels)[:, 0]
-        scores = gass_scores(model.towers, ids, image_global, model.config.gass_layers,
-                             model.config.gass_normalisation).cpu()
+        # One GASS pass: the model's own normalisation is a rescaling of the batch-normalised scores.
         batch_scores = gass_scores(model.towers, ids, image_global, model.config.gass_layers, "batch").cpu()
+        scores = normalise_scores(batch_scores, model.config.gass_normalisation)
         for row, name in enumerate(chunk):
-            caption = noise_words[name]["caption"]
-            flags = token_word_flags(model.tokenizer, caption, noise_words[name]["noise"])
-            words = token_words(model.tokenizer, caption)
             kinds: dict[str, list[float]] = {"noise": [], "description": []}
-            for position, flag in enumerate(flags):
-                if flag is None:
+            labelled = token_words(model.tokenizer, noise_words[name]["caption"], noise_words[name]["noise"])
+            for position, label in enumerate(labelled):
+                if label is None:
                     continue
-                kind = "noise" if flag else "description"
+                word, is_noise = label
+                kind = "noise" if is_noise else "description"
                 score = float(scores[row, position])
                 kinds[kind].append(score)
                 values[kind + "_batch_norm"].append(float(batch_scores[row, position]))
-                if flag:
-                    values["wrong_colour" if words[position - 1] in COLOURS else "other_noise"].append(score)
+                if is_noise:
+                    values["wrong_colour" if word in COLOURS else "other_noise"].append(score)
             values["noise"] += kinds["noise"]
             values["description"] += kinds["description"]
             if kinds["noise"] and kinds["description"]:
@@ -203,12 +195,12 @@ def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict
     unaligned = 0
     for row, sample in enumerate(train_samples):
         entry = noise_words[Path(sample.image_path).relative_to(dataset_dir / "imgs").as_posix()]
-        flags = token_word_flags(tokenizer, entry["caption"], entry["noise"])
-        if not flags:
+        labelled = token_words(tokenizer, entry["caption"], entry["noise"])
+        if not labelled:
             scores[row] = 0.85  # words that do not split into tokens one by one: the neutral initial score
             unaligned += 1
             continue
-        scores[row] = torch.tensor([1.0 if flag is False else 0.0 for flag in flags])
+        scores[row] = torch.tensor([0.0 if label is None or label[1] else 1.0 for label in labelled])
     torch.save({"scores": scores}, out)
     return {"pairs": len(train_samples), "captions_not_aligned_to_tokens": unaligned}
 
