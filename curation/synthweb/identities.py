@@ -120,29 +120,34 @@ def accessory_phrases(identity: Identity) -> list[str]:
     return items
 
 
+def _pronoun(identity: Identity) -> str:
+    return "He" if identity.gender == "man" else "She"
+
+
+def _accessory_sentence(identity: Identity, accessories: list[str]) -> str:
+    """The sentence that follows a description, e.g. ' He is carrying a backpack and wearing glasses.' ('' for none)."""
+    return f" {_pronoun(identity)} is " + " and ".join(accessories) + "." if accessories else ""
+
+
 def clean_caption(identity: Identity) -> str:
     """The ground-truth description of what the renderer draws for this identity."""
     top, bottom, shoes = garment_phrases(identity)
-    pronoun = "He" if identity.gender == "man" else "She"
     text = f"A {identity.gender} with {hair_phrase(identity)}, wearing {top}, {bottom} and {shoes}."
-    accessories = accessory_phrases(identity)
-    if accessories:
-        text += f" {pronoun} is " + " and ".join(accessories) + "."
-    return text
+    return text + _accessory_sentence(identity, accessory_phrases(identity))
 
 
 def described_caption(identity: Identity, rng: random.Random) -> str:
     """One annotator's true description of one image of `identity`: a varied sentence structure and attribute
     order, shoes, hair and accessories sometimes left out, as real benchmarks have a caption per image."""
     top, bottom, shoes = garment_phrases(identity)
-    pronoun = "He" if identity.gender == "man" else "She"
+    pronoun = _pronoun(identity)
     person = rng.choice((f"a {identity.gender}", f"the {identity.gender}", f"this {identity.gender}",
                          f"a young {identity.gender}"))
     verb = rng.choice(("wearing", "dressed in", "in"))
     garments = [top, bottom] + ([shoes] if rng.random() < 0.5 else [])
     if rng.random() < 0.3:
         garments = [garments[1], garments[0]] + garments[2:]
-    worn = garments[0] if len(garments) == 1 else ", ".join(garments[:-1]) + " and " + garments[-1]
+    worn = ", ".join(garments[:-1]) + " and " + garments[-1]
     hair = hair_phrase(identity)
     structure = rng.randrange(4)
     if structure == 0:
@@ -153,9 +158,7 @@ def described_caption(identity: Identity, rng: random.Random) -> str:
         text = f"{pronoun} is {verb if verb != 'in' else 'wearing'} {worn}."
     else:
         text = f"{person} {verb} {worn}."
-    extras = [a for a in accessory_phrases(identity) if rng.random() < 0.7]
-    if extras:
-        text += f" {pronoun} is " + " and ".join(extras) + "."
+    text += _accessory_sentence(identity, [a for a in accessory_phrases(identity) if rng.random() < 0.7])
     return text[0].upper() + text[1:]
 
 
