@@ -41,20 +41,21 @@ class _Job(BaseModel):
     size: int = 1
 
 
-def test_config_errors_name_the_file_and_field(tmp_path):
+@pytest.mark.parametrize("content, message", [
+    ("name: x\nsize: many\n", r"job.yaml: field 'size': Input should be a valid integer"),
+    ("name: x\ncolour: red\n", r"job.yaml: field 'colour': Extra inputs are not permitted"),
+    ("name: [unclosed\n", r"job.yaml: not valid YAML/JSON"),
+    ("!!python/object/apply:os.system ['echo pwned']\n", r"job.yaml: not valid YAML/JSON"),
+])
+def test_config_errors_name_the_file_and_field(tmp_path, content, message):
     path = tmp_path / "job.yaml"
-    path.write_text("name: x\nsize: many\n")
-    with pytest.raises(ConfigError, match=r"job.yaml: field 'size': Input should be a valid integer"):
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
         load_config(path, _Job)
-    path.write_text("name: x\ncolour: red\n")
-    with pytest.raises(ConfigError, match=r"job.yaml: field 'colour': Extra inputs are not permitted"):
-        load_config(path, _Job)
-    path.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"job.yaml: not valid YAML/JSON"):
-        load_config(path, _Job)
-    path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match=r"job.yaml: not valid YAML/JSON"):
-        load_config(path, _Job)
+
+
+def test_config_file_missing_or_overridden(tmp_path):
+    path = tmp_path / "job.yaml"
     with pytest.raises(ConfigError, match=r"missing.yaml: config file not found"):
         load_config(tmp_path / "missing.yaml", _Job)
     path.write_text("name: x\n")

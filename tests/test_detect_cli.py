@@ -14,9 +14,8 @@ from PIL import Image
 from ultralytics.utils import ASSETS
 
 from curation.detect.parquet_io import read_crops
-from storage.schema import CROP_SCHEMA
 from gadms_model.cli import main
-from storage.schema import REJECT_SCHEMA
+from storage.schema import CROP_SCHEMA, REJECT_SCHEMA
 
 BUS = (ASSETS / "bus.jpg").read_bytes()
 

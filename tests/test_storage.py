@@ -21,12 +21,9 @@ from tests.storage_fixtures import captions_for, crop, rejects
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _build_root(root: Path) -> OutputLayout:
-    return _build_root_at(str(root))
-
-
-def _build_root_at(root: str) -> OutputLayout:
-    layout = OutputLayout(root)
+def _build_root(root: Path | str) -> OutputLayout:
+    """Two committed shards under `root` (a local folder or an fsspec URL)."""
+    layout = OutputLayout(str(root))
     c0, c1, c2 = crop(0, "a.example"), crop(1, "a.example"), crop(2, "b.example:8080")
     commit_shard(
         layout, "shard-00000", "run-1", [c0, c1],
@@ -228,7 +225,7 @@ def test_rerunning_a_chunk_is_idempotent(tmp_path):
 
 def test_shards_on_an_fsspec_url(tmp_path):
     root = "memory://gadms-test/webperson"
-    layout = _build_root_at(root)
+    layout = _build_root(root)
     assert [e["shard_id"] for e in complete_shards(layout)] == ["shard-00000", "shard-00001"]
     assert read_shard(layout.shard_path("shard-00001"), columns=["caption2"]).to_pylist() == [
         {"caption2": "He has red shoes."}]
