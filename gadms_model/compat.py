@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ import torch
 _NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 # Keep a reference: a torch.library.Library deregisters its definitions when garbage-collected.
 _LIBRARIES: list = []
+# Check-then-define must be one step: the build flow's chunk threads create their detectors at the same time,
+# and a second definition of the namespace is an error.
+_DEFINE_LOCK = threading.Lock()
 
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -83,18 +87,19 @@ def ensure_torchvision_ops() -> bool:
     """Define the missing torchvision ops if needed. Returns True when the pure-torch kernels were installed.
 
     Call it before the first `import torchvision` (directly or through open_clip, timm or ultralytics).
-    Idempotent.
+    Idempotent and thread-safe.
     """
-    if "torchvision" in sys.modules or _nms_schema_exists() or _torchvision_library_loads():
-        return False
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms" + _NMS_SCHEMA)
-    library.define("qnms" + _NMS_SCHEMA)
-    library.impl("nms", nms_reference, "CPU")
-    library.impl("qnms", _qnms_reference, "QuantizedCPU")
-    _LIBRARIES.append(library)
-    import torchvision.extension
+    with _DEFINE_LOCK:
+        if "torchvision" in sys.modules or _nms_schema_exists() or _torchvision_library_loads():
+            return False
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms" + _NMS_SCHEMA)
+        library.define("qnms" + _NMS_SCHEMA)
+        library.impl("nms", nms_reference, "CPU")
+        library.impl("qnms", _qnms_reference, "QuantizedCPU")
+        _LIBRARIES.append(library)
+        import torchvision.extension
 
-    # torchvision.ops.nms asserts its compiled library loaded; the ops it needs now exist.
-    torchvision.extension._has_ops = lambda: True
-    return True
+        # torchvision.ops.nms asserts its compiled library loaded; the ops it needs now exist.
+        torchvision.extension._has_ops = lambda: True
+        return True

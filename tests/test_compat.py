@@ -40,3 +40,26 @@ def test_open_clip_and_ultralytics_import():
 
     assert "ViT-B-16" in open_clip.list_models()
     assert YOLO is not None
+
+
+def test_concurrent_first_calls_define_the_ops_once():
+    # A fresh interpreter: in this one the ops exist already. Threads as the build flow's chunk runner has them.
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from gadms_model.compat import ensure_torchvision_ops\n"
+        "barrier, results = threading.Barrier(8), []\n"
+        "def call():\n"
+        "    barrier.wait()\n"
+        "    results.append(ensure_torchvision_ops())\n"
+        "threads = [threading.Thread(target=call) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "import torch, torchvision\n"
+        "boxes = torch.tensor([[0., 0., 2., 2.], [0., 0., 2., 2.1]])\n"
+        "print(sorted(results), torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[False, False, False, False, False, False, False, True] [0]"
