@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gadms_model.towers import AttentionRecord, ClipTowers, eot_positions
+from gadms_model.towers import AttentionRecord, ClipTowers, at_least_float32, eot_positions
 
 Normalisation = Literal["sample", "batch"]
 
@@ -79,17 +79,18 @@ def scores_from_records(text_ids: torch.Tensor, records: list[AttentionRecord], 
     eot = eot_positions(text_ids)
     words = word_positions(text_ids)
     attended = torch.arange(length, device=text_ids.device) <= eot[:, None]
-    msp = msp_matrix(length).to(device=text_ids.device, dtype=torch.float32)
-    query = torch.stack([record.query for record in records]).float()
-    key = torch.stack([record.key for record in records]).float()
-    value = torch.stack([record.value for record in records]).float()
-    grad_eot = torch.stack([grad[rows, eot] for grad in output_grads]).float()  # L×B×D
+    dtype = at_least_float32(records[0].query).dtype  # a float64 model is scored in float64
+    msp = msp_matrix(length).to(device=text_ids.device, dtype=dtype)
+    query = torch.stack([record.query for record in records]).to(dtype)
+    key = torch.stack([record.key for record in records]).to(dtype)
+    value = torch.stack([record.value for record in records]).to(dtype)
+    grad_eot = torch.stack([grad[rows, eot] for grad in output_grads]).to(dtype)  # L×B×D
 
     gradient_value = torch.einsum("lbd,lbnd->lbn", grad_eot, value)
     query_msp = torch.einsum("bn,lbnd->lbd", msp[eot], query)  # MSP(q) at EOT only
     similarity = min_max(F.cosine_similarity(query_msp[:, :, None, :], msp @ key, dim=-1), attended)
     attention = eot_attention_rows(query, key, records[0].heads, eot) * words
-    attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
     scores = (gradient_value * similarity * attention).mean(dim=0).relu() * words
     return normalise_scores(scores, normalisation)
 
@@ -106,12 +107,16 @@ def normalise_scores(scores: torch.Tensor, normalisation: Normalisation) -> torc
 
 def gass_scores(towers: ClipTowers, text_ids: torch.Tensor, image_features: torch.Tensor, num_layers: int = 8,
                 normalisation: Normalisation = "sample") -> torch.Tensor:
-    """Detached float32 B×N GASS in [0, 1] of raw captions `text_ids` against their images' global features."""
+    """Detached B×N GASS in [0, 1] of raw captions `text_ids` against their images' global features.
+
+    float32, or float64 for a float64 model (the precision the tests' reference is computed in)."""
     if not 1 <= num_layers <= towers.text_layers:
         raise ValueError(f"gass_layers must be in 1..{towers.text_layers}, got {num_layers}")
     with torch.enable_grad():
         text_features, records = towers.text_global_recorded(text_ids, num_layers)
-        similarity = F.cosine_similarity(text_features.float(), image_features.detach().float(), dim=-1).sum()
+        text_features = at_least_float32(text_features)
+        image_features = image_features.detach().to(text_features.dtype)
+        similarity = F.cosine_similarity(text_features, image_features, dim=-1).sum()
         output_grads = torch.autograd.grad(similarity, [record.output for record in records])
     with torch.no_grad():
         return scores_from_records(text_ids, records, list(output_grads), normalisation)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gadms_model.masking import IGNORE_LABEL
+from gadms_model.towers import at_least_float32
 
 
 def _distributed() -> bool:
@@ -36,9 +37,9 @@ def sdm_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: to
         image_features = gather_with_local_grad(image_features)
         text_features = gather_with_local_grad(text_features)
         pids = gather_with_local_grad(pids)
-    image_features = F.normalize(image_features.float(), dim=-1)
-    text_features = F.normalize(text_features.float(), dim=-1)
-    same = (pids[:, None] == pids[None, :]).float()
+    image_features = F.normalize(at_least_float32(image_features), dim=-1)
+    text_features = F.normalize(at_least_float32(text_features), dim=-1)
+    same = (pids[:, None] == pids[None, :]).to(image_features.dtype)
     target = same / same.sum(dim=1, keepdim=True)
     image_to_text = image_features @ text_features.t() / temperature
 
@@ -51,12 +52,13 @@ def sdm_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: to
 
 def id_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     """Mean of the identity cross-entropies of the image and the text logits (one shared classifier)."""
-    return (F.cross_entropy(image_logits.float(), pids) + F.cross_entropy(text_logits.float(), pids)) / 2
+    image_loss = F.cross_entropy(at_least_float32(image_logits), pids)
+    return (image_loss + F.cross_entropy(at_least_float32(text_logits), pids)) / 2
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy at masked positions: logits (..., V), labels (...) with IGNORE_LABEL (-100) elsewhere.
     Used for IRRA's MLM and GA-DMS's masked token prediction (MTP)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+    return F.cross_entropy(at_least_float32(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1),
                            ignore_index=IGNORE_LABEL)
 

@@ -162,6 +162,11 @@ class AttentionRecord:
     heads: int
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision (AMP) values promoted to float32; float32 and float64 kept (tests check in float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def eot_positions(text_ids: torch.Tensor) -> torch.Tensor:
     """Index of EOT in each row (the highest id, as CLIP pools)."""
     return text_ids.argmax(dim=-1)

@@ -54,6 +54,7 @@ def test_gadms_forward_losses_stats_and_gradients(batch):
             "gass_informative_masked", "gass_mean"} <= out.keys()
     assert out["loss"].requires_grad and all(not v.requires_grad for k, v in out.items() if k != "loss")
     expected = out["sdm"] + 0.4 * out["mtp"] + out["id"]
+    # Three positive float32 terms: the two sums differ by at most a few roundings (6e-8 each), well under 1e-6.
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     out["loss"].backward()
     for name in ("towers.clip.visual.conv1.weight", "towers.clip.transformer.resblocks.0.attn.in_proj_weight",
@@ -64,7 +65,11 @@ def test_gadms_forward_losses_stats_and_gradients(batch):
     with torch.no_grad():
         image_features = model.towers.image_tokens(images)[:, 0]
     fresh = gass_scores(model.towers, text_ids, image_features, num_layers=2)
-    torch.testing.assert_close(store.gather(caption_ids), fresh.half().float())
+    # The store keeps float16. The step's GASS and this fresh one differ by float32 rounding (< 1e-4, see
+    # test_model_gass), which can move a value across a float16 rounding boundary: one float16 step (2^-11 for
+    # values up to 1) at most, two allowed for the float32 difference itself.
+    torch.testing.assert_close(store.gather(caption_ids), fresh.half().float(), atol=2 ** -10, rtol=0)
+    assert (store.gather(caption_ids) == fresh.half().float()).float().mean() > 0.9
     assert torch.all(store.gather(torch.tensor([1, 3, 5])) == torch.tensor(0.85).half().float())
 
 
@@ -131,7 +136,7 @@ def test_irra_and_sdm_modes(batch):
     irra = build_model(ModelConfig.tiny(mode="irra", num_classes=3))
     out = irra(images, text_ids, pids, generator=torch.Generator().manual_seed(2))
     assert {"loss", "sdm", "mlm", "id", "mlm_mask_rate"} <= out.keys() and "mtp" not in out
-    assert out["loss"].item() == pytest.approx((out["sdm"] + out["mlm"] + out["id"]).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx((out["sdm"] + out["mlm"] + out["id"]).item(), rel=1e-6)  # as above
     sdm = build_model(ModelConfig.tiny(mode="sdm"))
     assert sdm.mtp_head is None and sdm.classifier is None
     out = sdm(images, text_ids, pids)
@@ -180,10 +185,12 @@ def test_score_store_round_trip_and_checks():
 
 
 def test_one_pass_over_two_text_batches_equals_two_passes(batch):
+    # In float64: the batch sizes choose other kernels, which may change results only at float64 rounding
+    # (a few layers of width 64 amplify it by far less than the 1e7 that separates 2.2e-16 from 1e-9).
     _, text_ids, _ = batch
-    model = build_model(ModelConfig.tiny()).eval()
+    model = build_model(ModelConfig.tiny()).eval().double()
     other = text_ids.flip(0)
     with torch.no_grad():
         global_features, tokens = model.towers.text_global_and_tokens(text_ids, other[:3])
-        torch.testing.assert_close(global_features, model.towers.text_global(text_ids), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(tokens, model.towers.text_tokens(other[:3]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(global_features, model.towers.text_global(text_ids), atol=1e-9, rtol=0)
+        torch.testing.assert_close(tokens, model.towers.text_tokens(other[:3]), atol=1e-9, rtol=0)
