@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curation.detect.config import DetectConfig
+from curation.detect.weights import check_yolo_weights
 from storage.errors import GadmsError
 
 
@@ -76,6 +77,7 @@ class YoloBackend:
 def _load_yolo(weights: str, field: str):
     from ultralytics import YOLO
 
+    check_yolo_weights(weights, field)
     try:
         return YOLO(weights)
     except Exception as exc:  # ultralytics raises many types (missing file, offline download, bad checkpoint)

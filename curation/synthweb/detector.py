@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.detect.weights import check_yolo_weights
 from curation.synthweb.figure import FLIP_INDEX, KEYPOINT_NAMES
 from curation.synthweb.hostile import jpeg_bytes
 from curation.synthweb.scene import render_scene
@@ -146,12 +147,13 @@ def train_detector(config: DetectorTrainConfig) -> dict:
     Writes <out>/synthweb-pose-demo.pt and <out>/metrics.json; returns the metrics.
     """
     out = Path(config.out)
+    YOLO = prepare_ultralytics(out / "ultralytics-config")
+    check_yolo_weights(config.model, "model")  # before anything is rendered
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data_yaml = write_yolo_dataset(out / "dataset", config.train_images, config.val_images, config.seed,
                                    config.render_workers)
     render_seconds = time.perf_counter() - started
-    YOLO = prepare_ultralytics(out / "ultralytics-config")
     on_cpu = config.device == "cpu"
     model = YOLO(config.model, task="pose")
     model.train(
