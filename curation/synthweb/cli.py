@@ -1,4 +1,4 @@
-"""`gadms synthweb render|serve|urls|train-detector`: the synthetic person web and its demo detector."""
+"""`gadms synthweb render|serve|serve-vlm|urls|train-detector`: the synthetic person web and its demo detector."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     serve.add_argument("--slow-seconds", type=float, default=5.0, help="delay of the slow endpoint")
     serve.set_defaults(func=_serve)
+
+    vlm = sub.add_parser("serve-vlm", help="serve the SIMULATED VLM (no model) over the OpenAI protocol")
+    vlm.add_argument("site_dir", help="a rendered site: the persons it recognises")
+    vlm.add_argument("--port", type=int, default=8001, help="port on 127.0.0.1 (0: any free port)")
+    vlm.add_argument("--hallucination-rate", type=float, default=0.0, help="share of slots filled wrongly")
+    vlm.add_argument("--hallucination-log", help="JSONL file: one line per hallucinated word")
+    vlm.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    vlm.set_defaults(func=_serve_vlm)
 
     urls = sub.add_parser("urls", help="write the site's image URLs + alt text as an img2dataset list")
     urls.add_argument("site_dir")
@@ -71,6 +79,27 @@ def _urls(args) -> int:
 
     rows = write_url_list(args.site_dir, args.base_url, args.out)
     print(f"wrote {rows} URLs to {args.out}")
+    return 0
+
+
+def _serve_vlm(args) -> int:
+    import threading
+
+    from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
+    from storage.errors import GadmsError
+
+    if not 0 <= args.port <= 65535:
+        raise GadmsError(f"--port must lie in 0..65535, got {args.port}")
+    if not 0 <= args.latency <= 600:
+        raise GadmsError(f"--latency must lie in 0..600 seconds, got {args.latency}")
+    vlm = SimulatedVlm(args.site_dir, args.hallucination_rate, args.hallucination_log)
+    server = SimulatedVlmServer(vlm, latency_s=args.latency).start(args.port)
+    print(f"SIMULATED VLM (no model) '{SIMULATED_MODEL_NAME}' on {server.base_url}, "
+          f"{len(vlm.index.persons)} site persons, hallucination rate {args.hallucination_rate}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
     return 0
 
 
