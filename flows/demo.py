@@ -1,7 +1,9 @@
 """`gadms demo`: the whole system, offline, on a synthetic person web (what `make demo` runs).
 
 1. render a synthetic web (curation.synthweb) and serve it on 127.0.0.1;
-2. run the build-webperson flow on it: crawl, demo-weights detection + pose check, dedup, alt-text captions;
+2. start the SIMULATED VLM (curation.synthweb.vlm, no model) behind the OpenAI protocol, as `vllm serve` would
+   be, and run the build-webperson flow: crawl, demo-weights detection + pose check, dedup, MLLM filter and two
+   template captions per crop through the `openai` backend;
 3. train a small GA-DMS on the shards on CPU for a fixed step budget;
 4. evaluate on held-out rendered identities (an RSTPReid-format benchmark, never seen in the web);
 5. print the metric table and `gadms stats`, and write a retrieval picture (a query and its top-5 crops).
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from curation.synthweb import SiteServer, render_site, write_url_list
+from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
 from gadms_model.data.synthetic import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate, format_table
@@ -31,7 +34,7 @@ def _say(step: str, message: str) -> None:
     print(f"[demo] {step}: {message}", flush=True)
 
 
-def demo_build_config(urls: Path, output_root: Path) -> dict:
+def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str) -> dict:
     return {
         "name": "webperson-demo",
         "inputs": {"url_lists": [str(urls)]},
@@ -41,7 +44,8 @@ def demo_build_config(urls: Path, output_root: Path) -> dict:
                   "per_host_concurrency": 16, "per_host_min_delay_s": 0, "retries": 1, "backoff_base_s": 0.2,
                   "max_retry_after_s": 3, "read_timeout_s": 2, "total_timeout_s": 4},
         "detect": {"imgsz": 384, "device": "cpu"},
-        "caption": {"backend": "alt-text"},
+        "caption": {"backend": "openai", "endpoints": [vlm_base_url], "models": [SIMULATED_MODEL_NAME],
+                    "in_flight_per_endpoint": 8},
         "runner": {"kind": "local", "max_workers": 2},
     }
 
@@ -70,11 +74,14 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 30
     clock = time.perf_counter()
     site = render_site(out / "site", images=images, seed=seed)
     _say("1/5 render", f"{site.scenes} scenes, {site.pages} pages, hostile cases {sorted(site.faults)} → {site.root}")
-    with SiteServer(site.root, slow_seconds=2) as server:
+    vlm = SimulatedVlm(site.root)
+    with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(vlm) as vlm_server:
         urls = out / "urls.parquet"
         count = write_url_list(site.root, server.base_url, urls)
         _say("1/5 serve", f"{server.base_url} serves the site; {count} image URLs listed in {urls}")
-        summary = build_webperson(demo_build_config(urls, out / "webperson"))
+        _say("1/5 serve", f"SIMULATED VLM '{SIMULATED_MODEL_NAME}' (no model; recognises the site's "
+             f"{len(vlm.index.persons)} rendered persons) on {vlm_server.base_url}")
+        summary = build_webperson(demo_build_config(urls, out / "webperson", vlm_server.base_url))
     _say("2/5 build-webperson", f"{summary['downloaded']} downloaded, {summary['persons']} persons passed the rules, "
          f"{summary['kept']} kept after dedup and captioning; {summary['images_per_second']} images/s; "
          f"catalog {summary['catalog']}")
