@@ -22,7 +22,7 @@ from gadms_model.evaluation import evaluate, format_table
 from gadms_model.retrieval import search
 from gadms_model.training import TrainConfig, train
 from storage.catalog import connect
-from storage.errors import GadmsError
+from storage.errors import GadmsError, check_range
 from storage.stats import caption_stats, format_stats
 
 DEMO_QUERY = "a woman with long hair in a red top and blue trousers"
@@ -69,6 +69,7 @@ def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, 
 
 def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 300) -> dict:
     out = Path(out)
+    check_range("--train-steps", train_steps, 1, 1_000_000)
     if out.exists() and any(out.iterdir()):
         raise GadmsError(f"{out}: output folder is not empty; remove it or pass another --out")
     clock = time.perf_counter()

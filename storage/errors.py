@@ -7,3 +7,9 @@ class GadmsError(Exception):
     The CLI prints `gadms: error: <message>` and exits with status 2. Raise it (or a subclass) only with a
     message that stands on its own line.
     """
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """A command-line value bounded at the edge, before any work: `--port must lie in 0..65535, got 70000`."""
+    if not low <= value <= high:
+        raise GadmsError(f"{name} must lie in {low}..{high}, got {value}")

@@ -72,3 +72,18 @@ def test_files_that_are_no_checkpoint_are_named(tmp_path):
     jpeg.write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint")
     with pytest.raises(GadmsError, match=r"^weights '.*photo.pt': (refused: not a weights-only|not a PyTorch)"):
         check_yolo_weights(str(jpeg), "weights")
+    pickled = tmp_path / "list.pt"
+    torch.save([1, 2], pickled, _use_new_zipfile_serialization=False)
+    pickled.write_bytes(pickled.read_bytes()[:40])  # a legacy pickle cut short
+    with pytest.raises(GadmsError) as caught:
+        check_yolo_weights(str(pickled), "weights")
+    assert "weights_only=False" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_concurrent_checks_all_pass():
+    # The build flow's chunk threads create detectors at the same time; torch's safe-globals list is global.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: check_yolo_weights(str(DEMO_WEIGHTS), "weights"), range(16)))
+    assert results == [None] * 16

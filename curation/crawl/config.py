@@ -27,7 +27,7 @@ class CrawlConfig(BaseModel):
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(20.0, gt=0)  # longest silence while reading
     total_timeout_s: float = Field(60.0, gt=0)  # one request, headers to last byte
-    retries: int = Field(2, ge=0)  # extra attempts after timeouts, connection errors, 429 and 5xx
+    retries: int = Field(2, ge=0, le=20)  # extra attempts after timeouts, connection errors, 429 and 5xx
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     max_retry_after_s: float = Field(120.0, ge=0)  # a longer Retry-After gives up instead of waiting

@@ -15,6 +15,7 @@ import inspect
 import pickle
 import pkgutil
 import re
+import threading
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from storage.errors import GadmsError
 _NETWORK_PACKAGES = ("torch.nn.modules", "ultralytics.nn.modules")
 _NETWORK_MODULES = ("ultralytics.nn.tasks",)
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error: ([^\n]+)")
+_SAFE_GLOBALS_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,15 +61,18 @@ def check_yolo_weights(weights: str, field: str) -> None:
     import torch
 
     try:
-        with torch.serialization.safe_globals(list(allowed_types())):
+        # safe_globals edits one process-wide list: the build flow's chunk threads must not interleave here.
+        with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(list(allowed_types())):
             torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED_GLOBAL.search(str(exc))
         if found:
             raise GadmsError(f"{field} {weights!r}: refused: the checkpoint asks for {found.group(1)}, which is not "
                              "a torch or ultralytics network class (loading it could run code)") from None
-        raise GadmsError(f"{field} {weights!r}: refused: not a weights-only PyTorch checkpoint "
-                         f"({_first_line(exc)})") from None
+        # torch's own message goes on to advise weights_only=False: pass on only what the unpickler found.
+        reason = _UNPICKLER_ERROR.search(str(exc))
+        raise GadmsError(f"{field} {weights!r}: refused: not a weights-only PyTorch checkpoint"
+                         + (f" ({reason.group(1).strip()})" if reason else "")) from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise GadmsError(f"{field} {weights!r}: not a PyTorch checkpoint ({_first_line(exc)})") from None
 

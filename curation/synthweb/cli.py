@@ -64,7 +64,10 @@ def _serve(args) -> int:
     import threading
 
     from curation.synthweb.server import SiteServer
+    from storage.errors import check_range
 
+    check_range("--port", args.port, 0, 65535)
+    check_range("--slow-seconds", args.slow_seconds, 0, 600)
     with SiteServer(args.site_dir, port=args.port, slow_seconds=args.slow_seconds) as server:
         print(f"serving {args.site_dir} at {server.base_url}/ (Ctrl-C stops)", flush=True)
         try:
@@ -86,12 +89,10 @@ def _serve_vlm(args) -> int:
     import threading
 
     from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
-    from storage.errors import GadmsError
+    from storage.errors import check_range
 
-    if not 0 <= args.port <= 65535:
-        raise GadmsError(f"--port must lie in 0..65535, got {args.port}")
-    if not 0 <= args.latency <= 600:
-        raise GadmsError(f"--latency must lie in 0..600 seconds, got {args.latency}")
+    check_range("--port", args.port, 0, 65535)
+    check_range("--latency", args.latency, 0, 600)
     vlm = SimulatedVlm(args.site_dir, args.hallucination_rate, args.hallucination_log)
     server = SimulatedVlmServer(vlm, latency_s=args.latency).start(args.port)
     print(f"SIMULATED VLM (no model) '{SIMULATED_MODEL_NAME}' on {server.base_url}, "

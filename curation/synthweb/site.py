@@ -17,6 +17,7 @@ import html
 import io
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +34,15 @@ from curation.synthweb.hostile import (
 )
 from curation.synthweb.identities import clean_caption, identity_attributes
 from curation.synthweb.scene import Scene, render_scene
-from storage.errors import GadmsError
+from storage.errors import GadmsError, check_range
 
 BASE_URL_PLACEHOLDER = "__BASE_URL__"
 IMAGES_PER_PAGE = 12
 PRIVATE_SHARE = 16  # one scene in 16 goes to the robots-disallowed section
 DUPLICATE_EVERY = 20  # one scene in 20 gets a duplicate, kinds in turn
 DUPLICATE_KINDS = (("exact", 0), ("reencoded", 40), ("resized", 0.75), ("cropped", 3), ("mirrored", 0))
+MAX_SCENES = 1_000_000
+BYTES_PER_SCENE = 64_000  # a scene with its variants and pages takes ~40 kB; the bound keeps a margin
 TRANSPARENT_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 
 # URL path → what the server does there. "file" is the document-root file served when it answers with an image.
@@ -123,11 +126,15 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
     first response) and, on scenes that have a half-size variant, `srcset_small` (its path; the page's `<img>`
     then uses it as `src` and lists both in `srcset`).
     """
-    if images < 1:
-        raise GadmsError(f"--images must be at least 1, got {images}")
+    check_range("--images", images, 1, MAX_SCENES)
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         raise GadmsError(f"{root}: output folder is not empty; choose a new folder for the site")
+    existing = next(p for p in [root, *root.resolve().parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if images * BYTES_PER_SCENE > free:
+        raise GadmsError(f"{root}: {images} scenes need about {images * BYTES_PER_SCENE / 1e6:,.0f} MB, "
+                         f"{free / 1e6:,.0f} MB are free there")
     docroot = root / "www"
     docroot.mkdir(parents=True)
     identities = list(range(max(4, images // 4)))

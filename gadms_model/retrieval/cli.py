@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from gadms_model.evaluation.runner import default_device
     from gadms_model.retrieval import search
 
-    if args.k < 1:
-        from storage.errors import GadmsError
+    from storage.errors import check_range
 
-        raise GadmsError(f"-k must be at least 1, got {args.k}")
+    check_range("-k", args.k, 1, 100_000)
+    check_range("--batch-size", args.batch_size, 1, 65536)
     device = torch.device(args.device) if args.device else default_device()
     results = search(args.checkpoint, args.gallery, args.query, args.k, device=device, index_path=args.index,
                      sheet_path=args.sheet, batch_size=args.batch_size)
