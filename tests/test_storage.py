@@ -12,7 +12,8 @@ import pytest
 from gadms_model.cli import main
 from storage.catalog import connect, refresh, write_run_record
 from storage.errors import GadmsError
-from storage.export import export_public, read_public
+from storage.export import export_public
+from storage.public import read_public
 from storage.layout import OutputLayout
 from storage.schema import SCHEMA_VERSION, SHARD_SCHEMA
 from storage.shards import commit_shard, complete_shards, read_shard, shard_is_complete
