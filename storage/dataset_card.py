@@ -122,8 +122,8 @@ def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]]) -> li
     if not captions:
         lines = ["- MLLM filter: not recorded (no run record holds a caption config)."]
     elif len(screened) == len(captions):
-        lines = ["- Every crop was screened by an MLLM filter before captioning; it rejects, among others, crops "
-                 f"with nudity or sexual content (verdict `nsfw`): {nsfw} crop(s) rejected as `nsfw`."]
+        lines = ["- In every recorded run each crop was screened by an MLLM filter before captioning; it rejects, "
+                 f"among others, crops with nudity or sexual content (verdict `nsfw`): {nsfw} crop(s) rejected as `nsfw`."]
     else:
         lines = [f"- The MLLM filter (verdict reasons include `nsfw`) ran in {len(screened)} of {len(captions)} "
                  f"recorded runs (the alt-text backend runs none); {nsfw} crop(s) were rejected as `nsfw`. Crops "
@@ -154,8 +154,9 @@ def dataset_card(layout: OutputLayout, size: SplitSize, license: str | None) -> 
     lines = [
         "---", yaml.safe_dump(card_header(size, license), sort_keys=False).rstrip(), "---", "",
         "# WebPerson (gadms build)", "",
-        f"{size.rows} person crops from web images, each with two captions (`caption2` is empty where the caption "
-        "backend writes one), exported by `gadms export` in the layout of WebPerson-5M on the Hugging Face Hub.", "",
+        f"{size.rows} person crops from web images, each with two captions (`caption2` is empty for samples "
+        "captioned from their alt text, which have one), exported by `gadms export` in the layout of WebPerson-5M "
+        "on the Hugging Face Hub.", "",
         "| column | content |", "| --- | --- |",
         "| image | the person crop (JPEG), a `datasets` Image |",
         "| image\\_path | `images/<sample_id>.jpg`, the crop's name in the authors' JSON + images/ layout |",

@@ -73,7 +73,10 @@ def read_public(path: str) -> Iterator[dict]:
     for file in files:
         fs, p = filesystem(file)
         with fs.open(p, "rb") as f:
-            parquet = pq.ParquetFile(f)
+            try:
+                parquet = pq.ParquetFile(f)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise GadmsError(f"{file}: not a readable Parquet file: {exc}") from None
             check_columns(parquet.schema_arrow, file)
             for index in range(parquet.metadata.num_row_groups):
                 table = parquet.read_row_group(index, columns=list(PUBLIC_COLUMNS))

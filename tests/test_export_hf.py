@@ -118,8 +118,8 @@ def test_card_tells_funnel_settings_and_safety_and_escapes_web_text(tmp_path):
     assert "- dedup pHash radius \\(bits of 64\\): 6" in lines
     assert "- caption models: \\[\"Qwen/Qwen2\\.5\\-VL\\-7B\\-Instruct\"\\]" in lines
     assert "- min confidence: not recorded" in lines
-    assert ("- Every crop was screened by an MLLM filter before captioning; it rejects, among others, crops with "
-            "nudity or sexual content (verdict `nsfw`): 1 crop(s) rejected as `nsfw`.") in lines
+    assert ("- In every recorded run each crop was screened by an MLLM filter before captioning; it rejects, among "
+            "others, crops with nudity or sexual content (verdict `nsfw`): 1 crop(s) rejected as `nsfw`.") in lines
     assert "- The crawler obeyed robots.txt and the opt-out directives listed above." in lines
 
 
@@ -217,3 +217,13 @@ def test_bad_public_files_are_one_line_errors_naming_file_and_column(tmp_path, c
     if "row 0" not in message:  # the training source checks columns when it opens; images when it reads them
         with pytest.raises(GadmsError, match=f"^{path}: "):
             public_parquet_source(str(path))
+
+
+def test_a_file_that_is_not_parquet_is_a_one_line_error(tmp_path):
+    path = tmp_path / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir()
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(GadmsError, match=f"^{path}: not a readable Parquet file: "):
+        list(read_public(str(tmp_path)))
+    with pytest.raises(GadmsError, match=f"^{path}: not a readable Parquet file: "):
+        public_parquet_source(str(tmp_path))

@@ -2,9 +2,9 @@
 
 - `ShardSource`: WebPerson shards of an output root (only shards with a `complete` manifest entry), or the
   public WebPerson Parquet release (image, image_path, caption1, caption2; `image` as the Hugging Face Image
-  struct or plain bytes). One pid per image; its two
-  captions are pairs 2i and 2i+1 and share it. Reads whole Parquet row groups and keeps the most recent few
-  (as many as the sampler shuffles together), so `BlockShuffleSampler` streams through large datasets.
+  struct or plain bytes, see storage.public). One pid per image; its two captions are pairs 2i and 2i+1 and
+  share it. Reads whole Parquet row groups and keeps the most recent few (as many as the sampler shuffles
+  together), so `BlockShuffleSampler` streams through large datasets.
 - `JsonImageSource`: the authors' JSON list of {"<image file>": {"caption1", "caption2"}} with `images/`.
 - `BenchmarkSource`: the train split of a public benchmark (identity pids, one pair per caption).
 """
