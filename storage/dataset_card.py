@@ -36,7 +36,7 @@ _SETTINGS = [
     ("dedup enabled", "dedup.enabled"), ("dedup pHash radius (bits of 64)", "dedup.radius"),
     ("caption backend", "caption.backend"), ("caption models", "caption.models"),
     ("caption mode", "caption.caption_mode"), ("prompt version", "caption.prompt_version"),
-    ("MLLM filter", "caption.filter"), ("filter model", "caption.filter_model"),
+    ("MLLM filter", "caption.filter"), ("filter model (null: the first caption model)", "caption.filter_model"),
     ("caption quality checks", "caption.quality.enabled"),
     ("robots.txt obeyed", "crawl.robots"), ("opt-out directives honoured", "crawl.opt_out_directives"),
 ]
@@ -78,10 +78,14 @@ def card_header(size: SplitSize, license: str | None) -> dict:
     }
 
 
+_MISSING = object()
+
+
 def _config_value(config: dict, dotted: str):
+    """The setting at `dotted` (None where the config holds null), or _MISSING where the record lacks it."""
     for key in dotted.split("."):
         if not isinstance(config, dict) or key not in config:
-            return None
+            return _MISSING
         config = config[key]
     return config
 
@@ -89,7 +93,7 @@ def _config_value(config: dict, dotted: str):
 def _setting_lines(records: list[dict]) -> list[str]:
     lines = []
     for label, key in _SETTINGS:
-        values = [v for v in (_config_value(r.get("config", {}), key) for r in records) if v is not None]
+        values = [v for v in (_config_value(r.get("config", {}), key) for r in records) if v is not _MISSING]
         seen = sorted({json.dumps(v, sort_keys=True) for v in values})
         if not seen:
             lines.append(f"- {md(label)}: not recorded")
@@ -102,7 +106,8 @@ def _setting_lines(records: list[dict]) -> list[str]:
 def _funnel_lines(records: list[dict]) -> list[str]:
     builds = [r["summary"] for r in records if r.get("flow") == "build-webperson" and isinstance(r.get("summary"), dict)]
     if not builds:
-        return ["The stage counts of the build are not recorded (no build-webperson run records under runs/)."]
+        return ["The stage counts of the build are not recorded (no build-webperson run record with a summary "
+                "under runs/)."]
     lines = [f"Summed over the {len(builds)} build-webperson run record(s) under runs/ (a run that stopped before "
              "writing its record is not counted):", "", "| stage | count |", "| --- | ---: |"]
     lines += [f"| {md(label)} | {sum(int(s.get(key, 0)) for s in builds)} |" for key, label in _BUILD_FUNNEL]
@@ -121,6 +126,9 @@ def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]]) -> li
     nsfw = rejects.get("filter", {}).get("nsfw", 0)
     if not captions:
         lines = ["- MLLM filter: not recorded (no run record holds a caption config)."]
+    elif not screened:
+        lines = ["- No MLLM filter ran in the recorded runs (`filter` off, or the alt-text backend, which has none): "
+                 "the crops were not screened for nudity, sexual or other unsafe content."]
     elif len(screened) == len(captions):
         lines = ["- In every recorded run each crop was screened by an MLLM filter before captioning; it rejects, "
                  f"among others, crops with nudity or sexual content (verdict `nsfw`): {nsfw} crop(s) rejected as `nsfw`."]
@@ -128,7 +136,7 @@ def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]]) -> li
         lines = [f"- The MLLM filter (verdict reasons include `nsfw`) ran in {len(screened)} of {len(captions)} "
                  f"recorded runs (the alt-text backend runs none); {nsfw} crop(s) were rejected as `nsfw`. Crops "
                  "of the other runs were not screened for unsafe content."]
-    robots = {_config_value(r.get("config", {}), "crawl.robots") for r in records} - {None}
+    robots = {_config_value(r.get("config", {}), "crawl.robots") for r in records} - {_MISSING}
     if robots == {True}:
         lines.append("- The crawler obeyed robots.txt and the opt-out directives listed above.")
     elif robots:

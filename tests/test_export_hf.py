@@ -227,3 +227,16 @@ def test_a_file_that_is_not_parquet_is_a_one_line_error(tmp_path):
         list(read_public(str(tmp_path)))
     with pytest.raises(GadmsError, match=f"^{path}: not a readable Parquet file: "):
         public_parquet_source(str(tmp_path))
+
+
+def test_card_says_when_no_filter_ran(tmp_path):
+    layout = build_root(tmp_path / "root")
+    write_run_record(layout.root, {"run_id": "run-1", "flow": "build-webperson",
+                                   "config": {"caption": {"backend": "alt-text", "filter": True, "filter_model": None}}})
+    export_public(layout.root, str(tmp_path / "out"))
+    lines = (tmp_path / "out" / "README.md").read_text(encoding="utf-8").splitlines()
+    assert ("- No MLLM filter ran in the recorded runs (`filter` off, or the alt-text backend, which has none): the "
+            "crops were not screened for nudity, sexual or other unsafe content.") in lines
+    assert "- filter model \\(null: the first caption model\\): null" in lines
+    assert ("The stage counts of the build are not recorded (no build-webperson run record with a summary under "
+            "runs/).") in lines
