@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("flows.build_cli", "run the build-webperson flow locally from a config file"),
     "catalog": ("storage.catalog_cli", "refresh or inspect the DuckDB catalog of an output root"),
     "stats": ("storage.stats_cli", "caption and curation statistics from a DuckDB catalog"),
-    "export": ("storage.export_cli", "export shards to the public WebPerson layout (image, image_path, caption1, caption2)"),
+    "export": ("storage.export_cli", "export shards as a Hugging Face dataset (data/train-*.parquet + README.md card)"),
     "train": ("gadms_model.training.cli", "pre-train or fine-tune GA-DMS from a YAML config"),
     "eval": ("gadms_model.evaluation.cli", "evaluate a checkpoint on CUHK-PEDES / ICFG-PEDES / RSTPReid"),
     "search": ("gadms_model.retrieval.cli", "search a gallery of person crops by text"),

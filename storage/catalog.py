@@ -22,7 +22,7 @@ from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, is_local
 from storage.layout import OutputLayout
 from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, SHARD_SCHEMA
-from storage.shards import json_files, manifest_entries
+from storage.shards import json_files, manifest_entries, read_parquet, read_shard
 
 RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,7 +91,8 @@ def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnecti
     return con
 
 
-def _run_records(layout: OutputLayout) -> list[dict]:
+def run_records(layout: OutputLayout) -> list[dict]:
+    """The run records of an output root (runs/*.json), sorted by file name."""
     records = []
     for path in json_files(layout.runs_dir):
         fs, p = filesystem(path)
@@ -137,7 +138,7 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
         con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
         con.execute(f"CREATE OR REPLACE VIEW manifest AS SELECT * FROM {_manifest_source(layout, entries)}")
         con.execute(RUNS_TABLE_SQL)
-        for record in _run_records(layout):
+        for record in run_records(layout):
             upsert_run(con, record)
         con.execute("SELECT count(*) FROM samples").fetchone()
     except duckdb.Error as exc:
@@ -145,6 +146,21 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
     finally:
         con.close()
     return catalog_path
+
+
+def memory_catalog(root: str, sample_columns: list[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory catalog of `root` read through fsspec, so any root works without DuckDB's httpfs: the views
+    samples (only `sample_columns`), rejects and manifest over the complete shards, as `refresh` defines them."""
+    layout = OutputLayout(root)
+    entries = manifest_entries(layout)
+    done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
+    samples = [read_shard(layout.shard_path(e["shard_id"]), columns=sample_columns) for e in done]
+    rejects = [read_parquet(layout.rejects_path(e["shard_id"])) for e in done]
+    con = duckdb.connect()
+    con.register("samples", pa.concat_tables(samples) if samples else SHARD_SCHEMA.empty_table().select(sample_columns))
+    con.register("rejects", pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table())
+    con.register("manifest", pa.Table.from_pylist(entries, schema=MANIFEST_SCHEMA))
+    return con
 
 
 def write_run_record(root: str, record: dict) -> None:

@@ -1,60 +1,79 @@
-"""Export complete shards to the public WebPerson release layout, and read that layout back.
+"""Export complete shards to the public WebPerson layout, as WebPerson-5M is published on the Hugging Face Hub.
 
-The release is Parquet with `image` (JPEG bytes), `image_path`, `caption1`, `caption2`; `image_path` is
-`images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
+    <out>/data/train-NNNNN-of-MMMMM.parquet   one file per complete shard (PUBLIC_SCHEMA: the `datasets`
+                                              Image struct and the `huggingface` feature metadata)
+    <out>/README.md                           the dataset card (storage.dataset_card)
+
+`image_path` is `images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
+storage.public reads this layout back.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import re
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from storage.dataset_card import SplitSize, dataset_card
 from storage.errors import GadmsError
-from storage.fs import filesystem, join
+from storage.fs import atomic_write, filesystem, is_within, join
 from storage.layout import OutputLayout
-from storage.schema import PUBLIC_SCHEMA
+from storage.schema import HF_IMAGE_TYPE, PUBLIC_SCHEMA
 from storage.shards import complete_shards, read_shard, write_parquet_atomic
 
-PUBLIC_COLUMNS = PUBLIC_SCHEMA.names
+_DATA_FILE = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
+# Hub license ids are lower case (cc-by-4.0, apache-2.0, other); anything else would go into the YAML header.
+_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 
 
 def public_image_path(sample_id: str) -> str:
     return f"images/{sample_id}.jpg"
 
 
-def export_public(root: str, out_dir: str) -> list[str]:
-    """Write one public-layout Parquet file per complete shard of `root` into `out_dir`; return their paths."""
+def data_file_name(index: int, count: int) -> str:
+    return f"train-{index:05d}-of-{count:05d}.parquet"
+
+
+def public_table(shard: pa.Table) -> pa.Table:
+    """Shard rows (sample_id, image, caption1, caption2) as a PUBLIC_SCHEMA table."""
+    jpeg = shard["image"].combine_chunks()
+    image = pa.StructArray.from_arrays([jpeg, pa.nulls(len(jpeg), pa.string())], fields=list(HF_IMAGE_TYPE))
+    paths = pa.array([public_image_path(s) for s in shard["sample_id"].to_pylist()], pa.string())
+    return pa.table([image, paths, shard["caption1"], shard["caption2"]], schema=PUBLIC_SCHEMA)
+
+
+def export_public(root: str, out_dir: str, license: str | None = None) -> list[str]:
+    """Write the Hub layout of `root`'s complete shards into `out_dir`; return the data files' paths.
+
+    Each file is written atomically; data files of an earlier export that this one does not rewrite are removed,
+    so the folder holds exactly one export. `license` is a Hub license id; None leaves it unknown in the card.
+    """
+    if license is not None and not _LICENSE.fullmatch(license):
+        raise GadmsError(f"--license {license!r}: not a Hugging Face license id (e.g. cc-by-4.0, other)")
     layout = OutputLayout(root)
-    written = []
-    for entry in complete_shards(layout):
+    data_dir, card_path = join(out_dir, "data"), join(out_dir, "README.md")
+    if is_within(data_dir, root) or is_within(card_path, root):
+        raise GadmsError(f"{out_dir}: inside the output root {root}; export to a folder outside it")
+    entries = complete_shards(layout)
+    if not entries:
+        raise GadmsError(f"{layout.manifest_dir}: no complete shards to export (not a WebPerson output root?)")
+    written, rows, num_bytes, download_size = [], 0, 0, 0
+    for index, entry in enumerate(entries):
         shard = read_shard(layout.shard_path(entry["shard_id"]), columns=["sample_id", "image", "caption1", "caption2"])
-        table = pa.table(
-            {
-                "image": shard["image"],
-                "image_path": pa.array([public_image_path(s) for s in shard["sample_id"].to_pylist()], pa.string()),
-                "caption1": shard["caption1"],
-                "caption2": shard["caption2"],
-            },
-            schema=PUBLIC_SCHEMA,
-        )
-        path = join(out_dir, f"{entry['shard_id']}.parquet")
-        write_parquet_atomic(table, path)
+        table = public_table(shard)
+        path = join(data_dir, data_file_name(index, len(entries)))
+        download_size += write_parquet_atomic(table, path)["bytes"]
+        rows, num_bytes = rows + table.num_rows, num_bytes + table.nbytes
         written.append(path)
+    _remove_stale_data_files(data_dir, {p.rsplit("/", 1)[-1] for p in written})
+    card = dataset_card(layout, SplitSize(rows, num_bytes, download_size), license)
+    with atomic_write(card_path, "w") as f:
+        f.write(card)
     return written
 
 
-def read_public(path: str) -> Iterator[dict]:
-    """Rows of a public-layout Parquet file or folder of them: dicts with image, image_path, caption1, caption2."""
-    fs, p = filesystem(path)
-    if not fs.exists(p):
-        raise GadmsError(f"{path}: not found")
-    files = sorted(f for f in fs.find(p) if f.endswith(".parquet")) if fs.isdir(p) else [p]
-    for file in files:
-        with fs.open(file, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            missing = [c for c in PUBLIC_COLUMNS if c not in parquet.schema_arrow.names]
-            if missing:
-                raise GadmsError(f"{file}: not a public WebPerson file: missing column(s) {', '.join(missing)}")
-            for batch in parquet.iter_batches(columns=PUBLIC_COLUMNS, batch_size=256):
-                yield from batch.to_pylist()
+def _remove_stale_data_files(data_dir: str, keep: set[str]) -> None:
+    fs, p = filesystem(data_dir)
+    for name in fs.ls(p, detail=False):
+        base = name.rsplit("/", 1)[-1]
+        if _DATA_FILE.fullmatch(base) and base not in keep:
+            fs.rm(name)

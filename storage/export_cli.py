@@ -1,18 +1,23 @@
-"""`gadms export`: complete shards → the public WebPerson layout."""
+"""`gadms export`: complete shards → the public WebPerson layout of the Hugging Face Hub."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="output root with shards/ and manifest/")
-    parser.add_argument("--out", required=True, help="folder for the public-layout Parquet files")
+    parser.add_argument("--out", required=True, help="folder outside the root for data/train-*.parquet and README.md")
+    parser.add_argument("--license", help="Hugging Face license id for the dataset card, e.g. cc-by-4.0 or other")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from storage.export import export_public
 
-    paths = export_public(args.root, args.out)
-    print(f"exported {len(paths)} shard(s) to {args.out}")
+    paths = export_public(args.root, args.out, license=args.license)
+    print(f"exported {len(paths)} shard(s) to {args.out} (data/ and README.md)")
+    if not args.license:
+        print("gadms export: warning: no --license given; the card says `license: unknown`: set it before publishing",
+              file=sys.stderr)
     return 0

@@ -57,3 +57,14 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+def is_within(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies under it (same filesystem; local paths with symlinks resolved)."""
+    (fs_a, a), (fs_b, b) = filesystem(path), filesystem(folder)
+    if fs_a.protocol != fs_b.protocol:
+        return False
+    if isinstance(fs_a, LocalFileSystem):
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/")

@@ -5,6 +5,7 @@ Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pyarrow as pa
 
@@ -76,15 +77,27 @@ DOWNLOAD_SCHEMA = pa.schema(
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 
-# The public WebPerson release layout (what the authors published and their loader reads).
+# The public WebPerson release layout, as the Hugging Face Hub holds WebPerson-5M: `image` is the `datasets`
+# Image feature, stored in Parquet as struct<bytes, path>, and the feature types travel in the `huggingface`
+# schema metadata (so `datasets.load_dataset` decodes `image` to a PIL image).
+HF_IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+HF_METADATA_KEY = b"huggingface"
+PUBLIC_FEATURES = {
+    "image": {"_type": "Image"},
+    "image_path": {"dtype": "string", "_type": "Value"},
+    "caption1": {"dtype": "string", "_type": "Value"},
+    "caption2": {"dtype": "string", "_type": "Value"},
+}
 PUBLIC_SCHEMA = pa.schema(
     [
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("image_path", pa.string(), nullable=False),
-        pa.field("caption1", pa.string(), nullable=False),
-        pa.field("caption2", pa.string(), nullable=False),
-    ]
+        pa.field("image", HF_IMAGE_TYPE),
+        pa.field("image_path", pa.string()),
+        pa.field("caption1", pa.string()),
+        pa.field("caption2", pa.string()),
+    ],
+    metadata={HF_METADATA_KEY: json.dumps({"info": {"features": PUBLIC_FEATURES}}).encode()},
 )
+PUBLIC_COLUMNS = tuple(PUBLIC_SCHEMA.names)
 
 # Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
 # so a shard without a "complete" manifest entry is never counted.

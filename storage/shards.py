@@ -136,6 +136,18 @@ def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
         raise GadmsError(f"{path}: unreadable shard: {exc}") from None
 
 
+def read_parquet(path: str) -> pa.Table:
+    """A whole Parquet file of any root (local or fsspec); GadmsError naming the file when it is missing or unreadable."""
+    fs, p = filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f)
+    except FileNotFoundError:
+        raise GadmsError(f"{path}: not found") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GadmsError(f"{path}: unreadable Parquet file: {exc}") from None
+
+
 def write_manifest_entry(path: str, entry: dict) -> None:
     missing = [k for k in MANIFEST_FIELDS if k not in entry]
     if missing:

@@ -1,9 +1,10 @@
 """Training pair sources: (image, caption, pid) triples addressed by a pair index that doubles as caption id.
 
 - `ShardSource`: WebPerson shards of an output root (only shards with a `complete` manifest entry), or the
-  public WebPerson Parquet release (image, image_path, caption1, caption2). One pid per image; its two
-  captions are pairs 2i and 2i+1 and share it. Reads whole Parquet row groups and keeps the most recent few
-  (as many as the sampler shuffles together), so `BlockShuffleSampler` streams through large datasets.
+  public WebPerson Parquet release (image, image_path, caption1, caption2; `image` as the Hugging Face Image
+  struct or plain bytes, see storage.public). One pid per image; its two captions are pairs 2i and 2i+1 and
+  share it. Reads whole Parquet row groups and keeps the most recent few (as many as the sampler shuffles
+  together), so `BlockShuffleSampler` streams through large datasets.
 - `JsonImageSource`: the authors' JSON list of {"<image file>": {"caption1", "caption2"}} with `images/`.
 - `BenchmarkSource`: the train split of a public benchmark (identity pids, one pair per caption).
 """
@@ -21,8 +22,9 @@ from PIL import Image, UnidentifiedImageError
 
 from gadms_model.data.benchmarks import TrainSample
 from storage.errors import GadmsError
-from storage.fs import filesystem, join
+from storage.fs import filesystem
 from storage.layout import OutputLayout
+from storage.public import check_columns, image_bytes, public_files
 from storage.shards import complete_shards
 
 
@@ -76,11 +78,9 @@ class ShardSource:
         self.row_groups: list[_RowGroup] = []
         first_image = 0
         for path in files:
-            metadata = self._open(path).metadata
-            names = set(metadata.schema.names)
-            missing = {"image", "caption1", "caption2", id_column} - names
-            if missing:
-                raise DataSourceError(f"{path}: missing column(s) {sorted(missing)}")
+            parquet = self._open(path)
+            check_columns(parquet.schema_arrow, path, ("image", "caption1", "caption2", id_column))
+            metadata = parquet.metadata
             for index in range(metadata.num_row_groups):
                 rows = metadata.row_group(index).num_rows
                 if rows:
@@ -118,7 +118,9 @@ class ShardSource:
             self._cache.move_to_end(group)
             return self._cache[group]
         table = self._open(group.path).read_row_group(group.index, columns=["image", "caption1", "caption2", self.id_column])
-        self._cache[group] = table.to_pydict()
+        rows = {name: table.column(name).to_pylist() for name in ("caption1", "caption2", self.id_column)}
+        rows["image"] = image_bytes(table.column("image"), f"{group.path}: row group {group.index}")
+        self._cache[group] = rows
         while len(self._cache) > self.cached_row_groups:
             self._cache.popitem(last=False)
         return self._cache[group]
@@ -164,14 +166,10 @@ def webperson_source(root: str) -> ShardSource:
 
 
 def public_parquet_source(path: str) -> ShardSource:
-    """The public release: one Parquet file, or a directory of them (image, image_path, caption1, caption2)."""
-    fs, fs_path = filesystem(path)
-    if fs.isdir(fs_path):
-        files = sorted(join(path, Path(p).name) for p in fs.ls(fs_path, detail=False) if p.endswith(".parquet"))
-        if not files:
-            raise DataSourceError(f"{path}: no .parquet files")
-    else:
-        files = [path]
+    """The public release (storage.public): a Parquet file, or a folder with them, e.g. a Hub repository."""
+    files = public_files(path)
+    if not files:
+        raise DataSourceError(f"{path}: no .parquet files")
     return ShardSource(files, id_column="image_path")
 
 

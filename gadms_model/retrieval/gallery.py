@@ -1,5 +1,6 @@
-"""Galleries to search: a WebPerson output root (or its catalog.duckdb), a public-release Parquet folder, or a
-folder of image files. Each gives ids, captions (empty for plain images) and images by position."""
+"""Galleries to search: a WebPerson output root (or its catalog.duckdb), a public-release Parquet folder (flat, or
+a Hugging Face repository with data/train-*.parquet), or a folder of image files. Each gives ids, captions
+(empty for plain images) and images by position."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from PIL import Image
 
 from gadms_model.data.sources import ShardSource, open_image, public_parquet_source, webperson_source
 from storage.errors import GadmsError
+from storage.public import public_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -22,7 +24,7 @@ class Gallery:
         self._files: list[Path] = []
         if path.suffix == ".duckdb" or (path / "manifest").is_dir():
             self._shards = webperson_source(location)
-        elif path.is_dir() and any(p.suffix == ".parquet" for p in path.iterdir()):
+        elif path.is_dir() and public_files(location):
             self._shards = public_parquet_source(location)
         elif path.is_dir():
             self._files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -16,7 +16,8 @@ class DataConfig(BaseModel):
     """Where training pairs come from.
 
     kind webperson: `path` is a WebPerson output root (or its catalog.duckdb); complete shards only.
-    kind public: `path` is the public release: a Parquet file or folder, or the authors' JSON (images/ beside it).
+    kind public: `path` is the public release: a Parquet file or folder (e.g. the Hugging Face repository, with
+    data/train-*.parquet), or the authors' JSON (images/ beside it).
     kind benchmark: `path` is a benchmark root and `benchmark` its name; its train split is used.
     """
 
