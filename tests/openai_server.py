@@ -27,6 +27,8 @@ from typing import Callable
 
 from aiohttp import web
 
+from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
+
 FILL_WORDS = {
     "He/She": "She", "he/she": "she", "His/Her": "Her", "his/her": "her", "him/her": "her",
     "man/woman": "woman", "age group": "young", "colored top": "red T-shirt", "colored bottom": "blue jeans",
@@ -87,9 +89,12 @@ def prompt_text(body: dict) -> str:
     return "\n".join(texts)
 
 
-class VllmStandIn:
+class VllmStandIn(LoopbackAiohttpServer):
+    thread_name = "vllm-stand-in"
+
     def __init__(self, models: tuple[str, ...] | list[str] = ("stand-in-vlm",), latency_s: float = 0.0,
                  retry_after: str = "1", hang_s: float = 5.0, embedding_dim: int = 64, canned: bool = False):
+        super().__init__()
         self.models = list(models)
         self.latency_s = latency_s
         # Benchmark mode: read each request's body but skip parsing it, answer one fixed caption after the
@@ -108,14 +113,6 @@ class VllmStandIn:
         self.embedding_requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     # --- handlers ------------------------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
@@ -219,36 +216,6 @@ class VllmStandIn:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         return app
-
-    async def _serve(self, port: int) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    def start(self, port: int = 0) -> "VllmStandIn":
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve(port))
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="vllm-stand-in", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
 
 
 def main() -> None:

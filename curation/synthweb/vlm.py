@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_phrase, identity_attributes
 from storage.errors import GadmsError
 
@@ -281,23 +282,18 @@ def read_hallucination_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-class SimulatedVlmServer:
+class SimulatedVlmServer(LoopbackAiohttpServer):
     """The simulated VLM behind the OpenAI protocol on 127.0.0.1 (GET /v1/models, POST /v1/chat/completions),
     as `vllm serve` exposes it, in a thread of its own: `SimulatedVlmServer(vlm).start()`, `.base_url`, `.stop()`."""
 
+    thread_name = "synthweb-sim-vlm"
+
     def __init__(self, vlm: SimulatedVlm, model_name: str = SIMULATED_MODEL_NAME, latency_s: float = 0.0):
+        super().__init__()
         self.vlm = vlm
         self.model_name = model_name
         self.latency_s = latency_s
         self.requests = 0
-        self.port = 0
-        self._loop = None
-        self._runner = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     async def _models(self, request):
         from aiohttp import web
@@ -334,57 +330,13 @@ class SimulatedVlmServer:
                       "total_tokens": len(prompt.split()) + len(text.split())},
         })
 
-    def start(self, port: int = 0) -> "SimulatedVlmServer":
-        import asyncio
-
+    def _app(self):
         from aiohttp import web
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
-        ready, failure = threading.Event(), []
-
-        async def serve() -> None:
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(serve())
-            except OSError as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="synthweb-sim-vlm", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if failure:
-            raise GadmsError(f"simulated VLM: cannot listen on 127.0.0.1:{port}: {failure[0].strerror}")
-        return self
-
-    def stop(self) -> None:
-        import asyncio
-
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "SimulatedVlmServer":
-        return self.start() if self._loop is None else self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+        return app
 
 
 def _error(status: int, message: str):
