@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 from PIL import Image
 
+from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject, make_sample_id
+from storage.shards import commit_shard
 
 
 def jpeg(colour: tuple[int, int, int], size=(32, 64)) -> bytes:
@@ -50,3 +53,21 @@ def captions_for(c: PersonCrop, caption1: str, caption2: str, template_id: str =
 
 def rejects(*reasons: tuple[str, str]) -> list[Reject]:
     return [Reject(stage=stage, reason=reason, url=f"https://x.example/{i}") for i, (stage, reason) in enumerate(reasons)]
+
+
+def build_root(root: Path | str) -> OutputLayout:
+    """Two committed shards under `root` (a local folder or an fsspec URL)."""
+    layout = OutputLayout(str(root))
+    c0, c1, c2 = crop(0, "a.example"), crop(1, "a.example"), crop(2, "b.example:8080")
+    commit_shard(
+        layout, "shard-00000", "run-1", [c0, c1],
+        [captions_for(c0, "A woman in a red coat and black boots.", "She carries a red bag.", "t001"),
+         captions_for(c1, "A man wears a blue shirt.", "", "t002,t003")],
+        rejects(("crawl", "http_404"), ("crawl", "http_404"), ("detect", "no_person")),
+    )
+    commit_shard(
+        layout, "shard-00001", "run-1", [c2],
+        [captions_for(c2, "The man in black jeans and a white t-shirt.", "He has red shoes.", "t001")],
+        rejects(("dedup", "near_duplicate"),),
+    )
+    return layout

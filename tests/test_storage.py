@@ -16,27 +16,9 @@ from storage.export import export_public, read_public
 from storage.layout import OutputLayout
 from storage.schema import SCHEMA_VERSION, SHARD_SCHEMA
 from storage.shards import commit_shard, complete_shards, read_shard, shard_is_complete
-from tests.storage_fixtures import captions_for, crop, rejects
+from tests.storage_fixtures import build_root, captions_for, crop
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _build_root(root: Path | str) -> OutputLayout:
-    """Two committed shards under `root` (a local folder or an fsspec URL)."""
-    layout = OutputLayout(str(root))
-    c0, c1, c2 = crop(0, "a.example"), crop(1, "a.example"), crop(2, "b.example:8080")
-    commit_shard(
-        layout, "shard-00000", "run-1", [c0, c1],
-        [captions_for(c0, "A woman in a red coat and black boots.", "She carries a red bag.", "t001"),
-         captions_for(c1, "A man wears a blue shirt.", "", "t002,t003")],
-        rejects(("crawl", "http_404"), ("crawl", "http_404"), ("detect", "no_person")),
-    )
-    commit_shard(
-        layout, "shard-00001", "run-1", [c2],
-        [captions_for(c2, "The man in black jeans and a white t-shirt.", "He has red shoes.", "t001")],
-        rejects(("dedup", "near_duplicate"),),
-    )
-    return layout
 
 
 def test_shard_round_trip_keeps_every_field(tmp_path):
@@ -139,7 +121,7 @@ def test_shard_without_manifest_entry_is_not_counted(tmp_path):
 
 
 def test_catalog_views_over_shards_rejects_manifest_and_runs(tmp_path):
-    layout = _build_root(tmp_path)
+    layout = build_root(tmp_path)
     write_run_record(str(tmp_path), {"run_id": "run-1", "flow": "build-webperson", "status": "Completed",
                                      "output_root": str(tmp_path), "started_at": "2026-11-23T00:00:00+00:00",
                                      "finished_at": "2026-11-23T00:05:00+00:00", "config": {"shard_size": 2},
@@ -158,7 +140,7 @@ def test_catalog_views_over_shards_rejects_manifest_and_runs(tmp_path):
 
 
 def test_gadms_stats_exact_numbers(tmp_path, capsys):
-    _build_root(tmp_path)
+    build_root(tmp_path)
     catalog = refresh(str(tmp_path))
     assert main(["stats", "--catalog", catalog, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
@@ -202,7 +184,7 @@ def test_gadms_stats_missing_or_corrupt_catalog_is_one_line_error(tmp_path, caps
 
 
 def test_export_public_layout_and_read_back(tmp_path):
-    _build_root(tmp_path / "root")
+    build_root(tmp_path / "root")
     paths = export_public(str(tmp_path / "root"), str(tmp_path / "public"))
     assert [Path(p).name for p in paths] == ["shard-00000.parquet", "shard-00001.parquet"]
     rows = list(read_public(str(tmp_path / "public")))
@@ -213,9 +195,9 @@ def test_export_public_layout_and_read_back(tmp_path):
 
 
 def test_rerunning_a_chunk_is_idempotent(tmp_path):
-    _build_root(tmp_path)
+    build_root(tmp_path)
     first = Path(OutputLayout(str(tmp_path)).shard_path("shard-00001")).read_bytes()
-    _build_root(tmp_path)
+    build_root(tmp_path)
     con = connect(refresh(str(tmp_path)))
     assert con.execute("SELECT count(*) FROM samples").fetchone() == (3,)
     assert con.execute("SELECT count(*) FROM rejects").fetchone() == (4,)
@@ -225,7 +207,7 @@ def test_rerunning_a_chunk_is_idempotent(tmp_path):
 
 def test_shards_on_an_fsspec_url(tmp_path):
     root = "memory://gadms-test/webperson"
-    layout = _build_root(root)
+    layout = build_root(root)
     assert [e["shard_id"] for e in complete_shards(layout)] == ["shard-00000", "shard-00001"]
     assert read_shard(layout.shard_path("shard-00001"), columns=["caption2"]).to_pylist() == [
         {"caption2": "He has red shoes."}]
