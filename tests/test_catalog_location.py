@@ -8,6 +8,7 @@ import pytest
 
 from gadms_model.cli import main
 from storage.catalog import refresh
+from storage.catalog_origin import origin_view_sql
 from storage.layout import OutputLayout
 from storage.shards import commit_shard
 from tests.storage_fixtures import build_root, captions_for, crop
@@ -90,3 +91,13 @@ def test_copied_root_fails_with_the_refresh_hint_until_refreshed(built, tmp_path
     assert _query(catalog, CAPTIONS) == ORIGINAL_CAPTIONS[:2] + [("Changed in the copy.",)]
     assert main(["stats", "--catalog", catalog, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["captions"] == 4  # 5, less the changed shard's caption2
+
+
+def test_remote_root_catalog_has_no_location_guard(tmp_path):
+    # Its views name absolute URLs, so the catalog file itself may be moved or shared.
+    built_as = tmp_path / "catalog.duckdb"
+    con = duckdb.connect(str(built_as))
+    con.execute(origin_view_sql("s3://bucket/webperson", str(built_as), catalog_in_root=False, guarded=False))
+    con.close()
+    shutil.copy(built_as, tmp_path / "moved.duckdb")
+    assert _query(str(tmp_path / "moved.duckdb"), "SELECT root FROM catalog_origin") == [("s3://bucket/webperson",)]
