@@ -87,7 +87,8 @@ def test_copied_root_fails_with_the_refresh_hint_until_refreshed(built, tmp_path
     assert _query(catalog, CAPTIONS) == ORIGINAL_CAPTIONS
     # The views read the copy's own files: a changed shard shows without another refresh.
     c = crop(2, "b.example")
-    commit_shard(OutputLayout(str(copy)), "shard-00001", "run-2", [c], [captions_for(c, "Changed in the copy.", "")], [])
+    commit_shard(OutputLayout(str(copy)), "shard-00001", "run-2", [c],
+                 [captions_for(c, "Changed in the copy.", "")], [])
     assert _query(catalog, CAPTIONS) == ORIGINAL_CAPTIONS[:2] + [("Changed in the copy.",)]
     assert main(["stats", "--catalog", catalog, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["captions"] == 4  # 5, less the changed shard's caption2
