@@ -9,15 +9,23 @@ visible, which is what makes a half-written rebuild invisible to readers.
     rejects   one row per rejected URL/image/person of those shards (REJECT_SCHEMA)
     manifest  one row per shard manifest entry (any status)
     runs      run records (run_id, flow, status, started_at, finished_at, config, summary)
+    catalog_origin  the root and catalog file it was built for (see storage.catalog_origin)
+
+The views name files by absolute path, so the catalog opens from any working directory, in our tools and in
+plain DuckDB alike. A moved or copied local root fails with a one-line "run gadms catalog refresh --root NEW"
+error (plain DuckDB: an Invalid Input Error with that text, or "No files found" if the original is gone) until it
+is refreshed where it now lives; it never reads the original's files.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from storage.catalog_origin import ORIGIN_GUARD, origin_view_sql, sql_string
 from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, is_local
 from storage.layout import OutputLayout
@@ -58,11 +66,6 @@ class CatalogError(GadmsError):
     pass
 
 
-def sql_string(value: str) -> str:
-    """A SQL string literal. Only for file paths in view definitions, which DuckDB cannot take as parameters."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _parquet_source(paths: list[str], empty_name: str) -> str:
     if not paths:
         return empty_name
@@ -79,16 +82,30 @@ def _manifest_source(layout: OutputLayout, entries: list[dict]) -> str:
 
 
 def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open an existing catalog. A missing or corrupt file gives a one-line CatalogError."""
+    """Open an existing catalog. A missing, corrupt or moved catalog gives a one-line CatalogError."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"{path}: catalog not found (run `gadms catalog refresh --root DIR` first)")
     try:
         con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise CatalogError(_open_failure(path, exc)) from None
+    try:
+        # The origin first: a copy whose original is gone would otherwise fail with DuckDB's "No files found".
+        con.execute("SELECT root FROM catalog_origin").fetchone()
         con.execute("SELECT count(*) FROM samples").fetchone()
     except duckdb.Error as exc:
-        raise CatalogError(f"{path}: not a readable gadms catalog: {str(exc).splitlines()[0]}") from None
+        con.close()
+        raise CatalogError(_open_failure(path, exc)) from None
     return con
+
+
+def _open_failure(path: Path, exc: duckdb.Error) -> str:
+    message = str(exc).splitlines()[0]
+    moved = message.removeprefix("Invalid Input Error: ")
+    if moved.startswith("catalog of "):  # the origin guard's message names both paths and the fix
+        return moved
+    return f"{path}: not a readable gadms catalog: {message}"
 
 
 def run_records(layout: OutputLayout) -> list[dict]:
@@ -104,14 +121,20 @@ def run_records(layout: OutputLayout) -> list[dict]:
     return records
 
 
+def _absolute(root: str) -> str:
+    """A local root as an absolute path (what the views name); a remote URL as it is."""
+    return os.path.abspath(filesystem(root)[1]) if is_local(root) else root
+
+
 def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[str, str] | None = None) -> str:
     """(Re)build the catalog of output root `root`; return the catalog path.
 
     `duckdb_settings` (e.g. s3_region, s3_endpoint) are applied with SET before views over remote Parquet are
     created; remote roots need DuckDB's httpfs extension available to DuckDB.
     """
-    layout = OutputLayout(root)
-    catalog_path = catalog_path or layout.default_catalog_path()
+    layout = OutputLayout(_absolute(root))
+    catalog_path = catalog_path or OutputLayout(root).default_catalog_path()
+    catalog_in_root = os.path.realpath(catalog_path) == os.path.realpath(layout.default_catalog_path())
     Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
     entries = manifest_entries(layout)
     done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
@@ -124,6 +147,9 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
     try:
         if not is_local(root):
             con.execute("LOAD httpfs")
+        built_as, = con.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+        con.execute(origin_view_sql(layout.root, built_as, catalog_in_root, guarded=is_local(root)))
         for key, value in (duckdb_settings or {}).items():
             if not key.replace("_", "").isalnum():
                 raise CatalogError(f"duckdb setting {key!r}: not a setting name")
@@ -132,11 +158,12 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
         con.register("empty_rejects_arrow", REJECT_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_samples AS SELECT * FROM empty_samples_arrow")
         con.execute("CREATE OR REPLACE TABLE empty_rejects AS SELECT * FROM empty_rejects_arrow")
-        con.execute(f"CREATE OR REPLACE VIEW samples AS SELECT * FROM {_parquet_source(shard_paths, 'empty_samples')}")
-        con.execute(f"CREATE OR REPLACE VIEW rejects AS SELECT * FROM {_parquet_source(reject_paths, 'empty_rejects')}")
         con.register("empty_manifest_arrow", MANIFEST_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
-        con.execute(f"CREATE OR REPLACE VIEW manifest AS SELECT * FROM {_manifest_source(layout, entries)}")
+        for view, source in (("samples", _parquet_source(shard_paths, "empty_samples")),
+                             ("rejects", _parquet_source(reject_paths, "empty_rejects")),
+                             ("manifest", _manifest_source(layout, entries))):
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source} WHERE {ORIGIN_GUARD}")
         con.execute(RUNS_TABLE_SQL)
         for record in run_records(layout):
             upsert_run(con, record)

@@ -17,7 +17,7 @@ from storage.public import read_public
 from storage.layout import OutputLayout
 from storage.schema import SCHEMA_VERSION, SHARD_SCHEMA
 from storage.shards import commit_shard, complete_shards, read_shard, shard_is_complete
-from tests.storage_fixtures import build_root, captions_for, crop, rejects
+from tests.storage_fixtures import build_root, captions_for, crop
 
 REPO = Path(__file__).resolve().parents[1]
 
