@@ -4,6 +4,7 @@ length, gzip bombs, redirects to other addresses, Crawl-delay)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import os
@@ -192,6 +193,20 @@ def test_byte_and_pixel_caps(server, url_list, ground_truth, tmp_path):
     assert all(r.detail.startswith("Content-Length ") for r in small.rejects)
     pixels = crawl_chunk(plain, fast_config(max_pixels=1000), str(tmp_path / "pixels"))
     assert [r.reason for r in pixels.rejects] == ["bomb"] * 4
+
+
+def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, tmp_path):
+    from curation.crawl.output import read_downloads, write_downloads
+
+    plain = _plain_images(url_list, ground_truth)[:3]
+    records = [dataclasses.replace(r, source_meta=json.dumps({"key": str(i)})) for i, r in enumerate(plain)]
+    result = crawl_chunk(records + [UrlRecord(server.base_url + "/img/missing.jpg")], fast_config(),
+                         str(tmp_path / "state"))
+    path = str(tmp_path / "downloads.parquet")
+    write_downloads(result.downloads_table, path, "part-00000", "run")
+    meta = {r.url: r.source_meta for r in records}
+    assert {d.url: d.source_meta for d in read_downloads(path)} == meta
+    assert {d.url: d.source_meta for d in result.downloads} == meta
 
 
 @pytest.mark.slow
