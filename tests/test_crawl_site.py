@@ -303,12 +303,13 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n"
                       "chunk_size: 20\n")
     args = ["crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--allow-private", "127.0.0.1"]
+            "--allow-private", "127.0.0.1", "--extra-columns", "page_url"]
     assert main(args) == 0
     rows = sum(1 for _ in read_url_list(list_path))
     downloads = pq.read_table(tmp_path / "out" / "downloads").to_pylist()
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     assert len(downloads) + len(rejects) == rows
+    assert downloads and all(json.loads(d["source_meta"]) == {"page_url": d["page_url"]} for d in downloads)
     assert sorted(p.name for p in (tmp_path / "out" / "downloads").iterdir()) == [
         f"part-{i:05d}.parquet" for i in range((rows + 19) // 20)]
     assert not list((tmp_path / "out" / "work" / "crawl").iterdir())  # finished chunks leave no state

@@ -104,6 +104,12 @@ def test_folder_reads_its_top_level_files_in_name_order(tmp_path):
     assert list(read_url_list(tmp_path)) == EXPECTED + EXPECTED
 
 
+def test_folder_columns_are_compared_by_name(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"url": URLS[0], "caption": CAPTIONS[0]}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"caption": CAPTIONS[1], "url": URLS[1]}) + "\n")
+    assert list(read_url_list(tmp_path)) == EXPECTED[:2]
+
+
 def test_folder_of_mixed_formats_is_refused(tmp_path):
     write_list(tmp_path / "a.csv", "csv")
     write_list(tmp_path / "b.csv", "csv")

@@ -48,7 +48,7 @@ def _records(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, c
         with open_list_file(fs, path, source, url_column) as list_file:
             if first_columns is None:
                 first_columns = list_file.columns
-            elif list_file.columns != first_columns:
+            elif set(list_file.columns) != set(first_columns):  # by name: readers pick columns by name
                 raise GadmsError(f"{source}: columns differ from {_source(fs, paths[0])}'s: "
                                  f"{_difference(list_file.columns, first_columns)}")
             url_col, caption_col = _columns_to_read(list_file, source, url_column, caption_column, extra_columns)
@@ -94,7 +94,7 @@ def _difference(columns: list[str], expected: list[str]) -> str:
     missing = [c for c in expected if c not in columns]
     added = [c for c in columns if c not in expected]
     parts = ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"adds {', '.join(added)}"] if added else [])
-    return "; ".join(parts) or f"same columns in another order ({', '.join(columns)})"
+    return "; ".join(parts)
 
 
 def _files(path_or_url: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
