@@ -67,7 +67,8 @@ def _dedup_index(directory: str, radius: int) -> DedupIndex:
 @task(name="gather-inputs", cache_policy=NO_CACHE)
 def gather_inputs(cfg: BuildConfig) -> list:
     urls = [record for path in cfg.inputs.url_lists for record in read_url_list(
-        path, url_column=cfg.crawl.url_column, caption_column=cfg.crawl.caption_column)]
+        path, url_column=cfg.crawl.url_column, caption_column=cfg.crawl.caption_column,
+        extra_columns=cfg.crawl.extra_columns)]
     if cfg.inputs.seed_pages:
         urls += discover_images(cfg.inputs.seed_pages, cfg.crawl)
     return urls[: cfg.inputs.limit] if cfg.inputs.limit else urls

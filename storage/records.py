@@ -18,6 +18,7 @@ class UrlRecord:
     url: str
     alt_text: str = ""
     page_url: str = ""
+    source_meta: str | None = None  # the list's extra columns as a JSON object string (crawl's extra_columns)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Download:
     mime: str
     width: int
     height: int
+    source_meta: str | None = None
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PersonCrop:
     keypoints: list[float] | None  # 17 COCO keypoints as x, y, conf (51 floats), source pixels; None if no pose
     phash: int  # 64-bit perceptual hash as an unsigned int
     crop_sha256: str
+    source_meta: str | None = None  # of the source image's URL-list row
 
 
 @dataclass

@@ -27,6 +27,7 @@ SHARD_SCHEMA = pa.schema(
         pa.field("alt_text", pa.string()),
         pa.field("source_sha256", pa.string(), nullable=False),
         pa.field("crop_sha256", pa.string(), nullable=False),
+        pa.field("source_meta", pa.string()),  # the URL list's extra columns as a JSON object; null if none
         pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x1, y1, x2, y2, source pixels
         pa.field("det_score", pa.float32(), nullable=False),
         pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),  # (x, y, conf) × 17; null if no pose
@@ -70,6 +71,7 @@ DOWNLOAD_SCHEMA = pa.schema(
         pa.field("mime", pa.string(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
+        pa.field("source_meta", pa.string()),  # the URL list's extra columns as a JSON object; null if none
         pa.field("chunk_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),

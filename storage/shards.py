@@ -57,6 +57,7 @@ def shard_table(
             "alt_text": crop.alt_text,
             "source_sha256": crop.source_sha256,
             "crop_sha256": crop.crop_sha256,
+            "source_meta": crop.source_meta,
             "bbox": [float(v) for v in crop.bbox],
             "det_score": float(crop.det_score),
             "keypoints": None if crop.keypoints is None else [float(v) for v in crop.keypoints],

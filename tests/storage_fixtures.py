@@ -36,6 +36,7 @@ def crop(n: int, domain: str = "a.example") -> PersonCrop:
         keypoints=[float(i) for i in range(51)] if n % 2 == 0 else None,
         phash=(2**64 - 1) - n,
         crop_sha256=hashlib.sha256(image).hexdigest(),
+        source_meta=f'{{"key": "{n:09d}"}}' if n % 2 == 0 else None,
     )
 
 

@@ -4,6 +4,7 @@ length, gzip bombs, redirects to other addresses, Crawl-delay)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import os
@@ -194,6 +195,20 @@ def test_byte_and_pixel_caps(server, url_list, ground_truth, tmp_path):
     assert [r.reason for r in pixels.rejects] == ["bomb"] * 4
 
 
+def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, tmp_path):
+    from curation.crawl.output import read_downloads, write_downloads
+
+    plain = _plain_images(url_list, ground_truth)[:3]
+    records = [dataclasses.replace(r, source_meta=json.dumps({"key": str(i)})) for i, r in enumerate(plain)]
+    result = crawl_chunk(records + [UrlRecord(server.base_url + "/img/missing.jpg")], fast_config(),
+                         str(tmp_path / "state"))
+    path = str(tmp_path / "downloads.parquet")
+    write_downloads(result.downloads_table, path, "part-00000", "run")
+    meta = {r.url: r.source_meta for r in records}
+    assert {d.url: d.source_meta for d in read_downloads(path)} == meta
+    assert {d.url: d.source_meta for d in result.downloads} == meta
+
+
 @pytest.mark.slow
 def test_rerun_is_idempotent_and_fetches_nothing(server, url_list, ground_truth, tmp_path):
     plain = _plain_images(url_list, ground_truth)[:10]
@@ -288,12 +303,13 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n"
                       "chunk_size: 20\n")
     args = ["crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--allow-private", "127.0.0.1"]
+            "--allow-private", "127.0.0.1", "--extra-columns", "page_url"]
     assert main(args) == 0
     rows = sum(1 for _ in read_url_list(list_path))
     downloads = pq.read_table(tmp_path / "out" / "downloads").to_pylist()
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     assert len(downloads) + len(rejects) == rows
+    assert downloads and all(json.loads(d["source_meta"]) == {"page_url": d["page_url"]} for d in downloads)
     assert sorted(p.name for p in (tmp_path / "out" / "downloads").iterdir()) == [
         f"part-{i:05d}.parquet" for i in range((rows + 19) // 20)]
     assert not list((tmp_path / "out" / "work" / "crawl").iterdir())  # finished chunks leave no state

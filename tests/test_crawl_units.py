@@ -1,22 +1,18 @@
-"""Crawl stage parts that need no web: address policy, robots.txt, header checks, srcset/HTML, URL lists, limiter."""
+"""Crawl stage parts that need no web: address policy, robots.txt, header checks, srcset/HTML, limiter."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import ipaddress
-import json
 import struct
 import time
 import zlib
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image
 
-from curation.crawl import CrawlConfig, read_url_list
+from curation.crawl import CrawlConfig
 from curation.crawl.fetcher import opt_out_directive, parse_retry_after
 from curation.crawl.htmlextract import best_srcset_url, extract_page, parse_srcset
 from curation.crawl.imageinfo import ImageCheckError, inspect_image
@@ -24,8 +20,6 @@ from curation.crawl.limiter import HostLimiter
 from curation.crawl.robots import RobotsCache, RobotsRules, parse_robots
 from curation.crawl.safety import AddressPolicy
 from storage.configfile import ConfigError, validate_config
-from storage.errors import GadmsError
-from storage.records import UrlRecord
 
 FORMATS = ["jpeg", "png", "gif", "webp", "bmp"]
 
@@ -299,58 +293,3 @@ def test_host_limiter_concurrency_without_delay():
         return peaks
 
     assert asyncio.run(scenario()) == {"host": 2, "all": 2}  # the global cap (2) binds before the host's (3)
-
-
-# --- URL lists ----------------------------------------------------------------------------------------------
-
-ROWS = [("http://a.test/1.jpg", "a red coat"), ("http://a.test/2.jpg", ""), ("", "no url")]
-EXPECTED = [UrlRecord(url, caption) for url, caption in ROWS]
-
-
-def test_url_list_formats(tmp_path):
-    (tmp_path / "l.csv").write_text("url,caption\n" + "".join(f'{u},"{c}"\n' for u, c in ROWS))
-    (tmp_path / "l.tsv").write_text("url\tcaption\n" + "".join(f"{u}\t{c}\n" for u, c in ROWS))
-    with gzip.open(tmp_path / "l.jsonl.gz", "wt") as f:
-        for u, c in ROWS:
-            f.write(json.dumps({"url": u, "caption": c, "extra": 1}) + "\n\n")
-    pq.write_table(pa.table({"url": [u for u, _ in ROWS], "caption": [c for _, c in ROWS]}), tmp_path / "l.parquet")
-    for name in ("l.csv", "l.tsv", "l.jsonl.gz", "l.parquet"):
-        assert list(read_url_list(tmp_path / name)) == EXPECTED, name
-
-
-def test_coyo_and_laion_parquet_load_as_they_are(tmp_path):
-    coyo = pa.table({"id": [1, 2], "url": ["http://c/1.jpg", "http://c/2.jpg"], "text": ["a man", None],
-                     "width": [640, 480], "clip_similarity_vitb32": [0.3, 0.2]})
-    laion = pa.table({"URL": ["http://l/1.jpg"], "TEXT": ["a woman"], "WIDTH": [512.0], "similarity": [0.31]})
-    pq.write_table(coyo, tmp_path / "coyo.parquet")
-    pq.write_table(laion, tmp_path / "laion.parquet")
-    assert list(read_url_list(tmp_path / "coyo.parquet")) == [
-        UrlRecord("http://c/1.jpg", "a man"), UrlRecord("http://c/2.jpg", "")]
-    assert list(read_url_list(tmp_path / "laion.parquet")) == [UrlRecord("http://l/1.jpg", "a woman")]
-    # A folder: files in name order (coyo before laion); explicit columns too.
-    assert [r.url for r in read_url_list(tmp_path)] == ["http://c/1.jpg", "http://c/2.jpg", "http://l/1.jpg"]
-    assert list(read_url_list(tmp_path / "laion.parquet", "URL", "TEXT"))[0].alt_text == "a woman"
-
-
-def test_url_list_from_fsspec_memory_and_page_url_column():
-    import fsspec
-
-    with fsspec.open("memory://lists/a.jsonl", "w") as f:
-        f.write(json.dumps({"url": "http://x/1.jpg", "caption": "c", "page_url": "http://x/p.html"}) + "\n")
-    assert list(read_url_list("memory://lists")) == [UrlRecord("http://x/1.jpg", "c", "http://x/p.html")]
-
-
-def test_url_list_errors_name_the_file_and_field(tmp_path):
-    (tmp_path / "bad.jsonl").write_text('{"url": "http://x/1.jpg"}\nnot json\n')
-    with pytest.raises(GadmsError, match=r"bad.jsonl:2: not a JSON object"):
-        list(read_url_list(tmp_path / "bad.jsonl"))
-    (tmp_path / "cols.csv").write_text("link,caption\nhttp://x/1.jpg,c\n")
-    with pytest.raises(GadmsError, match=r"cols.csv: no column 'url' \(columns: link, caption\)"):
-        list(read_url_list(tmp_path / "cols.csv"))
-    with pytest.raises(GadmsError, match=r"no column 'alt'"):
-        list(read_url_list(tmp_path / "cols.csv", "link", "alt"))
-    with pytest.raises(GadmsError, match="URL list not found"):
-        list(read_url_list(tmp_path / "absent.csv"))
-    (tmp_path / "list.txt").write_text("x")
-    with pytest.raises(GadmsError, match="unknown URL list format"):
-        list(read_url_list(tmp_path / "list.txt"))

@@ -105,14 +105,16 @@ def test_detect_cli_reads_the_crawl_cli_output_root(tmp_path, capsys):
     crawl_out = tmp_path / "crawl-out"
     (crawl_out / "downloads").mkdir(parents=True)
     row = {"url": "https://a.example/bus.jpg", "page_url": "https://a.example/", "alt_text": "a bus", "image": BUS,
-           "sha256": hashlib.sha256(BUS).hexdigest(), "mime": "image/jpeg", "width": 810, "height": 1080}
+           "sha256": hashlib.sha256(BUS).hexdigest(), "mime": "image/jpeg", "width": 810, "height": 1080,
+           "source_meta": '{"license": "cc-by"}'}
     columns = [f for f in DOWNLOAD_SCHEMA if f.name in row]
     write_downloads(pa.Table.from_pylist([row], schema=pa.schema(columns)),
                     str(crawl_out / "downloads" / "chunk-0.parquet"), "chunk-0", "crawl-run")
     out = tmp_path / "out"
     assert main(["detect", "--downloads", str(crawl_out), "--out", str(out), "--backend", "hog"]) == 0
     (crop,) = read_crops(out / "crops" / "chunk-0.parquet")
-    assert (crop.source_url, crop.alt_text, crop.source_sha256) == (row["url"], "a bus", row["sha256"])
+    assert (crop.source_url, crop.alt_text, crop.source_sha256, crop.source_meta) == (
+        row["url"], "a bus", row["sha256"], row["source_meta"])
 
 
 def test_detect_cli_reads_a_single_file_and_a_config(crawl_dir, tmp_path, capsys):

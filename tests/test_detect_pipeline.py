@@ -24,7 +24,8 @@ GOOD_POSE = [0, 1, 2, 5, 6, 11, 12, 13, 14]  # 9 visible: 3 head, both hips
 
 def _download(url: str, data: bytes) -> Download:
     return Download(url=url, page_url=f"{url}.html", alt_text=f"alt of {url}", data=data,
-                    sha256=hashlib.sha256(data).hexdigest(), mime="image/jpeg", width=0, height=0)
+                    sha256=hashlib.sha256(data).hexdigest(), mime="image/jpeg", width=0, height=0,
+                    source_meta=f'{{"key": "{url}"}}')
 
 
 def _jpeg(pixels: np.ndarray, **save) -> bytes:
@@ -117,8 +118,8 @@ def test_every_rule_and_the_kept_crop(pose_detector, monkeypatch):
     # margin 0.05 of 100 × 300: 5 px left/right, 15 px top/bottom
     expected_pixels = decoded[85:415, 95:205]
     assert crop.sample_id == make_sample_id(sha, KEEP_BOX)
-    assert (crop.source_url, crop.page_url, crop.alt_text, crop.source_sha256) == (
-        downloads[0].url, downloads[0].page_url, downloads[0].alt_text, sha)
+    assert (crop.source_url, crop.page_url, crop.alt_text, crop.source_sha256, crop.source_meta) == (
+        downloads[0].url, downloads[0].page_url, downloads[0].alt_text, sha, downloads[0].source_meta)
     assert crop.bbox == KEEP_BOX and crop.det_score == pytest.approx(0.95)
     assert (crop.width, crop.height) == (110, 330)
     assert Image.open(io.BytesIO(crop.image)).size == (110, 330)

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -44,8 +45,10 @@ def _shard_contents(root: Path) -> dict[str, list[tuple]]:
 
 def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     out = tmp_path / "out"
+    config = build_config(site["urls"], out)
+    config["crawl"]["extra_columns"] = ["page_url"]  # any list column would do; this one is checkable
     with served(site):
-        summary = build_webperson(build_config(site["urls"], out))
+        summary = build_webperson(config)
     urls = sum(1 for _ in open(site["urls"]))
     crawl_rejects = sum(n for key, n in summary["rejects"].items() if key.startswith("crawl/"))
     # Every URL ends as a download or a crawl reject; every person either is kept or has a reject.
@@ -58,12 +61,14 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert con.execute("SELECT count(*) FROM manifest WHERE status = 'complete'").fetchone()[0] == summary["chunks"]
     assert con.execute("SELECT count(*) FROM runs WHERE flow = 'build-webperson'").fetchone() == (1,)
     assert con.execute("SELECT count(*) FROM samples WHERE caption_backend <> 'alt-text'").fetchone() == (0,)
+    for page_url, source_meta in con.execute("SELECT page_url, source_meta FROM samples").fetchall():
+        assert json.loads(source_meta) == {"page_url": page_url}
     reports = list((out / "reports").glob("*/*.png"))
     assert sorted(p.name for p in reports) == ["caption_lengths.png", "contact_sheet.png"]
     con.close()
 
     with served(site):
-        again = build_webperson(build_config(site["urls"], out))
+        again = build_webperson(config)
     assert again["chunks_skipped"] == again["chunks"] == summary["chunks"]
     assert again["kept"] == 0
 

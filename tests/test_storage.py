@@ -37,6 +37,7 @@ def test_shard_round_trip_keeps_every_field(tmp_path):
     assert row["bbox"] == [20.0, 20.0, 70.0, 150.0]
     assert row["keypoints"] == [float(i) for i in range(51)]
     assert row["phash"] == 2**64 - 3
+    assert row["source_meta"] == '{"key": "000000002"}'
     assert row["det_score"] == pytest.approx(0.52)
     assert (row["caption1"], row["caption2"], row["template_id"]) == ("caption one", "caption two", "t009")
     assert (row["shard_id"], row["run_id"], row["prompt_version"]) == ("shard-00007", "run-x", "v1")

@@ -106,6 +106,7 @@ def _crop_from_row(row: dict):
         keypoints=row.get("keypoints"),
         phash=row.get("phash") or 0,
         crop_sha256=row.get("crop_sha256") or hashlib.sha256(image).hexdigest(),
+        source_meta=row.get("source_meta"),
     )
 
 

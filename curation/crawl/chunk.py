@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "crawl"
 PROGRESS_EVERY_S = 0.25
-DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height"]
+DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height", "source_meta"]
 
 # (downloaded, rejected) since the last call; sha256 duplicates are only known at the end and count as downloaded.
 ProgressCallback = Callable[[int, int], None]
@@ -61,8 +61,8 @@ class CrawlResult:
         columns = [self.downloads_table.column(name).to_pylist() for name in DOWNLOAD_COLUMNS]
         return [
             Download(url=url, page_url=page_url, alt_text=alt_text, data=data, sha256=sha256, mime=mime,
-                     width=width, height=height)
-            for url, page_url, alt_text, data, sha256, mime, width, height in zip(*columns)
+                     width=width, height=height, source_meta=source_meta)
+            for url, page_url, alt_text, data, sha256, mime, width, height, source_meta in zip(*columns)
         ]
 
     def reason_counts(self) -> dict[str, int]:
@@ -146,6 +146,7 @@ def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
         "mime": picked.column("mime"),
         "width": picked.column("width"),
         "height": picked.column("height"),
+        "source_meta": pa.array([r.source_meta for r in rows], pa.string()),
     })
     return CrawlResult(table, rejects)
 

@@ -14,7 +14,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--urls", metavar="FILE_OR_DIR",
-                        help="URL list: csv/tsv/jsonl(.gz) or parquet, a file or a folder, local or fsspec URL")
+                        help="URL list: txt/csv/tsv/json/jsonl(.gz) or parquet, a file or a folder (top level, "
+                             "one format), local or fsspec URL")
     source.add_argument("--seed", metavar="URL", nargs="+", help="seed page(s) to crawl for <img> tags")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reruns resume)")
     parser.add_argument("--config", metavar="FILE", help="YAML/JSON CrawlConfig (see curation/crawl/config.py)")
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help="processes (default: config, 0 = one per core)")
     parser.add_argument("--url-column", metavar="NAME", help="URL column (default: config's url_column)")
     parser.add_argument("--caption-column", metavar="NAME", help="caption column (default: config's caption_column)")
+    parser.add_argument("--extra-columns", metavar="NAME", nargs="+",
+                        help="input columns kept as source_meta (default: config's extra_columns)")
     parser.add_argument("--run-id", metavar="ID", help="run id written to the outputs (default: a new one)")
     parser.set_defaults(func=run)
 
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         key: value for key, value in (
             ("workers", args.workers), ("url_column", args.url_column), ("caption_column", args.caption_column),
+            ("extra_columns", args.extra_columns),
         ) if value is not None
     }
     if args.config:
@@ -59,20 +63,19 @@ def run(args: argparse.Namespace) -> int:
     if not config.contact_url:
         logging.getLogger("curation.crawl").warning(
             "no contact_url in the config: site owners cannot reach you from the User-Agent; please set one")
+    robots_cache = RobotsCache(config.robots_cache_ttl_s)
     out = args.out
+    if not args.seed:  # read_url_list checks the list's columns now, before anything is written
+        records = read_url_list(args.urls, config.url_column, config.caption_column, config.extra_columns)
+        total = count_rows(args.urls)
     fs, out_path = filesystem(out)
     fs.makedirs(out_path, exist_ok=True)
     if is_local(out):
         dump_config(config, join(out, "crawl_config.yaml"))
-    robots_cache = RobotsCache(config.robots_cache_ttl_s)
     run_id = args.run_id or uuid.uuid4().hex[:12]
-
     if args.seed:
         records = _seed_records(args.seed, config, out, robots_cache)
         total = len(records)
-    else:
-        records = read_url_list(args.urls, config.url_column, config.caption_column)
-        total = count_rows(args.urls)
 
     counts = {"ok": 0, "rejected": 0}
     tqdm.monitor_interval = 0  # no monitor thread: with a single thread, crawl workers can be forked

@@ -51,6 +51,7 @@ class CrawlConfig(BaseModel):
     # URL lists.
     url_column: str = "url"
     caption_column: str = "caption"
+    extra_columns: list[str] = Field(default_factory=list)  # kept as source_meta (save_additional_columns)
     chunk_size: int = Field(10_000, ge=1)  # URLs per chunk (one state folder and one output file each)
 
     # Seed-page crawl.

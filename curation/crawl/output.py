@@ -57,5 +57,5 @@ def read_downloads(path: str) -> Iterator[Download]:
                 yield Download(
                     url=row["url"], page_url=row["page_url"] or "", alt_text=row["alt_text"] or "",
                     data=row["image"], sha256=row["sha256"], mime=row["mime"], width=row["width"],
-                    height=row["height"],
+                    height=row["height"], source_meta=row.get("source_meta"),  # absent from older outputs
                 )

@@ -19,7 +19,8 @@ from storage.records import Download, PersonCrop
 from storage.schema import CROP_SCHEMA
 
 BYTES_COLUMNS = ("data", "image")  # Download's field name, the crawl CLI's column name
-OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height")
+OPTIONAL_CROP_COLUMNS = ("source_meta",)  # absent from crops files written before it
+OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height", "source_meta")
 
 
 def download_files(path: str | Path) -> list[Path]:
@@ -77,6 +78,7 @@ def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download]
                     mime=record.get("mime") or "",
                     width=record.get("width") or 0,
                     height=record.get("height") or 0,
+                    source_meta=record.get("source_meta"),
                 )
             )
         yield downloads, batch.num_rows
@@ -98,6 +100,7 @@ def crops_table(crops: list[PersonCrop]) -> pa.Table:
             "keypoints": c.keypoints,
             "phash": c.phash,
             "crop_sha256": c.crop_sha256,
+            "source_meta": c.source_meta,
         }
         for c in crops
     ]
@@ -110,11 +113,12 @@ def read_crops(path: str | Path) -> list[PersonCrop]:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
-    missing = [name for name in CROP_SCHEMA.names if name not in table.column_names]
+    present = [name for name in CROP_SCHEMA.names if name in table.column_names]
+    missing = [name for name in CROP_SCHEMA.names if name not in present and name not in OPTIONAL_CROP_COLUMNS]
     if missing:
         raise GadmsError(f"{path}: missing column {missing[0]!r} (not a crops file of `gadms detect`)")
     crops = []
-    for record in table.select(CROP_SCHEMA.names).to_pylist():
+    for record in table.select(present).to_pylist():
         record["bbox"] = tuple(record["bbox"])
         crops.append(PersonCrop(**record))
     return crops

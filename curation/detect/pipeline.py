@@ -142,6 +142,7 @@ def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonC
         page_url=person.download.page_url,
         alt_text=person.download.alt_text,
         source_sha256=person.download.sha256,
+        source_meta=person.download.source_meta,
         image=image,
         width=person.pixels.shape[1],
         height=person.pixels.shape[0],

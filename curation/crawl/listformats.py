@@ -1,0 +1,122 @@
+"""One URL-list file in one of img2dataset's input formats: its column names first, then its rows.
+
+txt (one URL per line, no header), csv, tsv, json (one array of objects), jsonl (one object per line), parquet;
+the text formats optionally .gz. Everything but json streams: txt/csv/tsv/jsonl line by line, parquet by batches.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import fsspec
+import pyarrow.parquet as pq
+
+from storage.errors import GadmsError
+
+FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
+PARQUET_BATCH_ROWS = 65_536
+
+
+def format_of(path: str) -> tuple[str, str | None] | None:
+    """(format, compression) from the file name, or None when it is not a URL list."""
+    name = path.lower()
+    compression = None
+    if name.endswith(".gz"):
+        compression, name = "gzip", name[:-3]
+    fmt = name.rsplit(".", 1)[-1] if "." in name.rsplit("/", 1)[-1] else ""
+    if fmt in FORMATS and not (fmt == "parquet" and compression):
+        return fmt, compression
+    return None
+
+
+@dataclass
+class ListFile:
+    """An open URL list: `columns` (txt: its one column, named `txt_column`) and `rows(wanted)`, which yields
+    one tuple of values per row in the order of `wanted` (a missing value is None). `wanted[0]` is the URL
+    column: a jsonl row without it is an error (the other jsonl rows may lack keys, as in pandas)."""
+
+    columns: list[str]
+    rows: Callable[[list[str]], Iterator[tuple]]
+
+
+@contextmanager
+def open_list_file(fs: fsspec.AbstractFileSystem, path: str, source: str, txt_column: str) -> Iterator[ListFile]:
+    fmt, compression = format_of(path)
+    if fmt == "parquet":
+        with fs.open(path, "rb") as f:
+            yield _parquet(pq.ParquetFile(f))
+        return
+    with fs.open(path, "rb", compression=compression) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        if fmt == "txt":
+            yield ListFile([txt_column], lambda wanted: ((line.strip(),) for line in text if line.strip()))
+        elif fmt == "json":
+            yield _json(text, source)
+        elif fmt == "jsonl":
+            yield _jsonl(text, source)
+        else:
+            yield _delimited(text, "\t" if fmt == "tsv" else ",")
+
+
+def _parquet(parquet: pq.ParquetFile) -> ListFile:
+    def rows(wanted: list[str]) -> Iterator[tuple]:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            data = batch.to_pydict()
+            yield from zip(*(data[name] for name in wanted))
+
+    return ListFile(parquet.schema_arrow.names, rows)
+
+
+def _delimited(text: io.TextIOBase, delimiter: str) -> ListFile:
+    reader = csv.reader(text, delimiter=delimiter)
+    header = next(reader, [])
+
+    def rows(wanted: list[str]) -> Iterator[tuple]:
+        positions = [header.index(name) for name in wanted]
+        for row in reader:
+            yield tuple(row[i] if i < len(row) else None for i in positions)
+
+    return ListFile(header, rows)
+
+
+def _json(text: io.TextIOBase, source: str) -> ListFile:
+    # The json format is one array (img2dataset reads it with pandas.read_json): it cannot stream, so it is
+    # parsed whole; use jsonl or parquet for large lists.
+    try:
+        records = json.load(text)
+    except json.JSONDecodeError as exc:
+        raise GadmsError(f"{source}: not a JSON array: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise GadmsError(f"{source}: expected a JSON array of objects")
+    columns = list(dict.fromkeys(key for record in records for key in record))  # pandas takes the union
+    return ListFile(columns, lambda wanted: (tuple(r.get(name) for name in wanted) for r in records))
+
+
+def _jsonl(text: io.TextIOBase, source: str) -> ListFile:
+    def objects() -> Iterator[tuple[int, dict]]:
+        for line_number, line in enumerate(text, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GadmsError(f"{source}:{line_number}: not a JSON object: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise GadmsError(f"{source}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            yield line_number, row
+
+    lines = objects()
+    first = next(lines, None)  # its keys are the file's columns
+
+    def rows(wanted: list[str]) -> Iterator[tuple]:
+        for line_number, row in itertools.chain([first] if first else [], lines):
+            if wanted[0] not in row:
+                raise GadmsError(f"{source}:{line_number}: no column {wanted[0]!r}")
+            yield tuple(row.get(name) for name in wanted)
+
+    return ListFile(list(first[1]) if first else [], rows)
