@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from gadms_model.cli import main
 from gadms_model.data.transforms import eval_transform
 from gadms_model.model import ModelConfig, build_model
 from gadms_model.training import checkpoint as ckpt
+from storage.errors import GadmsError
 
 CAPTIONS = ["a woman in a red coat with a black backpack", "a man wearing blue jeans and white shoes"]
 
@@ -85,3 +87,19 @@ def test_bad_checkpoint_fails_with_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(bad) in error and error.startswith("gadms export-model: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_exported_weights_bring_their_activation(exported):
+    """The folder's open_clip_config.json says GELU: pretrained=its weights builds GELU, and contradicting fails."""
+    model, out = exported
+    weights = str(out / "open_clip_model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reloaded = build_model(ModelConfig.tiny(pretrained=weights))
+    assert reloaded.config.quick_gelu is False
+    assert type(reloaded.towers.clip.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
+    ids = model.tokenizer(CAPTIONS)
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode_text(ids), model.float().encode_text(ids))
+    with pytest.raises(GadmsError, match=r"quick_gelu true contradicts .*open_clip_config\.json \(quick_gelu false\)"):
+        build_model(ModelConfig.tiny(pretrained=weights, quick_gelu=True))

@@ -190,6 +190,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     torch.manual_seed(config.seed)  # same initial weights on every rank
     random.seed(config.seed)
     model = build_model(model_config)
+    model_config = model.config  # its activation resolved: the checkpoints record the choice
     if config.init_from and latest is None:
         _load_initial_weights(model, config.init_from)
     model.to(device)
