@@ -52,8 +52,8 @@ model, _, preprocess = open_clip.create_model_and_transforms("local-dir:THIS_FOL
 tokenizer = open_clip.get_tokenizer("local-dir:THIS_FOLDER")
 ```
 
-GA-DMS's tokenizer gives id 49405 to `<|mask|>` in place of CLIP's last BPE merge; open_clip's tokenizer gives
-the same ids for any caption that does not contain that merge.
+GA-DMS's tokenizer gives id 49405 to `<|mask|>` in place of CLIP's last BPE merge ("jekyll"); open_clip's
+tokenizer gives the same ids for any caption without that word.
 """
 
 
