@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from gadms_model.activation import resolve_quick_gelu
 from gadms_model.gass import gass_scores
 from gadms_model.heads import IdentityClassifier, MaskedTokenHead
 from gadms_model.losses import id_loss, mlm_loss, sdm_loss
@@ -34,7 +35,10 @@ class ModelConfig(BaseModel):
     clip_model: str = Field("ViT-B-16", description="open_clip config name, or a path to a JSON model config")
     pretrained: str | None = Field(None, description="local checkpoint (OpenAI or open_clip layout), or an "
                                                      "open_clip pretrained tag (needs the network)")
-    quick_gelu: bool = Field(True, description="OpenAI CLIP weights (the paper's) use QuickGELU")
+    quick_gelu: bool | None = Field(None, description="true: QuickGELU (OpenAI's CLIP weights, the paper's); "
+                                                      "false: GELU (open_clip's LAION/DataComp weights); None: "
+                                                      "from the weights or model config when they say, else "
+                                                      "QuickGELU (with a warning when pretrained is a bare file)")
     image_size: tuple[int, int] = Field((384, 128), description="height, width")
     context_length: int = Field(77, ge=3)
     mode: Literal["gadms", "irra", "sdm"] = "gadms"
@@ -179,9 +183,11 @@ def _masking_stats(text_ids: torch.Tensor, scores: torch.Tensor, noise: torch.Te
 def build_model(config: ModelConfig) -> GADMS:
     """Build GA-DMS from its config: the open_clip towers (weights from `pretrained` when given) and heads."""
     model_config = load_model_config(config.clip_model)
+    # Resolved before any download, and recorded in the model's config (so checkpoints store the choice).
+    quick_gelu = resolve_quick_gelu(config.clip_model, model_config, config.pretrained, config.quick_gelu)
+    config = config.model_copy(update={"quick_gelu": quick_gelu})
     checkpoint = resolve_pretrained(config.clip_model, config.pretrained) if config.pretrained else None
-    clip = build_clip(model_config, config.image_size, config.context_length, config.quick_gelu,
-                      config.clip_model)
+    clip = build_clip(model_config, config.image_size, config.context_length, quick_gelu, config.clip_model)
     if model_config["text_cfg"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE:
         raise GadmsError(f"clip_model {config.clip_model!r}: text vocab_size must be {VOCAB_SIZE} (CLIP BPE)")
     towers = ClipTowers(clip, compile_blocks=config.compile_blocks)

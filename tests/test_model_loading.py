@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gadms_model.model import TINY_CONFIG, ModelConfig, build_model
-from gadms_model.towers import resolve_pretrained
+from gadms_model.activation import resolve_quick_gelu
+from gadms_model.towers import load_model_config, resolve_pretrained
 from storage.errors import GadmsError
 
 TINY = json.loads(TINY_CONFIG.read_text())
@@ -67,7 +69,7 @@ def openai_checkpoint(tmp_path_factory):
 
 def test_openai_layout_checkpoint_loads_with_grid_resize(openai_checkpoint):
     path, state = openai_checkpoint
-    model = build_model(ModelConfig.tiny(image_size=(384, 128), pretrained=str(path)))
+    model = build_model(ModelConfig.tiny(image_size=(384, 128), pretrained=str(path), quick_gelu=True))
     clip = model.towers.clip
     assert tuple(clip.visual.grid_size) == (24, 8)
     loaded = clip.visual.positional_embedding.detach()
@@ -90,7 +92,7 @@ def test_open_clip_layout_with_wrappers_loads(tmp_path, openai_checkpoint):
     wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)}}
     path = tmp_path / "wrapped.pt"
     torch.save(wrapped, path)
-    model = build_model(ModelConfig.tiny(image_size=(64, 64), pretrained=str(path)))
+    model = build_model(ModelConfig.tiny(image_size=(64, 64), pretrained=str(path), quick_gelu=True))
     assert model.towers.clip.visual.positional_embedding.shape == (17, WIDTH)
 
 
@@ -110,7 +112,7 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, openai_checkpoint
     path = tmp_path / "broken.pt"
     torch.save(state, path)
     with pytest.raises(GadmsError) as caught:
-        build_model(ModelConfig.tiny(pretrained=str(path)))
+        build_model(ModelConfig.tiny(pretrained=str(path), quick_gelu=True))
     assert str(path) in str(caught.value) and message in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -134,7 +136,7 @@ def test_unreadable_or_unsafe_files_are_refused(tmp_path, capsys, content, messa
     else:
         path.write_bytes(content)
     with pytest.raises(GadmsError, match=message):
-        build_model(ModelConfig.tiny(pretrained=str(path)))
+        build_model(ModelConfig.tiny(pretrained=str(path), quick_gelu=True))
     assert "must never run" not in capsys.readouterr().out
 
 
@@ -143,7 +145,7 @@ def test_torchscript_archive_is_refused_with_advice(tmp_path):
     path = tmp_path / "ViT-B-16.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     with pytest.raises(GadmsError, match="TorchScript archive"):
-        build_model(ModelConfig.tiny(pretrained=str(path)))
+        build_model(ModelConfig.tiny(pretrained=str(path), quick_gelu=True))
 
 
 def test_missing_file_and_offline_tag_fail_clearly():
@@ -151,3 +153,44 @@ def test_missing_file_and_offline_tag_fail_clearly():
         resolve_pretrained("ViT-B-16", "/nonexistent/weights.pt")
     with pytest.raises(GadmsError, match="download failed .*HF_HUB_OFFLINE=0"):
         resolve_pretrained("ViT-B-16", "openai")
+
+
+def _activation(model) -> str:
+    return type(model.towers.clip.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_bare_file_without_a_choice_warns_and_records_quickgelu(openai_checkpoint):
+    path, _ = openai_checkpoint
+    with pytest.warns(UserWarning, match=r"^pretrained .*tiny-openai\.pt: the file does not say which activation "
+                                          r"its weights use; assuming QuickGELU \(OpenAI's CLIP weights\)"):
+        model = build_model(ModelConfig.tiny(pretrained=str(path)))
+    assert _activation(model) == "QuickGELU" and model.config.quick_gelu is True
+
+
+@pytest.mark.parametrize("quick_gelu, activation", [(True, "QuickGELU"), (False, "GELU")])
+def test_explicit_choice_is_used_without_a_warning(openai_checkpoint, quick_gelu, activation):
+    path, _ = openai_checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(ModelConfig.tiny(pretrained=str(path), quick_gelu=quick_gelu))
+    assert _activation(model) == activation and model.config.quick_gelu is quick_gelu
+
+
+def test_random_init_defaults_to_quickgelu_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(ModelConfig.tiny())
+    assert _activation(model) == "QuickGELU" and model.config.quick_gelu is True
+
+
+@pytest.mark.parametrize("clip_model, pretrained, expected", [
+    ("ViT-B-16", "openai", True),                 # OpenAI's weights: QuickGELU
+    ("ViT-B-16", "laion2b_s34b_b88k", False),     # open_clip's LAION weights: GELU
+    ("ViT-B-16-quickgelu", None, True),           # the model name says
+])
+def test_activation_known_from_tag_or_model_name(clip_model, pretrained, expected):
+    config = load_model_config(clip_model)
+    assert resolve_quick_gelu(clip_model, config, pretrained, None) is expected
+    assert resolve_quick_gelu(clip_model, config, pretrained, expected) is expected
+    with pytest.raises(GadmsError, match=f"quick_gelu {str(not expected).lower()} contradicts "):
+        resolve_quick_gelu(clip_model, config, pretrained, not expected)

@@ -136,3 +136,20 @@ def test_fixed_token_scores_from_a_file_drive_a_run_unchanged(synthetic_root, tm
 def test_example_configs_validate(name):
     config = load_config(REPO / "gadms_model" / "training" / "configs" / name, TrainConfig)
     ModelConfig.model_validate(config.model)
+
+
+def test_init_from_keeps_the_activation_the_weights_were_trained_with(synthetic_root, tmp_path):
+    gelu_model = ModelConfig.tiny(mode="gadms", quick_gelu=False).model_dump(mode="json")
+    pretrained = train(config_for(synthetic_root, tmp_path / "pre", model=gelu_model, max_steps=1))
+    assert torch.load(pretrained.checkpoint_path, weights_only=True)["model_config"]["quick_gelu"] is False
+
+    unset = ModelConfig.tiny(mode="gadms").model_dump(mode="json")  # quick_gelu None: taken from init_from
+    tuned = train(config_for(synthetic_root, tmp_path / "tune", model=unset, max_steps=1,
+                             init_from=pretrained.checkpoint_path))
+    assert torch.load(tuned.checkpoint_path, weights_only=True)["model_config"]["quick_gelu"] is False
+
+    contradicting = dict(unset, quick_gelu=True)
+    with pytest.raises(GadmsError, match=r"model\.quick_gelu true contradicts init_from .*\(trained with "
+                                         r"quick_gelu false\)"):
+        train(config_for(synthetic_root, tmp_path / "bad", model=contradicting, max_steps=1,
+                         init_from=pretrained.checkpoint_path))

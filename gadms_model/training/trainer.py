@@ -186,12 +186,17 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model_fields = dict(config.model)
     if model_fields.get("mode") == "irra":
         model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities
+    initial = ckpt.load(config.init_from) if config.init_from and latest is None else None
+    if initial is not None:
+        model_fields["quick_gelu"] = _initial_activation(model_fields.get("quick_gelu"), initial, config.init_from)
     model_config = ModelConfig.model_validate(model_fields)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     random.seed(config.seed)
     model = build_model(model_config)
-    if config.init_from and latest is None:
-        _load_initial_weights(model, config.init_from)
+    model_config = model.config  # its activation resolved: the checkpoints record the choice
+    if initial is not None:
+        _load_initial_weights(model, initial["model"])
+        del initial
     model.to(device)
 
     transform = train_transform if config.augment else eval_transform
@@ -392,10 +397,18 @@ def _validate(model, validation, config, device, process, step, epoch, metrics_l
     return best_metrics, best_score
 
 
-def _load_initial_weights(model: torch.nn.Module, path: str) -> None:
+def _initial_activation(configured: bool | None, initial: dict, path: str) -> bool | None:
+    """The activation the init_from weights were trained with (recorded in the checkpoint) unless set otherwise."""
+    recorded = initial["model_config"].get("quick_gelu")
+    if configured is not None and recorded is not None and configured != recorded:
+        raise GadmsError(f"model.quick_gelu {str(configured).lower()} contradicts init_from {path} "
+                         f"(trained with quick_gelu {str(recorded).lower()})")
+    return recorded if configured is None else configured
+
+
+def _load_initial_weights(model: torch.nn.Module, state: dict) -> None:
     """Model weights of a (pre-training) checkpoint; parameters whose shape differs (the ID classifier of a
     different number of identities) keep their fresh initialisation."""
-    state = ckpt.load(path)["model"]
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(compatible, strict=False)
