@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pandas
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -52,6 +53,30 @@ def test_txt_is_one_url_per_line_without_captions(tmp_path, name):
     write_list(tmp_path / name, "txt")
     assert list(read_url_list(tmp_path / name)) == [UrlRecord(url) for url in URLS]
     assert list(read_url_list(tmp_path / name, url_column="link")) == [UrlRecord(url) for url in URLS]
+
+
+@pytest.mark.parametrize("name", ["l.txt", "l.txt.gz", "l.csv", "l.csv.gz", "l.tsv", "l.tsv.gz", "l.json",
+                                  "l.json.gz", "l.jsonl", "l.jsonl.gz", "l.parquet"])
+def test_lists_written_by_pandas_as_img2dataset_fixtures_do(tmp_path, name):
+    # img2dataset's tests/fixtures.py writes a DataFrame with columns caption, url (the first caption empty):
+    # to_csv with its index column, to_json in pandas' default "columns" layout, jsonl as records, to_parquet.
+    rows = [("" if i == 0 else f"caption {i}", f"http://localhost:1234/allowed/{i}.jpg") for i in range(5)]
+    frame = pandas.DataFrame(rows, columns=["caption", "url"])
+    path = tmp_path / name
+    fmt, compression = name.split(".")[1], "gzip" if name.endswith(".gz") else None
+    if fmt == "txt":
+        with (gzip.open(path, "wt") if compression else open(path, "w")) as f:
+            f.write("".join(url + "\n" for _, url in rows))
+    elif fmt in ("csv", "tsv"):
+        frame.to_csv(path, sep="\t" if fmt == "tsv" else ",", compression=compression)
+    elif fmt == "json":
+        frame.to_json(path, compression=compression)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True, compression=compression)
+    else:
+        frame.to_parquet(path)
+    captions = [caption for caption, _ in rows] if fmt != "txt" else [""] * 5
+    assert list(read_url_list(path)) == [UrlRecord(url, caption) for (_, url), caption in zip(rows, captions)]
 
 
 EXTRA = {"key": [f"{i:09d}" for i in range(N)], "license": ["cc-by"] * N, "punsafe": [0.5 * i for i in range(N)]}
@@ -132,7 +157,7 @@ def test_url_list_errors_name_the_file_and_field(tmp_path):
     with pytest.raises(GadmsError, match=r"bad.jsonl:2: not a JSON object"):
         list(read_url_list(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.json").write_text('{"url": "http://x/1.jpg"}')
-    with pytest.raises(GadmsError, match=r"bad.json: expected a JSON array of objects$"):
+    with pytest.raises(GadmsError, match=r"bad.json: expected a JSON array of objects, or an object of columns$"):
         read_url_list(tmp_path / "bad.json")
     (tmp_path / "cols.csv").write_text("link,caption\nhttp://x/1.jpg,c\n")
     with pytest.raises(GadmsError, match=r"cols.csv: no column 'url' \(columns: link, caption\)$"):

@@ -1,6 +1,7 @@
 """One URL-list file in one of img2dataset's input formats: its column names first, then its rows.
 
-txt (one URL per line, no header), csv, tsv, json (one array of objects), jsonl (one object per line), parquet;
+txt (one URL per line, no header), csv, tsv, json (an array of objects, or pandas' default {column: {row: value}}),
+jsonl (one object per line), parquet;
 the text formats optionally .gz. Everything but json streams: txt/csv/tsv/jsonl line by line, parquet by batches.
 """
 from __future__ import annotations
@@ -91,10 +92,20 @@ def _json(text: io.TextIOBase, source: str) -> ListFile:
         records = json.load(text)
     except json.JSONDecodeError as exc:
         raise GadmsError(f"{source}: not a JSON array: {exc.msg} (line {exc.lineno})") from None
+    if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
+        records = _records_from_columns(records)  # pandas' default to_json: {column: {index: value}}
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise GadmsError(f"{source}: expected a JSON array of objects")
+        raise GadmsError(f"{source}: expected a JSON array of objects, or an object of columns")
     columns = list(dict.fromkeys(key for record in records for key in record))  # pandas takes the union
     return ListFile(columns, lambda wanted: (tuple(r.get(name) for name in wanted) for r in records))
+
+
+def _records_from_columns(columns: dict[str, dict]) -> list[dict]:
+    """Rows of pandas' "columns" JSON layout, in index order (its keys are the row labels, as strings)."""
+    labels = list(dict.fromkeys(label for values in columns.values() for label in values))
+    if all(label.lstrip("-").isdigit() for label in labels):
+        labels.sort(key=int)
+    return [{name: values[label] for name, values in columns.items() if label in values} for label in labels]
 
 
 def _jsonl(text: io.TextIOBase, source: str) -> ListFile:
