@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import gc
 import hashlib
@@ -28,6 +27,7 @@ from typing import Callable
 from aiohttp import web
 
 from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
+from curation.synthweb.vlm import is_verdict_request, prompt_and_image
 
 FILL_WORDS = {
     "He/She": "She", "he/she": "she", "His/Her": "Her", "his/her": "her", "him/her": "her",
@@ -65,28 +65,6 @@ def rewrite_to_template(caption: str) -> str:
     for pattern, slot in REWRITE_RULES:
         caption = re.sub(pattern, slot, caption)
     return caption
-
-
-def image_sha256(body: dict) -> str | None:
-    """SHA-256 of the first data-URL image of a chat request (what tests key verdicts on)."""
-    for message in body.get("messages", []):
-        content = message.get("content")
-        for part in content if isinstance(content, list) else []:
-            if part.get("type") == "image_url":
-                url = part["image_url"]["url"]
-                return hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()
-    return None
-
-
-def prompt_text(body: dict) -> str:
-    texts = []
-    for message in body.get("messages", []):
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        else:
-            texts += [part["text"] for part in content or [] if part.get("type") == "text"]
-    return "\n".join(texts)
 
 
 class VllmStandIn(LoopbackAiohttpServer):
@@ -129,9 +107,9 @@ class VllmStandIn(LoopbackAiohttpServer):
             text = self.answer_override(body)
             if text is not None:
                 return text
-        prompt = prompt_text(body)
-        if "structured_outputs" in body or "guided_json" in body or '{"keep"' in prompt:
-            return json.dumps(self.verdicts.get(image_sha256(body) or "", KEEP))
+        prompt, image = prompt_and_image(body)
+        if is_verdict_request(body, prompt):
+            return json.dumps(self.verdicts.get(hashlib.sha256(image).hexdigest() if image else "", KEEP))
         if "Template:" in prompt:
             return fill_template(prompt.rsplit("Template:", 1)[1].strip())
         if "Description:" in prompt:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curation.detect.crop import crop_region
 from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_phrase, identity_attributes
 from storage.errors import GadmsError
@@ -72,13 +73,6 @@ def thumbnail(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize(THUMBNAIL_SIZE, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def _region(bbox, size, margin: float) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = bbox
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    return (max(0, int(x1 - dx)), max(0, int(y1 - dy)), min(size[0], int(x2 + dx + 1)),
-            min(size[1], int(y2 + dy + 1)))
-
-
 class PersonIndex:
     """Thumbnails of every ground-truth person of a rendered site, for nearest-neighbour lookup."""
 
@@ -101,7 +95,7 @@ class PersonIndex:
             with Image.open(file) as image:
                 image = image.convert("RGB")
                 for index, person in enumerate(record["persons"]):
-                    region = _region(person["bbox"], image.size, crop_margin)
+                    region = crop_region(tuple(person["bbox"]), image.size, crop_margin)
                     entry = SitePerson(record["path"], index, int(person["identity"]), person["kind"],
                                        tuple(person["bbox"]), region)
                     self.persons.append(entry)
@@ -315,9 +309,8 @@ class SimulatedVlmServer(LoopbackAiohttpServer):
             model = body.get("model") if isinstance(body, dict) else None
             return _error(404, f"The model `{model}` does not exist.")
         try:
-            prompt, jpeg = _prompt_and_image(body)
-            wants_verdict = any(k in body for k in ("structured_outputs", "guided_json", "response_format")) \
-                or '{"keep"' in prompt
+            prompt, jpeg = prompt_and_image(body)
+            wants_verdict = is_verdict_request(body, prompt)
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
             text = await asyncio.to_thread(self.vlm.answer, prompt, jpeg, int(body.get("seed") or 0), wants_verdict)
@@ -345,7 +338,12 @@ def _error(status: int, message: str):
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
-def _prompt_and_image(body: dict) -> tuple[str, bytes | None]:
+def is_verdict_request(body: dict, prompt: str) -> bool:
+    """A filter request: constrained to a JSON schema, or a prompt asking for the {"keep": ...} answer."""
+    return any(k in body for k in ("structured_outputs", "guided_json", "response_format")) or '{"keep"' in prompt
+
+
+def prompt_and_image(body: dict) -> tuple[str, bytes | None]:
     """The text parts of the chat messages, and the first image (a base64 data URL) decoded."""
     import base64
     import binascii
