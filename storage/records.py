@@ -79,6 +79,8 @@ class Reject:
     sample_id: str = ""
     detail: str = ""
     extra: dict = field(default_factory=dict)
+    # The person's box (source pixels) when the item is a person: audits match it to what the image shows.
+    bbox: tuple[float, float, float, float] | None = None
 
 
 def make_sample_id(source_sha256: str, bbox: tuple[float, float, float, float]) -> str:

@@ -52,6 +52,7 @@ REJECT_SCHEMA = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string()),
+        pa.field("bbox", pa.list_(pa.float32(), 4)),  # x1, y1, x2, y2 of a rejected person; null for URLs/images
         pa.field("shard_id", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),

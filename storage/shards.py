@@ -85,6 +85,7 @@ def rejects_table(rejects: Iterable[Reject], shard_id: str, run_id: str, created
             "stage": r.stage,
             "reason": r.reason,
             "detail": r.detail or None,
+            "bbox": list(r.bbox) if r.bbox is not None else None,
             "shard_id": shard_id,
             "run_id": run_id,
             "created_at": created_at,

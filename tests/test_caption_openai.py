@@ -129,7 +129,7 @@ def test_filter_verdict_rejects_with_its_reason(server, tmp_path):
     captions, rejects = caption_crops(crops, config_for(server), tmp_path)
     assert [c.sample_id for c in captions] == [crops[0].sample_id, crops[2].sample_id]
     assert rejects == [Reject("filter", "mannequin", crops[1].source_url, crops[1].sample_id,
-                              f"verdict of {MODEL}")]
+                              f"verdict of {MODEL}", bbox=crops[1].bbox)]
     assert kinds(server).count("caption") == 4
 
 

@@ -112,6 +112,9 @@ def test_every_rule_and_the_kept_crop(pose_detector, monkeypatch):
         ("pose", "no_head", downloads[0].url, make_sample_id(sha, SCENE_PERSONS[6][0])),
     ]
     assert rejects[0].detail.startswith("OSError: image file is truncated")
+    # A rejected person carries its box (the audit against ground truth matches it); an image carries none.
+    assert [r.bbox for r in rejects] == [None, *(tuple(map(float, SCENE_PERSONS[k][0])) for k in (1, 2, 3)),
+                                         None, *(tuple(map(float, SCENE_PERSONS[k][0])) for k in (4, 5, 6))]
 
     (crop,) = crops
     decoded = np.asarray(Image.open(io.BytesIO(downloads[0].data)).convert("RGB"))

@@ -64,7 +64,8 @@ def caption_from_alt_text(
         if problem is None and config.quality.enabled:
             problem, stage = check_alt_caption(cleaned, config.quality), "quality"
         if problem:
-            rejects.append(Reject(stage, problem[0], crop.source_url, crop.sample_id, problem[1]))
+            rejects.append(Reject(stage, problem[0], crop.source_url, crop.sample_id, problem[1],
+                                  bbox=crop.bbox))
         else:
             captions.append(Captions(crop.sample_id, cleaned, "", ALT_TEXT_MODEL, "alt-text", "", config.prompt_version))
         if progress:
@@ -193,7 +194,8 @@ class _CaptionRun:
         try:
             image = jpeg_for_model(crop.image, config.image_max_side)
         except (OSError, ValueError) as exc:
-            return Reject("caption", "undecodable_image", crop.source_url, crop.sample_id, str(exc)[:200])
+            return Reject("caption", "undecodable_image", crop.source_url, crop.sample_id, str(exc)[:200],
+                          bbox=crop.bbox)
 
         if config.filter:
             question = Question(
@@ -203,10 +205,10 @@ class _CaptionRun:
             try:
                 verdict = await self._ask(question, image_sha256, "", parse_verdict)
             except RequestFailed as exc:
-                return Reject("filter", exc.reason, crop.source_url, crop.sample_id, exc.detail)
+                return Reject("filter", exc.reason, crop.source_url, crop.sample_id, exc.detail, bbox=crop.bbox)
             if not verdict.keep:
                 detail = f"verdict of {self.verdict_model}"
-                return Reject("filter", verdict.reason, crop.source_url, crop.sample_id, detail)
+                return Reject("filter", verdict.reason, crop.source_url, crop.sample_id, detail, bbox=crop.bbox)
 
         plan = self._caption_plan(crop.sample_id)
         sampling = config.sampling
@@ -223,7 +225,7 @@ class _CaptionRun:
         )
         for answer in answers:
             if isinstance(answer, RequestFailed):
-                return Reject("caption", answer.reason, crop.source_url, crop.sample_id, answer.detail)
+                return Reject("caption", answer.reason, crop.source_url, crop.sample_id, answer.detail, bbox=crop.bbox)
             if isinstance(answer, BaseException):
                 raise answer
 
@@ -232,7 +234,7 @@ class _CaptionRun:
                 problem = check_caption(answer, template, config.quality)
                 if problem:
                     detail = f"caption{number}: {problem[1]}: {answer[:160]!r}"
-                    return Reject("quality", problem[0], crop.source_url, crop.sample_id, detail)
+                    return Reject("quality", problem[0], crop.source_url, crop.sample_id, detail, bbox=crop.bbox)
         models = [model for model, _, _ in plan]
         template_ids = [template.id for _, template, _ in plan]
         return Captions(

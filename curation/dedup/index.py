@@ -237,4 +237,5 @@ def _reject(crop: PersonCrop, reason: str, kept_sample_id: str, distance: int) -
         sample_id=crop.sample_id,
         detail=kept_sample_id,
         extra={"distance": distance},
+        bbox=crop.bbox,
     )

@@ -93,17 +93,15 @@ def _detect_batch(downloads: list[Download], detector: PersonDetector) -> tuple[
             person.candidate.keypoints = keypoints
 
     crops = []
+    no_pose = ("no_pose", "pose model found no person in the crop")
     for person in persons:
-        sample_id = make_sample_id(person.download.sha256, person.candidate.box)
         if config.uses_pose:
-            if person.candidate.keypoints is None:
-                rejects.append(_person_reject("pose", ("no_pose", "pose model found no person in the crop"), person.download, sample_id))
-                continue
-            failed = pose_reject(person.candidate.keypoints, config)
+            keypoints = person.candidate.keypoints
+            failed = no_pose if keypoints is None else pose_reject(keypoints, config)
             if failed:
-                rejects.append(_person_reject("pose", failed, person.download, sample_id))
+                rejects.append(_person_reject("pose", failed, person.download, person.candidate.box))
                 continue
-        crops.append(_make_crop(person, sample_id, config))
+        crops.append(_make_crop(person, make_sample_id(person.download.sha256, person.candidate.box), config))
     return crops, rejects
 
 
@@ -118,7 +116,7 @@ def _apply_box_rules(
     for candidate in candidates:
         failed = score_reject(candidate.score, config)
         if failed:
-            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+            rejects.append(_person_reject("detect", failed, download, candidate.box))
         else:
             confident.append(candidate)
     crowd = crowd_reject(len(confident), config)
@@ -126,7 +124,7 @@ def _apply_box_rules(
     for candidate in confident:
         failed = crowd or box_reject(candidate.box, (width, height), config)
         if failed:
-            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+            rejects.append(_person_reject("detect", failed, download, candidate.box))
             continue
         x1, y1, x2, y2 = crop_region(candidate.box, (width, height), config.crop_margin)
         passed.append(_Person(download, candidate, pixels[y1:y2, x1:x2], (x1, y1)))
@@ -154,6 +152,8 @@ def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonC
     )
 
 
-def _person_reject(stage: str, failed: tuple[str, str], download: Download, sample_id: str) -> Reject:
+def _person_reject(stage: str, failed: tuple[str, str], download: Download, box) -> Reject:
     reason, detail = failed
-    return Reject(stage=stage, reason=reason, url=download.url, sample_id=sample_id, detail=detail)
+    box = tuple(float(v) for v in box)
+    return Reject(stage=stage, reason=reason, url=download.url, sample_id=make_sample_id(download.sha256, box),
+                  detail=detail, bbox=box)
