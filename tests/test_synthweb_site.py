@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageChops, ImageDraw
@@ -23,6 +24,7 @@ from curation.synthweb import (
 from curation.synthweb.alttext import STYLES
 from curation.synthweb.figure import Pose, draw_person, random_pose
 from curation.synthweb.identities import COLOURS
+from curation.synthweb.scene import NEGATIVE_PLANS, render_scene
 from gadms_model.cli import main
 from storage.errors import GadmsError
 
@@ -71,6 +73,42 @@ def test_site_layout_and_counts(site):
     assert len(records[0]["pages"]) == 2  # the first scene is referenced twice
 
 
+def test_the_filters_work_is_one_scene_in_twenty_with_its_expected_verdict(site):
+    scenes = {int(r["path"].rsplit("/s", 1)[1][:5]): r for r in _records(site)
+              if r["duplicate_of"] is None and r["fault"] is None}
+    negatives = {i: r["plan"] for i, r in scenes.items() if r["plan"] in NEGATIVE_PLANS}
+    assert negatives == {7: "mannequin", 27: "overlapping", 47: "poster"}
+    verdicts = {i: [(p["kind"], p["expected_verdict"]) for p in scenes[i]["persons"]] for i in negatives}
+    assert verdicts == {7: [("mannequin", "mannequin")],
+                        27: [("overlapping", "several_people"), ("overlapping", "several_people")],
+                        47: [("poster", "drawing_or_render")]}
+    assert scenes[7]["persons"][0]["identity"] is None and scenes[47]["persons"][0]["identity"] is not None
+    # The other scenes' persons: whole and large ones are kept unless another shares their crop.
+    others = [p for i, r in scenes.items() if i not in negatives for p in r["persons"]]
+    assert {p["expected_verdict"] for p in others if p["kind"] == "small"} == {"too_blurry"}
+    assert {p["expected_verdict"] for p in others if p["kind"] == "truncated"} <= {"heavily_occluded"}
+    assert {p["expected_verdict"] for p in others if p["kind"] == "main"} <= {"one_clear_person", "several_people"}
+
+
+def test_negative_figures_look_like_what_they_are():
+    """Boxes inside the image; mannequins and statues depict no one; a poster is ink on paper; a board hides part
+    of the occluded person."""
+    for plan in NEGATIVE_PLANS:
+        scene = render_scene(random.Random(f"negative-{plan}"), 0, list(range(8)), plan)
+        assert scene.plan == plan and scene.persons
+        image = np.asarray(scene.image.convert("RGB"), dtype=np.int16)
+        for person in scene.persons:
+            x1, y1, x2, y2 = (round(v) for v in person.bbox)
+            assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
+            assert (person.identity is None) == (plan in ("mannequin", "statue"))
+        if plan == "poster":  # two colours on the sheet: paper and ink (lighting scales both)
+            x1, y1, x2, y2 = (round(v) for v in scene.persons[0].bbox)
+            sheet = image[y1:y2, x1:x2].reshape(-1, 3)
+            assert len({tuple(c // 24) for c in sheet}) < 12
+        if plan == "occluded":  # keypoints behind the board are marked hidden
+            assert any(v == 1 for _, _, v in scene.persons[0].keypoints)
+
+
 def test_ground_truth_matches_files_and_geometry(site):
     for record in _records(site):
         if record["sha256"] is None:
@@ -89,7 +127,10 @@ def test_ground_truth_matches_files_and_geometry(site):
             x1, y1, x2, y2 = person["bbox"]
             assert 0 <= x1 < x2 <= record["width"] and 0 <= y1 < y2 <= record["height"]
             assert len(person["keypoints"]) == 17
-            assert person["caption"] == clean_caption(identity_attributes(person["identity"]))
+            if person["identity"] is None:  # a mannequin or a statue depicts no one
+                assert person["kind"] in ("mannequin", "statue") and person["caption"] is None
+            else:
+                assert person["caption"] == clean_caption(identity_attributes(person["identity"]))
             for x, y, v in person["keypoints"]:
                 assert v in (0, 1, 2)
                 if v:

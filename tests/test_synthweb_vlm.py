@@ -143,6 +143,36 @@ def test_through_the_openai_backend_a_person_is_kept_and_captioned_truly_and_neg
         assert again == captions and server.requests == sent  # the request cache: a rerun sends nothing
 
 
+@pytest.fixture(scope="module")
+def negatives_site(tmp_path_factory):
+    """Long enough for every negative plan once: they come one scene in 20, at 7, 27, ..., 87."""
+    return render_site(tmp_path_factory.mktemp("vlm-negatives") / "site", images=90, seed=3)
+
+
+def test_through_the_openai_backend_each_negative_kind_is_rejected_with_its_reason(negatives_site, tmp_path):
+    site = negatives_site
+    person_crop, _ = _person_crop(site, "main", plan="single")
+    negatives = {kind: _person_crop(site, kind)[0] for kind in ("mannequin", "statue", "poster", "occluded")}
+    # The detector often boxes two overlapping persons as one: the union's crop is several people too.
+    record = next(r for r in _records(site) if r["plan"] == "overlapping" and not r["duplicate_of"])
+    boxes = [p["bbox"] for p in record["persons"]]
+    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    negatives["overlapping"] = _person_crop(site, "overlapping")[0]
+    negatives["overlapping union"] = _crop(site, record, crop_region(union, (record["width"], record["height"]), 0.05))
+    with SimulatedVlmServer(SimulatedVlm(site.root)) as server:
+        captions, rejects = caption_crops([person_crop, *negatives.values()], _config(server), tmp_path / "cache")
+    assert [c.sample_id for c in captions] == [person_crop.sample_id]
+    reasons = {r.sample_id: (r.stage, r.reason) for r in rejects}
+    assert {kind: reasons[crop.sample_id] for kind, crop in negatives.items()} == {
+        "mannequin": ("filter", "mannequin"),
+        "statue": ("filter", "mannequin"),
+        "poster": ("filter", "drawing_or_render"),
+        "occluded": ("filter", "heavily_occluded"),
+        "overlapping": ("filter", "several_people"),
+        "overlapping union": ("filter", "several_people"),
+    }
+
+
 def test_hallucination_log_names_the_words_the_answers_carry(site, tmp_path):
     person_crop, person = _person_crop(site, "main", plan="single")
     log = tmp_path / "hallucinations.jsonl"

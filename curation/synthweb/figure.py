@@ -70,6 +70,7 @@ def random_pose(rng: random.Random) -> Pose:
 class DrawnPerson:
     bbox: tuple[float, float, float, float] | None  # x1, y1, x2, y2 of what is visible; None: all outside
     keypoints: list[tuple[float, float, int]]  # 17 × (x, y, visibility), COCO order
+    silhouette: Image.Image | None = None  # the figure's mask, when asked for (to subtract what hides it)
 
 
 class _Pen:
@@ -118,16 +119,20 @@ class _Pen:
         self.strokes.append((pts, 0))
         self._extend(pts, 0.5)
 
+    def silhouette(self, size: tuple[int, int]) -> Image.Image:
+        """The figure's pixels as a mask (L, 255 inside), redrawn from its strokes."""
+        mask = Image.new("L", size, 0)
+        draw = ImageDraw.Draw(mask)
+        for pts, width in self.strokes:
+            self._stroke(draw, pts, width, 255)
+        return mask
+
     def visible_box(self, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
         """The box of what is inside the image: exact extents when all was inside, else from a redrawn mask."""
         w, h = size
         if self.x1 >= 0 and self.y1 >= 0 and self.x2 <= w and self.y2 <= h:
             return (self.x1, self.y1, self.x2, self.y2)
-        mask = Image.new("L", size, 0)
-        draw = ImageDraw.Draw(mask)
-        for pts, width in self.strokes:
-            self._stroke(draw, pts, width, 255)
-        box = mask.getbbox()
+        box = self.silhouette(size).getbbox()
         if box is None:
             return None
         # Pixel extents → the same continuous convention as the unclipped extents, kept inside those.
@@ -161,9 +166,14 @@ def draw_person(
     feet_xy: tuple[float, float],
     angle_deg: float,
     rng: random.Random,
+    material: tuple[int, int, int] | None = None,
+    silhouette: bool = False,
 ) -> DrawnPerson:
     """Draw `identity` in `pose`, `height_px` tall; `feet_xy` is where the point below the hips between the feet
-    lands in the image before rotation by `angle_deg` about it (0: upright, ±90: lying)."""
+    lands in the image before rotation by `angle_deg` about it (0: upright, ±90: lying).
+
+    `material`: draw a figure that is not a person (a mannequin, a statue): skin, hair and clothes all in shades
+    of this one colour, and no face. `silhouette`: also return the figure's mask."""
     # The origin between the hips sits 0.5 body units above the feet.
     ox = feet_xy[0] + 0.5 * height_px * math.sin(math.radians(angle_deg))
     oy = feet_xy[1] - 0.5 * height_px * math.cos(math.radians(angle_deg))
@@ -174,6 +184,8 @@ def draw_person(
     shoes = _jitter(COLOURS[identity.shoe_colour], rng)
     hair = _jitter(HAIR_COLOURS[identity.hair_colour], rng, 8)
     dark = (30, 28, 30)
+    if material is not None:  # parts differ by a shade only, as moulded or carved surfaces do
+        skin, top, bottom, shoes, hair, dark = (_jitter(material, rng, 10) for _ in range(6))
     # side: +1 for the image-right body side. Facing the camera, the person's left is on the image right.
     left_side = -1 if pose.back_view else 1
     sh_half = 0.098 * identity.build
@@ -230,6 +242,7 @@ def draw_person(
     pen.polygon(torso, top)
     if identity.top_type in ("jacket", "coat") and not pose.back_view:
         inner = _jitter((235, 235, 230) if identity.top_colour != "white" else (40, 40, 40), rng)
+        inner = inner if material is None else _jitter(material, rng, 10)
         pen.polygon([(-0.025, shoulder_y), (0.025, shoulder_y), (0.0, -0.18)], inner)
         pen.limb([(0.0, -0.18), (0.0, torso_bottom - 0.01)], 0.006, dark)
     if identity.backpack and pose.back_view:
@@ -261,7 +274,7 @@ def draw_person(
     else:
         pen.ellipse(head, HEAD_RX + 0.006, HEAD_RY + 0.006, hair)
         pen.ellipse((head[0], head[1] + 0.012), HEAD_RX - 0.003, HEAD_RY - 0.01, skin)
-    if not pose.back_view:
+    if not pose.back_view and material is None:
         for eye in ("left_eye", "right_eye"):
             ex, ey = joints[eye]
             pen.ellipse((ex, ey), 0.006, 0.005, dark)
@@ -283,4 +296,5 @@ def draw_person(
         else:
             keypoints.append((0.0, 0.0, 0))
     visible = pen.visible_box(image_size)
-    return DrawnPerson(bbox=tuple(round(v, 1) for v in visible) if visible else None, keypoints=keypoints)
+    return DrawnPerson(bbox=tuple(round(v, 1) for v in visible) if visible else None, keypoints=keypoints,
+                       silhouette=pen.silhouette(image_size) if silhouette else None)

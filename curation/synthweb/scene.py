@@ -5,9 +5,16 @@ Person kinds (what the curation rules must keep or reject):
   small      standing, whole, far away: too small for the size rules
   truncated  cut by the image border (a third to a half of the body outside)
   lying      rotated by about 90°: a wide box
+The filter's work (NEGATIVE_PLANS: figures the detector passes that the MLLM filter must reject):
+  mannequin  a person's shape in one plastic colour, no face, no hair; `identity` None
+  statue     the same in stone or bronze on a plinth; `identity` None
+  poster     a framed outline drawing of an identity on a paper sheet
+  overlapping  two whole, large persons, one half in front of the other
+  occluded   a whole, large person behind a board that hides the torso and thighs (box: what is visible)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -27,10 +34,16 @@ SCENE_PLANS = (
     ("lying", 6), ("empty", 14),
 )
 
+NEGATIVE_PLANS = ("mannequin", "overlapping", "poster", "occluded", "statue")
+MANNEQUIN_MATERIALS = ((236, 234, 228), (196, 196, 194), (52, 52, 56))  # white, gray and black plastic
+STATUE_MATERIALS = ((176, 172, 162), (150, 142, 128), (122, 92, 58))  # granite, sandstone, bronze
+POSTER_PAPER = ((246, 243, 232), (232, 226, 208))
+POSTER_INK = ((28, 28, 30), (40, 40, 110))
+
 
 @dataclass
 class ScenePerson:
-    identity: int
+    identity: int | None  # None: a figure that depicts no one (mannequin, statue)
     kind: str
     bbox: tuple[float, float, float, float]
     keypoints: list[tuple[float, float, int]]
@@ -48,7 +61,7 @@ class Scene:
         for person in self.persons:
             if person.kind == "main":
                 return person.identity
-        return self.persons[0].identity if self.persons else None
+        return next((p.identity for p in self.persons if p.identity is not None), None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -231,6 +244,116 @@ def _place(draw, size, identity: Identity, kind: str, rng: random.Random, x_rang
     return draw_person(draw, size, identity, pose, height, (feet_x, y), angle, rng)
 
 
+def _standing_height_and_feet(size, rng: random.Random, low: float = 0.7, high: float = 0.95) -> tuple[float, float]:
+    """A whole, large standing figure as `_place` draws a main person: its height and feet y."""
+    h = size[1]
+    height = rng.uniform(low, high) * h
+    return height, rng.uniform(height + 0.02 * h, h - 2)
+
+
+def _shape_of(number: int) -> Identity:
+    """Identity `number`'s build and garment shapes, bare of hair and accessories: what a mannequin or statue
+    takes from a person."""
+    return dataclasses.replace(identity_attributes(number), hair_length="bald", backpack=False, shoulder_bag=False,
+                               hat=False, glasses=False)
+
+
+def _figure(draw, size, rng: random.Random, number: int, material) -> ScenePerson | None:
+    """A mannequin (no plinth) or a statue (on a plinth) in the middle of the image."""
+    w, h = size
+    pose = random_pose(rng)
+    statue = material in STATUE_MATERIALS
+    plinth = rng.uniform(0.06, 0.1) * h if statue else 0.0
+    height = rng.uniform(0.68, 0.84) * h
+    feet_y = rng.uniform(height + 0.02 * h, h - 2 - plinth) if not statue else h - 2 - plinth
+    if statue:
+        top = tuple(max(0, c - 30) for c in material)
+        draw.rectangle((w * 0.2, feet_y - 0.01 * h, w * 0.8, h), fill=top)
+    x = rng.uniform(0.42, 0.58) * w
+    drawn = draw_person(draw, size, _shape_of(number), pose, height, (x, feet_y), rng.uniform(-3, 3), rng,
+                        material=material)
+    return ScenePerson(None, "statue" if statue else "mannequin", drawn.bbox, drawn.keypoints) if drawn.bbox else None
+
+
+def _poster(image: Image.Image, rng: random.Random, number: int) -> ScenePerson | None:
+    """A paper sheet in a frame with an outline drawing of identity `number` (edges of a flat rendering)."""
+    w, h = image.size
+    frame = (rng.randint(8, 30), rng.randint(10, 50))
+    sheet_size = (w - 2 * frame[0], rng.randint(int(0.78 * h), h - frame[1] - 10))
+    paper, ink = rng.choice(POSTER_PAPER), rng.choice(POSTER_INK)
+    sheet = Image.new("RGB", sheet_size, paper)
+    height = rng.uniform(0.8, 0.9) * sheet_size[1]
+    drawn = draw_person(ImageDraw.Draw(sheet), sheet_size, identity_attributes(number), random_pose(rng), height,
+                        (sheet_size[0] / 2, sheet_size[1] - rng.uniform(4, 0.08 * sheet_size[1])), 0.0, rng)
+    lines = sheet.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 18 else 0)
+    drawing = Image.new("RGB", sheet_size, paper)
+    drawing.paste(ink, mask=lines.filter(ImageFilter.MaxFilter(3)))
+    draw = ImageDraw.Draw(image)
+    border = rng.randint(4, 9)
+    x0, y0 = frame
+    draw.rectangle((x0 - border, y0 - border, x0 + sheet_size[0] + border, y0 + sheet_size[1] + border),
+                   fill=_random_colour(rng, 20, 120))
+    image.paste(drawing, frame)
+    if drawn.bbox is None:
+        return None
+    bbox = (drawn.bbox[0] + x0, drawn.bbox[1] + y0, drawn.bbox[2] + x0, drawn.bbox[3] + y0)
+    keypoints = [(x + x0, y + y0, v) if v else (x, y, v) for x, y, v in drawn.keypoints]
+    return ScenePerson(number, "poster", bbox, keypoints)
+
+
+def _overlapping(draw, size, rng: random.Random, numbers: list[int]) -> list[ScenePerson]:
+    """Two whole, large persons, the second drawn half over the first (their centres 8-16 % of a height apart)."""
+    w = size[0]
+    height, feet_y = _standing_height_and_feet(size, rng, 0.72, 0.9)
+    gap = rng.uniform(0.08, 0.16) * height * rng.choice((-1, 1))
+    centre = w / 2 + rng.uniform(-0.04, 0.04) * w
+    persons = []
+    for number, x in zip(numbers, (centre - gap / 2, centre + gap / 2)):
+        drawn = draw_person(draw, size, identity_attributes(number), random_pose(rng), height * rng.uniform(0.95, 1.05),
+                            (x, feet_y - rng.uniform(0, 0.03) * size[1]), rng.uniform(-3, 3), rng)
+        if drawn.bbox is not None:
+            persons.append(ScenePerson(number, "overlapping", drawn.bbox, drawn.keypoints))
+    return persons
+
+
+def _occluded(draw, size, rng: random.Random, number: int) -> ScenePerson | None:
+    """A whole, large person with a board in front from the neck to mid-thigh, a little wider than the shoulders:
+    head, forearms and lower legs stay visible. Box and keypoint visibility are of what the board leaves."""
+    w = size[0]
+    height, feet_y = _standing_height_and_feet(size, rng)
+    x = rng.uniform(0.4, 0.6) * w
+    drawn = draw_person(draw, size, identity_attributes(number), random_pose(rng), height, (x, feet_y), 0.0, rng,
+                        silhouette=True)
+    top_y = feet_y - height * rng.uniform(0.82, 0.86)  # the neck sits 0.87 of the height above the feet
+    board = (round(x - 0.13 * height), round(top_y), round(x + 0.13 * height),
+             round(feet_y - height * rng.uniform(0.3, 0.36)))
+    draw.rectangle(board, fill=_random_colour(rng, 40, 220), outline=_random_colour(rng, 10, 80), width=3)
+    visible = drawn.silhouette
+    visible.paste(0, board)
+    box = visible.getbbox()
+    if box is None:
+        return None
+    keypoints = [(kx, ky, 1 if v and board[0] <= kx <= board[2] and board[1] <= ky <= board[3] else v)
+                 for kx, ky, v in drawn.keypoints]
+    return ScenePerson(number, "occluded", tuple(float(v) for v in box), keypoints)
+
+
+def _render_negative(plan: str, image: Image.Image, rng: random.Random, identities: list[int]) -> list[ScenePerson]:
+    draw = ImageDraw.Draw(image)
+    numbers = rng.sample(identities, 2)
+    if plan == "mannequin":
+        person = _figure(draw, image.size, rng, numbers[0], rng.choice(MANNEQUIN_MATERIALS))
+    elif plan == "statue":
+        person = _figure(draw, image.size, rng, numbers[0], rng.choice(STATUE_MATERIALS))
+    elif plan == "poster":
+        person = _poster(image, rng, numbers[0])
+    elif plan == "occluded":
+        person = _occluded(draw, image.size, rng, numbers[0])
+    else:
+        return _overlapping(draw, image.size, rng, numbers)
+    return [person] if person is not None else []
+
+
 def render_scene(rng: random.Random, seed: int, identities: list[int], plan: str | None = None) -> Scene:
     """Render one scene. `identities` are the identity numbers to draw persons from (distinct per scene).
 
@@ -249,6 +372,9 @@ def render_scene(rng: random.Random, seed: int, identities: list[int], plan: str
     image = _background(size, rng, seed)
     draw = ImageDraw.Draw(image)
     _clutter(draw, size, rng)
+    if plan in NEGATIVE_PLANS:
+        persons = _render_negative(plan, image, rng, identities)
+        return Scene(_lighting(image, rng), plan, persons)
     w, h = size
     if plan == "single":
         layout = [("main", (0, w))]

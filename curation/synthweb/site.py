@@ -33,7 +33,8 @@ from curation.synthweb.hostile import (
     truncated_jpeg,
 )
 from curation.synthweb.identities import clean_caption, identity_attributes
-from curation.synthweb.scene import Scene, render_scene
+from curation.synthweb.scene import NEGATIVE_PLANS, Scene, render_scene
+from curation.synthweb.verdicts import expected_verdict
 from storage.errors import GadmsError, check_range
 
 BASE_URL_PLACEHOLDER = "__BASE_URL__"
@@ -41,6 +42,9 @@ IMAGES_PER_PAGE = 12
 PRIVATE_SHARE = 16  # one scene in 16 goes to the robots-disallowed section
 DUPLICATE_EVERY = 20  # one scene in 20 gets a duplicate, kinds in turn
 DUPLICATE_KINDS = (("exact", 0), ("reencoded", 40), ("resized", 0.75), ("cropped", 3), ("mirrored", 0))
+# One scene in 20 is the filter's work (scene.NEGATIVE_PLANS in turn): few enough that the kept count barely moves.
+NEGATIVE_EVERY = 20
+NEGATIVE_OFFSET = 7  # not a scene that gets a duplicate (i % 20 == 10)
 MAX_SCENES = 1_000_000
 BYTES_PER_SCENE = 64_000  # a scene with its variants and pages takes ~40 kB; the bound keeps a margin
 TRANSPARENT_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
@@ -81,7 +85,9 @@ def _persons_record(scene: Scene) -> list[dict]:
             "keypoints": [list(k) for k in p.keypoints],
             "identity": p.identity,
             "kind": p.kind,
-            "caption": clean_caption(identity_attributes(p.identity)),
+            "caption": clean_caption(identity_attributes(p.identity)) if p.identity is not None else None,
+            "expected_verdict": expected_verdict(
+                p.kind, p.bbox, [(o.kind, o.bbox) for o in scene.persons if o is not p], scene.image.size),
         }
         for p in scene.persons
     ]
@@ -119,8 +125,10 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
     """Render `images` scenes into a static site under `out_dir` (created; must be empty or absent).
 
     Ground-truth records: `path` (URL path), `pages` (pages that reference it), `sha256`, `width`, `height`,
-    `plan`, `persons` [{bbox x1,y1,x2,y2; keypoints 17 × [x, y, visibility] in COCO order; identity; kind;
-    caption (the clean description)}], `alt_text` with `alt_style` and `noise_words` (one flag per word of
+    `plan`, `persons` [{bbox x1,y1,x2,y2; keypoints 17 × [x, y, visibility] in COCO order; identity (None for a
+    figure that depicts no one); kind (see curation.synthweb.scene); caption (the clean description, None
+    without identity); expected_verdict (what the MLLM filter should answer for its crop,
+    curation.synthweb.verdicts)}], `alt_text` with `alt_style` and `noise_words` (one flag per word of
     alt_text.split()), `robots_disallowed`, `duplicate_of`/`duplicate_kind` (exact, reencoded, resized, cropped,
     mirrored; boxes and keypoints transformed to match), `fault` (None or a FAULTS name), `http_status` (of the
     first response) and, on scenes that have a half-size variant, `srcset_small` (its path; the page's `<img>`
@@ -145,7 +153,9 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
 
     for i in range(images):
         rng = random.Random(f"synthweb-site-{seed}-{i}")
-        scene = render_scene(rng, seed, identities)
+        negative = i % NEGATIVE_EVERY == NEGATIVE_OFFSET
+        plan = NEGATIVE_PLANS[(i // NEGATIVE_EVERY) % len(NEGATIVE_PLANS)] if negative else None
+        scene = render_scene(rng, seed, identities, plan)
         number = scene.main_identity
         alt = make_alt_text(identity_attributes(number) if number is not None else None, rng)
         is_private = rng.randrange(PRIVATE_SHARE) == 0

@@ -1,14 +1,16 @@
 """A SIMULATED VLM for the synthetic web: no model, a stand-in for `vllm serve Qwen/Qwen2.5-VL-*`, which cannot run
 here. It answers the caption stage's own filter and caption requests from the pixels of the crop it receives.
 
-How it sees: at start it cuts every ground-truth person out of the site's images (box grown by the detect stage's
-crop margin) and keeps a small colour thumbnail of each. A request's image is matched to the nearest thumbnail;
-the match gives the person's identity attributes, kind and neighbours. Nothing in a request tells it the answer:
+How it sees: at start it cuts every ground-truth figure out of the site's images (box grown by the detect stage's
+crop margin), persons and the figures that only look like one (mannequins, statues, posters), and keeps a small
+colour thumbnail of each. A request's image is matched to the nearest thumbnail; the match gives the figure's
+identity attributes, kind and the verdict a careful VLM gives its crop. Nothing in a request tells it the answer:
 it never sees a sample id or a URL, only the image and the prompt.
 
-- Filter (a request with a JSON schema or a prompt asking for {"keep": ...}): one_clear_person, or several_people
-  (another person as large shares the crop), heavily_occluded (a truncated figure), too_blurry (a far, small
-  figure), not_a_person (no rendered person is near the crop).
+- Filter (a request with a JSON schema or a prompt asking for {"keep": ...}): the matched figure's verdict
+  (curation.synthweb.verdicts): one_clear_person, or several_people (another person as large shares the crop),
+  heavily_occluded (truncated or hidden behind a board), too_blurry (a far, small figure), mannequin (a
+  mannequin or a statue), drawing_or_render (a poster); not_a_person when no rendered figure is near the crop.
 - Caption (a prompt ending in "Template:\\n<template>"): the template's [slots] filled with the person's true
   attributes; a slot that does not apply (no bag, no hat) is dropped with the words that lead to it.
 - Hallucination: with probability `hallucination_rate` per slot, a colour is wrong, the gender is flipped, or an
@@ -33,6 +35,7 @@ from PIL import Image
 from curation.detect.crop import crop_region
 from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_phrase, identity_attributes
+from curation.synthweb.verdicts import KEEP
 from storage.errors import GadmsError
 
 SIMULATED_MODEL_NAME = "synthweb-sim-vlm"
@@ -40,10 +43,6 @@ THUMBNAIL_SIZE = (12, 24)  # width, height: coarse enough to ignore a detector's
 # Mean absolute difference (0..255) above which a crop shows no rendered person. On a rendered site, crops of its
 # persons (boxes jittered by 3 % of their size, JPEG re-encoded) measure at most 17; crops of empty scenes 26 up.
 MATCH_LIMIT = 22.0
-# Another person "shares the crop" when this share of their box lies inside it and they are at least
-# PROMINENT as tall as the matched person.
-SHARED_SHARE = 0.4
-PROMINENT = 0.6
 # Words a dropped slot takes with it when they lead to it ("and carries a [bag]").
 LEADING_WORDS = {"a", "an", "and", "with", "carries", "carrying", "holds", "holding", "wears", "wearing", "has",
                  "in", "is", "dressed", "of", "pair", "while", "over"}
@@ -56,17 +55,17 @@ _OTHER_GENDER = {slot: dict(zip(slot.split("/"), reversed(slot.split("/")))) for
 class SitePerson:
     site_path: str
     index: int  # position in the record's persons
-    identity: int
+    identity: int | None  # None: a figure that depicts no one
     kind: str
     bbox: tuple[float, float, float, float]
     region: tuple[int, int, int, int]  # the crop the detect stage would cut
+    expected_verdict: str
 
 
 @dataclass(frozen=True)
 class Match:
     person: SitePerson
     distance: float
-    neighbours: tuple[SitePerson, ...]  # the other persons of the same image
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
@@ -74,7 +73,7 @@ def thumbnail(image: Image.Image) -> np.ndarray:
 
 
 class PersonIndex:
-    """Thumbnails of every ground-truth person of a rendered site, for nearest-neighbour lookup."""
+    """Thumbnails of every ground-truth figure of a rendered site, for nearest-neighbour lookup."""
 
     def __init__(self, site_dir: str | Path, crop_margin: float = 0.05):
         site_dir = Path(site_dir)
@@ -82,7 +81,6 @@ class PersonIndex:
         if not ground_truth.is_file():
             raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
         self.persons: list[SitePerson] = []
-        self.by_image: dict[str, list[SitePerson]] = {}
         thumbnails = []
         for number, line in enumerate(ground_truth.read_text(encoding="utf-8").splitlines(), 1):
             try:
@@ -95,11 +93,12 @@ class PersonIndex:
             with Image.open(file) as image:
                 image = image.convert("RGB")
                 for index, person in enumerate(record["persons"]):
+                    if "expected_verdict" not in person:
+                        raise GadmsError(f"{ground_truth}:{number}: a person lacks expected_verdict; the site was "
+                                         "rendered by an older version, render it again")
                     region = crop_region(tuple(person["bbox"]), image.size, crop_margin)
-                    entry = SitePerson(record["path"], index, int(person["identity"]), person["kind"],
-                                       tuple(person["bbox"]), region)
-                    self.persons.append(entry)
-                    self.by_image.setdefault(record["path"], []).append(entry)
+                    self.persons.append(SitePerson(record["path"], index, person["identity"], person["kind"],
+                                                   tuple(person["bbox"]), region, person["expected_verdict"]))
                     thumbnails.append(thumbnail(image.crop(region)))
         if not self.persons:
             raise GadmsError(f"{ground_truth}: the site has no rendered persons to recognise")
@@ -110,33 +109,13 @@ class PersonIndex:
         best = int(np.argmin(distances))
         if distances[best] > MATCH_LIMIT:
             return None
-        person = self.persons[best]
-        others = tuple(p for p in self.by_image[person.site_path] if p.index != person.index)
-        return Match(person, float(distances[best]), others)
+        return Match(self.persons[best], float(distances[best]))
 
 
 def verdict(match: Match | None) -> dict:
-    """What a careful VLM says about the crop of the matched person."""
-    if match is None:
-        return {"keep": False, "reason": "not_a_person"}
-    person = match.person
-    if person.kind == "truncated":
-        return {"keep": False, "reason": "heavily_occluded"}
-    if person.kind == "small":
-        return {"keep": False, "reason": "too_blurry"}
-    height = person.bbox[3] - person.bbox[1]
-    for other in match.neighbours:
-        if _share_inside(other.bbox, person.region) >= SHARED_SHARE and other.bbox[3] - other.bbox[1] >= PROMINENT * height:
-            return {"keep": False, "reason": "several_people"}
-    return {"keep": True, "reason": "one_clear_person"}
-
-
-def _share_inside(box, region) -> float:
-    x1, y1, x2, y2 = box
-    w = max(0.0, min(x2, region[2]) - max(x1, region[0]))
-    h = max(0.0, min(y2, region[3]) - max(y1, region[1]))
-    area = (x2 - x1) * (y2 - y1)
-    return w * h / area if area > 0 else 0.0
+    """What a careful VLM says about the crop of the matched figure."""
+    reason = match.person.expected_verdict if match is not None else "not_a_person"
+    return {"keep": reason == KEEP, "reason": reason}
 
 
 def true_fills(identity: Identity, kind: str, template: str) -> dict[str, str | None]:
@@ -252,7 +231,7 @@ class SimulatedVlm:
         if "Template:" not in prompt:
             raise GadmsError("a caption request must end with 'Template:' and the template")
         template = prompt.rsplit("Template:", 1)[1].strip()
-        if match is None:
+        if match is None or match.person.identity is None:
             return "No person is visible."
         image_sha256 = hashlib.sha256(jpeg).hexdigest()
         rng = random.Random(f"{image_sha256}:{seed}:{template}")
