@@ -173,6 +173,21 @@ def test_through_the_openai_backend_each_negative_kind_is_rejected_with_its_reas
     }
 
 
+def test_a_person_behind_a_slow_or_rate_limited_url_is_recognised(site, tmp_path):
+    """Those URLs serve their image from a payload file, which the VLM must know too."""
+    crops = []
+    for fault in ("slow", "rate_limited", "short_read"):
+        record = next(r for r in _records(site) if r["fault"] == fault)
+        (person,) = record["persons"]
+        assert person["expected_verdict"] == "one_clear_person"
+        payload = {**record, "path": site.faults[record["path"]]["file"]}
+        crops.append(_crop(site, payload, crop_region(tuple(person["bbox"]), (record["width"], record["height"]),
+                                                      0.05)))
+    with SimulatedVlmServer(SimulatedVlm(site.root)) as server:
+        captions, rejects = caption_crops(crops, _config(server), tmp_path / "cache")
+    assert rejects == [] and len(captions) == 3
+
+
 def test_hallucination_log_names_the_words_the_answers_carry(site, tmp_path):
     person_crop, person = _person_crop(site, "main", plan="single")
     log = tmp_path / "hallucinations.jsonl"

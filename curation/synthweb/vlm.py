@@ -82,13 +82,18 @@ class PersonIndex:
             raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
         self.persons: list[SitePerson] = []
         thumbnails = []
+        payloads = _payload_files(site_dir)
         for number, line in enumerate(ground_truth.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise GadmsError(f"{ground_truth}:{number}: not valid JSON: {exc.msg}") from None
-            file = site_dir / "www" / str(record.get("path", "")).lstrip("/")
-            if not record.get("persons") or record.get("fault") or not file.is_file():
+            path = str(record.get("path", ""))
+            # A fault URL that still answers with an image (slow, 429 then 200, a short read) serves a payload
+            # file; the others never deliver a whole image.
+            served = payloads.get(path) or (None if record.get("fault") else path)
+            file = site_dir / "www" / str(served).lstrip("/")
+            if not record.get("persons") or served is None or not file.is_file():
                 continue
             with Image.open(file) as image:
                 image = image.convert("RGB")
@@ -110,6 +115,18 @@ class PersonIndex:
         if distances[best] > MATCH_LIMIT:
             return None
         return Match(self.persons[best], float(distances[best]))
+
+
+def _payload_files(site_dir: Path) -> dict[str, str]:
+    """URL path → the document-root file a fault URL serves its image from (site.json's fault table)."""
+    info = site_dir / "site.json"
+    if not info.is_file():
+        return {}
+    try:
+        faults = json.loads(info.read_text(encoding="utf-8")).get("faults", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise GadmsError(f"{info}: not the site's JSON description; render the site again") from None
+    return {path: spec["file"] for path, spec in faults.items() if isinstance(spec, dict) and spec.get("file")}
 
 
 def verdict(match: Match | None) -> dict:
