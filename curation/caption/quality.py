@@ -21,6 +21,12 @@ _WORD_RE = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _UNFILLED_RE = re.compile(r"\[[^\[\]]{1,40}\]|\{[^{}]{1,40}\}|<[^<>]{1,40}>")
 
 
+def unfilled_placeholder(text: str) -> str | None:
+    """The first slot the model left unfilled ([colored top], {name}, <placeholder>), or None."""
+    found = _UNFILLED_RE.search(text)
+    return found.group(0) if found else None
+
+
 def words(text: str) -> list[str]:
     return _WORD_RE.findall(text)
 
@@ -68,9 +74,9 @@ def check_caption(caption: str, template: Template | None, config: QualityConfig
             return "refusal", f"contains {phrase!r}"
     if template is not None and normalise_text(text) == normalise_text(template.text):
         return "template_copy", f"identical to template {template.id}"
-    unfilled = _UNFILLED_RE.search(text)
+    unfilled = unfilled_placeholder(text)
     if unfilled:
-        return "unfilled_placeholder", f"contains {unfilled.group(0)!r}"
+        return "unfilled_placeholder", f"contains {unfilled!r}"
     foreign = not_english(text, config)
     if foreign:
         return "not_english", foreign
