@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from curation.synthweb.quality import curation_quality, format_quality_table  # noqa: E402
 
 
-def build_like_the_demo(work: Path, images: int, seed: int) -> tuple[Path, Path, dict]:
+def build_like_the_demo(work: Path, images: int, seed: int, hallucination_rate: float) -> tuple[Path, Path, dict]:
     """Render, serve and build as flows.demo.run_demo does; returns (site dir, output root, build summary)."""
     from curation.synthweb import SiteServer, render_site, write_url_list
     from curation.synthweb.vlm import SimulatedVlm, SimulatedVlmServer
@@ -31,7 +31,8 @@ def build_like_the_demo(work: Path, images: int, seed: int) -> tuple[Path, Path,
     from flows.demo import demo_build_config
 
     site = render_site(work / "site", images=images, seed=seed)
-    with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(SimulatedVlm(site.root)) as vlm:
+    with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(
+            SimulatedVlm(site.root, hallucination_rate)) as vlm:
         urls = work / "urls.parquet"
         write_url_list(site.root, server.base_url, urls)
         summary = build_webperson(demo_build_config(urls, work / "webperson", vlm.base_url))
@@ -43,6 +44,7 @@ def main() -> int:
     parser.add_argument("--demo-root", help="a `gadms demo --out` folder to measure (else render and build)")
     parser.add_argument("--images", type=int, default=600, help="scenes to render and build without --demo-root")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hallucination-rate", type=float, default=0.0, help="of the simulated VLM (demo: 0)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curation_quality.json"))
     args = parser.parse_args()
 
@@ -53,8 +55,10 @@ def main() -> int:
         quality = curation_quality(site_dir, output_root)
     else:
         with tempfile.TemporaryDirectory(prefix="curation-quality-") as work:
-            site_dir, output_root, summary = build_like_the_demo(Path(work), args.images, args.seed)
-            source = {"images": args.images, "seed": args.seed, "build": {
+            site_dir, output_root, summary = build_like_the_demo(Path(work), args.images, args.seed,
+                                                                 args.hallucination_rate)
+            source = {"images": args.images, "seed": args.seed, "hallucination_rate": args.hallucination_rate,
+                      "build": {
                 k: summary[k] for k in ("urls", "downloaded", "persons", "unique", "kept", "seconds")}}
             quality = curation_quality(site_dir, output_root)
     print(format_quality_table(quality))

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from curation.synthweb import SiteServer, render_site, write_url_list
+from curation.synthweb.quality import curation_quality, format_quality_table
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
 from gadms_model.data.synthetic import write_synthetic_benchmark
@@ -86,6 +87,8 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 30
     _say("2/5 build-webperson", f"{summary['downloaded']} downloaded, {summary['persons']} persons passed the rules, "
          f"{summary['kept']} kept after dedup and captioning; {summary['images_per_second']} images/s; "
          f"catalog {summary['catalog']}")
+    quality = curation_quality(site.root, out / "webperson")
+    print(format_quality_table(quality))
 
     benchmark = out / "heldout"
     write_synthetic_benchmark(benchmark, train_identities=0, val_identities=20, test_identities=40,
@@ -110,6 +113,7 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 30
                   sheet_path=out / "retrieval.png", progress=False)
     _say("5/5 search", f"{DEMO_QUERY!r} → top-5 crops in {hits.sheet_path}")
     report = {"build": summary, "metrics": zero, "stats": {k: stats[k] for k in ("samples", "vocabulary_size")},
+              "curation_quality": quality,
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2, default=str))
     _say("done", f"{report['seconds']} s; summary in {out / 'demo_summary.json'}")

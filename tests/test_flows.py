@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from curation.synthweb import SiteServer, render_site, write_url_list
+from curation.synthweb.quality import curation_quality
 from flows.build_webperson import build_webperson
 from storage.catalog import connect
 from storage.layout import OutputLayout
@@ -55,6 +56,9 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert summary["urls"] == urls
     assert summary["downloaded"] + crawl_rejects == urls
     assert summary["kept"] > 0 and summary["chunks_skipped"] == 0
+    # Against the site's ground truth, every URL-list row ends at exactly one stage.
+    accounting = curation_quality(site["info"].root, out)["urls"]
+    assert accounting["rows"] == urls and accounting["accounted"], accounting
     con = connect(summary["catalog"])
     assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchone() == (summary["kept"],) * 2
     assert con.execute("SELECT count(*) FROM rejects").fetchone()[0] == sum(summary["rejects"].values())

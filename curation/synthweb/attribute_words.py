@@ -70,7 +70,9 @@ def _is_right(words: list[str], k: int, identity: Identity) -> bool | None:
     if word == "backpack":
         return identity.backpack
     if word == "bag":
-        return identity.shoulder_bag if k > 0 and words[k - 1] == "shoulder" else identity.backpack or identity.shoulder_bag
+        if k > 0 and words[k - 1] == "shoulder":
+            return identity.shoulder_bag
+        return identity.backpack or identity.shoulder_bag
     if word == "glasses":
         return identity.glasses
     if word == "hat":

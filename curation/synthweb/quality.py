@@ -51,6 +51,7 @@ class Figure:
     path: str  # URL path of its image
     index: int  # position in the record's persons
     instance: tuple  # (original image path, identity, kind): the same figure in every copy of the image
+    copy_kind: str | None  # the image's duplicate_kind (exact, reencoded, resized, cropped, mirrored); None: original
     kind: str
     identity: int | None
     bbox: Box
@@ -121,8 +122,8 @@ def ground_truth_figures(records: dict[str, dict], config: DetectConfig) -> dict
             if "expected_verdict" not in person:
                 raise GadmsError(f"ground truth {path}: a person lacks expected_verdict; render the site again")
             out.append(Figure(path, index, (_original(path, records), person["identity"], person["kind"]),
-                              person["kind"], person["identity"], tuple(person["bbox"]), person["expected_verdict"],
-                              _meets_rules(person, size, config)))
+                              record.get("duplicate_kind"), person["kind"], person["identity"], tuple(person["bbox"]),
+                              person["expected_verdict"], _meets_rules(person, size, config)))
         figures[path] = out
     return figures
 
@@ -200,6 +201,10 @@ def _dedup(crops: list[Crop], rejects: list[dict]) -> dict:
             by_instance[crop.figure.instance].append(crop)
     links = sum(len(group) - 1 for group in by_instance.values())
     caught = sum(min(len(group) - 1, sum(c.stage == "dedup" for c in group)) for group in by_instance.values())
+    missed = Counter()  # the copies that survived beside the first survivor (an original when one survived)
+    for group in by_instance.values():
+        survivors = sorted((c for c in group if c.stage != "dedup"), key=lambda c: c.figure.copy_kind is not None)
+        missed.update(c.figure.copy_kind or "original" for c in survivors[1:])
     by_id = {c.sample_id: c for c in crops}
     merged = unresolved = 0
     for crop in (c for c in crops if c.stage == "dedup"):
@@ -211,7 +216,7 @@ def _dedup(crops: list[Crop], rejects: list[dict]) -> dict:
             merged += 1
     crawl_copies = sum(1 for r in rejects if r["stage"] == "crawl" and r["reason"] == "duplicate_sha256")
     return {"instances": len(by_instance), "links": links, "caught": caught, "recall": _share(caught, links),
-            "wrongly_merged": merged, "merged_share": _share(merged, len(by_instance)),
+            "missed_by_copy_kind": dict(sorted(missed.items())), "wrongly_merged": merged, "merged_share": _share(merged, len(by_instance)),
             "unresolved": unresolved, "exact_copies_dropped_by_crawl": crawl_copies}
 
 
@@ -219,6 +224,7 @@ def _filter(crops: list[Crop]) -> dict:
     judged = [c for c in crops if c.stage != "dedup"]
     negatives = Counter()
     rejected = Counter()
+    reasons: dict[str, Counter] = defaultdict(Counter)
     right_reason = 0
     persons = wrongly_rejected = 0
     for crop in judged:
@@ -231,12 +237,16 @@ def _filter(crops: list[Crop]) -> dict:
         kind = crop.figure.kind if crop.figure else "no figure"
         negatives[kind] += 1
         rejected[kind] += by_filter
+        if by_filter:
+            reasons[kind][crop.reason] += 1
         right_reason += by_filter and crop.reason == expected
     total = sum(negatives.values())
     return {"crops": len(judged), "negatives": total, "negatives_rejected": sum(rejected.values()),
             "rejected_share": _share(sum(rejected.values()), total), "right_reason": right_reason,
             "right_reason_share": _share(right_reason, total),
-            "negatives_by_kind": {k: {"crops": n, "rejected": rejected[k]} for k, n in sorted(negatives.items())},
+            "negatives_by_kind": {
+                k: {"crops": n, "rejected": rejected[k], "reasons": dict(sorted(reasons[k].items()))}
+                for k, n in sorted(negatives.items())},
             "persons": persons, "persons_rejected": wrongly_rejected,
             "persons_rejected_share": _share(wrongly_rejected, persons)}
 
@@ -342,5 +352,6 @@ def format_quality_table(quality: dict) -> str:
     lines = ["curation quality against the synthetic web's ground truth"]
     lines += [f"  {stage:<18} {name:<22} {value}  {count}" for stage, name, value, count in rows]
     fates = ", ".join(f"{stage} {n}" for stage, n in urls["by_final_stage"].items())
-    lines.append(f"  URLs {urls['rows']}: {fates} ({'all accounted for' if urls['accounted'] else 'NOT all accounted for'})")
+    verdict = "all accounted for" if urls["accounted"] else "NOT all accounted for"
+    lines.append(f"  URLs {urls['rows']}: {fates} ({verdict})")
     return "\n".join(lines)
