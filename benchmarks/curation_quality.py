@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=600, help="scenes to render and build without --demo-root")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hallucination-rate", type=float, default=0.0, help="of the simulated VLM (demo: 0)")
+    parser.add_argument("--work", help="build in this new folder and keep it (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curation_quality.json"))
     args = parser.parse_args()
 
@@ -54,12 +55,11 @@ def main() -> int:
         source = {"demo_root": args.demo_root}
         quality = curation_quality(site_dir, output_root)
     else:
-        with tempfile.TemporaryDirectory(prefix="curation-quality-") as work:
-            site_dir, output_root, summary = build_like_the_demo(Path(work), args.images, args.seed,
-                                                                 args.hallucination_rate)
+        with tempfile.TemporaryDirectory(prefix="curation-quality-") as scratch:
+            work = Path(args.work or scratch)
+            site_dir, output_root, summary = build_like_the_demo(work, args.images, args.seed, args.hallucination_rate)
             source = {"images": args.images, "seed": args.seed, "hallucination_rate": args.hallucination_rate,
-                      "build": {
-                k: summary[k] for k in ("urls", "downloaded", "persons", "unique", "kept", "seconds")}}
+                      "build": {k: summary[k] for k in ("urls", "downloaded", "persons", "unique", "kept", "seconds")}}
             quality = curation_quality(site_dir, output_root)
     print(format_quality_table(quality))
     report = {"benchmark": "curation_quality", "source": source, "quality": quality,

@@ -2,8 +2,9 @@
 here. It answers the caption stage's own filter and caption requests from the pixels of the crop it receives.
 
 How it sees: at start it cuts every ground-truth figure out of the site's images (box grown by the detect stage's
-crop margin), persons and the figures that only look like one (mannequins, statues, posters), and keeps a small
-colour thumbnail of each. A request's image is matched to the nearest thumbnail; the match gives the figure's
+crop margin), persons and the figures that only look like one (mannequins, statues, posters), and the union of
+persons that share their crops (one box a detector may draw around them), and keeps a small colour thumbnail of
+each. A request's image is matched to the nearest thumbnail; the match gives the figure's
 identity attributes, kind and the verdict a careful VLM gives its crop. Nothing in a request tells it the answer:
 it never sees a sample id or a URL, only the image and the prompt.
 
@@ -57,8 +58,6 @@ class SitePerson:
     index: int  # position in the record's persons
     identity: int | None  # None: a figure that depicts no one
     kind: str
-    bbox: tuple[float, float, float, float]
-    region: tuple[int, int, int, int]  # the crop the detect stage would cut
     expected_verdict: str
 
 
@@ -101,10 +100,21 @@ class PersonIndex:
                     if "expected_verdict" not in person:
                         raise GadmsError(f"{ground_truth}:{number}: a person lacks expected_verdict; the site was "
                                          "rendered by an older version, render it again")
-                    region = crop_region(tuple(person["bbox"]), image.size, crop_margin)
                     self.persons.append(SitePerson(record["path"], index, person["identity"], person["kind"],
-                                                   tuple(person["bbox"]), region, person["expected_verdict"]))
+                                                   person["expected_verdict"]))
+                    region = crop_region(tuple(person["bbox"]), image.size, crop_margin)  # as the detect stage cuts
                     thumbnails.append(thumbnail(image.crop(region)))
+                # A detector often boxes persons that share their crops as one: that crop is several people too.
+                together = [(k, p) for k, p in enumerate(record["persons"])
+                            if p["expected_verdict"] == "several_people"]
+                if len(together) >= 2:
+                    first, person = together[0]
+                    boxes = [p["bbox"] for _, p in together]
+                    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                             max(b[3] for b in boxes))
+                    self.persons.append(SitePerson(record["path"], first, person["identity"], person["kind"],
+                                                   "several_people"))
+                    thumbnails.append(thumbnail(image.crop(crop_region(union, image.size, crop_margin))))
         if not self.persons:
             raise GadmsError(f"{ground_truth}: the site has no rendered persons to recognise")
         self.thumbnails = np.stack(thumbnails)
