@@ -258,11 +258,11 @@ def _shape_of(number: int) -> Identity:
                                hat=False, glasses=False)
 
 
-def _figure(draw, size, rng: random.Random, number: int, material) -> ScenePerson | None:
-    """A mannequin (no plinth) or a statue (on a plinth) in the middle of the image."""
+def _figure(draw, size, rng: random.Random, number: int, statue: bool) -> ScenePerson | None:
+    """A mannequin, or a statue on a plinth, in the middle of the image, shaped like identity `number`."""
     w, h = size
+    material = rng.choice(STATUE_MATERIALS if statue else MANNEQUIN_MATERIALS)
     pose = random_pose(rng)
-    statue = material in STATUE_MATERIALS
     plinth = rng.uniform(0.06, 0.1) * h if statue else 0.0
     height = rng.uniform(0.68, 0.84) * h
     feet_y = rng.uniform(height + 0.02 * h, h - 2 - plinth) if not statue else h - 2 - plinth
@@ -341,10 +341,8 @@ def _occluded(draw, size, rng: random.Random, number: int) -> ScenePerson | None
 def _render_negative(plan: str, image: Image.Image, rng: random.Random, identities: list[int]) -> list[ScenePerson]:
     draw = ImageDraw.Draw(image)
     numbers = rng.sample(identities, 2)
-    if plan == "mannequin":
-        person = _figure(draw, image.size, rng, numbers[0], rng.choice(MANNEQUIN_MATERIALS))
-    elif plan == "statue":
-        person = _figure(draw, image.size, rng, numbers[0], rng.choice(STATUE_MATERIALS))
+    if plan in ("mannequin", "statue"):
+        person = _figure(draw, image.size, rng, numbers[0], statue=plan == "statue")
     elif plan == "poster":
         person = _poster(image, rng, numbers[0])
     elif plan == "occluded":
