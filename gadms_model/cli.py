@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gadms_model.training.cli", "pre-train or fine-tune GA-DMS from a YAML config"),
     "eval": ("gadms_model.evaluation.cli", "evaluate a checkpoint on CUHK-PEDES / ICFG-PEDES / RSTPReid"),
     "search": ("gadms_model.retrieval.cli", "search a gallery of person crops by text"),
+    "browse": ("flows.browse.cli", "a local read-only web page over a built root: samples, rejects, runs, text search"),
     "export-model": ("gadms_model.export.cli", "write a checkpoint's retrieval towers as a folder open_clip loads"),
 }
 

@@ -7,6 +7,7 @@ visible, which is what makes a half-written rebuild invisible to readers.
 
     samples   one row per person crop (SHARD_SCHEMA), from complete shards only
     rejects   one row per rejected URL/image/person of those shards (REJECT_SCHEMA)
+    reject_thumbnails  small JPEGs of a bounded sample of those rejects (REJECT_THUMBNAIL_SCHEMA), where kept
     manifest  one row per shard manifest entry (any status)
     runs      run records (run_id, flow, status, started_at, finished_at, config, summary)
     catalog_origin  the root and catalog file it was built for (see storage.catalog_origin)
@@ -27,9 +28,9 @@ import pyarrow as pa
 
 from storage.catalog_origin import ORIGIN_GUARD, origin_view_sql, sql_string
 from storage.errors import GadmsError
-from storage.fs import atomic_write, filesystem, is_local
+from storage.fs import atomic_write, exists, filesystem, is_local
 from storage.layout import OutputLayout
-from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, SHARD_SCHEMA
+from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, REJECT_THUMBNAIL_SCHEMA, SHARD_SCHEMA
 from storage.shards import json_files, manifest_entries, read_parquet, read_shard
 
 RUNS_TABLE_SQL = """
@@ -137,9 +138,11 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
     catalog_in_root = os.path.realpath(catalog_path) == os.path.realpath(layout.default_catalog_path())
     Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
     entries = manifest_entries(layout)
-    done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
+    # In shard id order: the views read their files in this order, which `gadms browse` pages by.
+    done = sorted((e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE), key=lambda e: e["shard_id"])
     shard_paths = [layout.shard_path(e["shard_id"]) for e in done]
     reject_paths = [layout.rejects_path(e["shard_id"]) for e in done]
+    thumbnail_paths = [p for p in (layout.reject_thumbnails_path(e["shard_id"]) for e in done) if exists(p)]
     try:
         con = duckdb.connect(catalog_path)
     except duckdb.Error as exc:
@@ -158,10 +161,13 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
         con.register("empty_rejects_arrow", REJECT_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_samples AS SELECT * FROM empty_samples_arrow")
         con.execute("CREATE OR REPLACE TABLE empty_rejects AS SELECT * FROM empty_rejects_arrow")
+        con.register("empty_reject_thumbnails_arrow", REJECT_THUMBNAIL_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE empty_reject_thumbnails AS SELECT * FROM empty_reject_thumbnails_arrow")
         con.register("empty_manifest_arrow", MANIFEST_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
         for view, source in (("samples", _parquet_source(shard_paths, "empty_samples")),
                              ("rejects", _parquet_source(reject_paths, "empty_rejects")),
+                             ("reject_thumbnails", _parquet_source(thumbnail_paths, "empty_reject_thumbnails")),
                              ("manifest", _manifest_source(layout, entries))):
             con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source} WHERE {ORIGIN_GUARD}")
         con.execute(RUNS_TABLE_SQL)

@@ -22,6 +22,11 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, paths[0]
 
 
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.exists(p)
+
+
 def is_local(path: str) -> bool:
     return get_protocol(str(path)) in ("file", "local")
 

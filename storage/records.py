@@ -78,7 +78,7 @@ class Reject:
     url: str = ""
     sample_id: str = ""
     detail: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # in memory only, e.g. {"box": [...]} of a detect/pose reject
 
 
 def make_sample_id(source_sha256: str, bbox: tuple[float, float, float, float]) -> str:

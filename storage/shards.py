@@ -218,15 +218,18 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
 
 def commit_shard(
     layout: OutputLayout, shard_id: str, run_id: str, crops: Iterable[PersonCrop], captions: Iterable[Captions],
-    rejects: Iterable[Reject],
+    rejects: Iterable[Reject], reject_thumbnails: pa.Table | None = None,
 ) -> dict:
-    """Write a chunk's rejects, then its shard, then (last) its manifest entry; return the manifest entry.
+    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), then its shard, then (last) its
+    manifest entry; return the manifest entry.
 
-    Re-running a chunk overwrites all three with the same content, so a rerun after a kill is idempotent.
+    Re-running a chunk overwrites all of them with the same content, so a rerun after a kill is idempotent.
     """
     rejects = list(rejects)
     created_at = utc_now()
     write_parquet_atomic(rejects_table(rejects, shard_id, run_id, created_at), layout.rejects_path(shard_id))
+    if reject_thumbnails is not None:
+        write_parquet_atomic(reject_thumbnails, layout.reject_thumbnails_path(shard_id))
     table = shard_table(crops, {c.sample_id: c for c in captions}, shard_id, run_id, created_at)
     written = write_shard(table, layout.shard_path(shard_id))
     entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, len(rejects))

@@ -97,11 +97,12 @@ def _detect_batch(downloads: list[Download], detector: PersonDetector) -> tuple[
         sample_id = make_sample_id(person.download.sha256, person.candidate.box)
         if config.uses_pose:
             if person.candidate.keypoints is None:
-                rejects.append(_person_reject("pose", ("no_pose", "pose model found no person in the crop"), person.download, sample_id))
+                rejects.append(_person_reject("pose", ("no_pose", "pose model found no person in the crop"), person.download,
+                                              sample_id, person.candidate.box))
                 continue
             failed = pose_reject(person.candidate.keypoints, config)
             if failed:
-                rejects.append(_person_reject("pose", failed, person.download, sample_id))
+                rejects.append(_person_reject("pose", failed, person.download, sample_id, person.candidate.box))
                 continue
         crops.append(_make_crop(person, sample_id, config))
     return crops, rejects
@@ -118,7 +119,7 @@ def _apply_box_rules(
     for candidate in candidates:
         failed = score_reject(candidate.score, config)
         if failed:
-            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+            rejects.append(_candidate_reject(failed, download, candidate))
         else:
             confident.append(candidate)
     crowd = crowd_reject(len(confident), config)
@@ -126,7 +127,7 @@ def _apply_box_rules(
     for candidate in confident:
         failed = crowd or box_reject(candidate.box, (width, height), config)
         if failed:
-            rejects.append(_person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box)))
+            rejects.append(_candidate_reject(failed, download, candidate))
             continue
         x1, y1, x2, y2 = crop_region(candidate.box, (width, height), config.crop_margin)
         passed.append(_Person(download, candidate, pixels[y1:y2, x1:x2], (x1, y1)))
@@ -154,6 +155,13 @@ def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonC
     )
 
 
-def _person_reject(stage: str, failed: tuple[str, str], download: Download, sample_id: str) -> Reject:
+def _candidate_reject(failed: tuple[str, str], download: Download, candidate: Candidate) -> Reject:
+    return _person_reject("detect", failed, download, make_sample_id(download.sha256, candidate.box), candidate.box)
+
+
+def _person_reject(stage: str, failed: tuple[str, str], download: Download, sample_id: str,
+                   box: tuple[float, float, float, float]) -> Reject:
+    """A person's reject; its box (source pixels) rides along in `extra` for the reject thumbnails."""
     reason, detail = failed
-    return Reject(stage=stage, reason=reason, url=download.url, sample_id=sample_id, detail=detail)
+    return Reject(stage=stage, reason=reason, url=download.url, sample_id=sample_id, detail=detail,
+                  extra={"box": [float(v) for v in box]})
