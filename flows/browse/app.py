@@ -21,6 +21,7 @@ from flows.browse.overlay import overlay
 from storage.stats import caption_stats
 
 PAGE_SIZE = 48
+FILTERS = ("q", "template", "model", "shard", "run")  # the samples grid's query parameters besides the cursor
 THUMBNAILS_PER_PAGE = 200
 MAX_K = 100
 # No script may run, whatever a caption holds; images and styles come from this server only.
@@ -73,11 +74,11 @@ class Pages:
         cursor = queries.Cursor(optional(NAME, p.get("from"), "shard id"), count(p.get("skip"), "skip", 0, 0, 10**9))
         with self.con.cursor() as cur:
             rows, following = queries.sample_page(cur, where, cursor, PAGE_SIZE)
-        kept = {k: v for k, v in p.items() if k in ("q", "template", "model", "shard", "run") and v}
+        chosen = {k: v for k, v in p.items() if k in FILTERS and v}
         next_url = None if following is None else "/samples?" + urlencode(
-            {**kept, "from": following.shard, "skip": following.skip})
-        return page("samples.html", rows=rows, facets=self.facets, chosen=kept, next_url=next_url,
-                    first_url="/samples?" + urlencode(kept), paged=cursor != queries.Cursor())
+            {**chosen, "from": following.shard, "skip": following.skip})
+        return page("samples.html", rows=rows, facets=self.facets, chosen=chosen, next_url=next_url,
+                    first_url="/samples?" + urlencode(chosen), paged=cursor != queries.Cursor())
 
     def sample(self, request: Request) -> Response:
         shard_id, sample_id = self._sample_key(request)
