@@ -22,6 +22,15 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, paths[0]
 
 
+def require_folder(path: str, what: str) -> None:
+    """GadmsError unless `path` is an existing folder (on an object store: a prefix with objects under it)."""
+    fs, p = filesystem(path)
+    if not fs.exists(p):
+        raise GadmsError(f"{path}: {what} not found")
+    if not fs.isdir(p):
+        raise GadmsError(f"{path}: {what} is a file, not a folder")
+
+
 def is_local(path: str) -> bool:
     return get_protocol(str(path)) in ("file", "local")
 

@@ -1,11 +1,20 @@
-"""Values bounded at the edge: each bad value is a one-line error with exit status 2, before any work."""
+"""Bad input, as a careless or hostile user gives it (issue 21): each probe is a one-line error with exit status 2,
+and whatever was already written stays as it was."""
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from gadms_model.cli import main
+from storage.layout import OutputLayout
+from tests.storage_fixtures import build_root
 
-# (argv with {tmp} for a fresh folder, the whole expected error line after "gadms <command>: error: ")
+# Values bounded at the edge: (argv with {tmp} for a fresh folder, the whole expected error line after
+# "gadms <command>: error: ").
 CASES = [
     (["synthweb", "render", "--out", "{tmp}/site", "--images", "1000000000"],
      "--images must lie in 1..1000000, got 1000000000"),
@@ -24,15 +33,27 @@ CASES = [
 ]
 
 
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and a hash of its bytes."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _probe(tmp_path: Path, argv: list[str], capsys) -> tuple[int, str]:
+    """Run `gadms argv` in-process; its exit status and stderr. Asserts nothing under tmp_path changed."""
+    before = _snapshot(tmp_path)
+    status = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().replace(str(tmp_path), "{tmp}")
+    assert _snapshot(tmp_path) == before
+    return status, err
+
+
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0][:2]) + f" #{i}" for i, c in enumerate(CASES)])
 def test_bad_values_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("finished work")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"gadms {argv[0]}: error: {message}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # nothing written
-    assert (tmp_path / "keep.txt").read_text() == "finished work"
+    assert _probe(tmp_path, argv, capsys) == (2, f"gadms {argv[0]}: error: {message}")
 
 
 def test_a_site_larger_than_the_free_disk_is_refused(tmp_path, capsys, monkeypatch):
@@ -56,3 +77,81 @@ def test_crawl_retries_are_bounded(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "retries" in err and "less than or equal to 20" in err and "\n" not in err
     assert not (tmp_path / "out").exists() and not urls.exists()
+
+
+# Damaged output roots. Each setup turns a fresh two-shard root at {tmp}/root into the probe's input.
+SHARD0 = "{tmp}/root/shards/shard-00000.parquet"
+FIX0 = "delete {tmp}/root/manifest/shard-00000.json and rerun gadms build to rewrite it"
+
+
+def _edit_manifest(tmp: Path, **changes) -> None:
+    path = Path(OutputLayout(str(tmp / "root")).manifest_path("shard-00000"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _truncate_shard(tmp: Path) -> None:
+    path = Path(OutputLayout(str(tmp / "root")).shard_path("shard-00000"))
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _drop_caption1(tmp: Path) -> None:
+    """The shard without caption1, and a manifest entry that matches the damaged file (as a careless rewrite leaves)."""
+    path = Path(OutputLayout(str(tmp / "root")).shard_path("shard-00000"))
+    pq.write_table(pq.read_table(path).drop_columns(["caption1"]), path)
+    data = path.read_bytes()
+    _edit_manifest(tmp, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _run_record_list(tmp: Path) -> None:
+    (tmp / "root" / "runs").mkdir()
+    (tmp / "root" / "runs" / "run-1.json").write_text("[1, 2]")
+
+
+def _not_duckdb(tmp: Path) -> None:
+    (tmp / "root" / "catalog.duckdb").write_bytes(b"not a database" * 100)
+    (tmp / "root" / "train.yaml").write_text(f"output_dir: {tmp / 'model'}\ndata: {{kind: webperson, path: "
+                                             f"{tmp / 'root' / 'catalog.duckdb'}}}\ndevice: cpu\n")
+
+
+ROOT_CASES = [
+    (_truncate_shard, ["catalog", "refresh", "--root", "{tmp}/root"], f"{SHARD0}: 100 bytes, its manifest entry says "),
+    (_truncate_shard, ["export", "--root", "{tmp}/root", "--out", "{tmp}/public"],
+     f"{SHARD0}: 100 bytes, its manifest entry says "),
+    (lambda tmp: _edit_manifest(tmp, rows=7), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: 2 rows, its manifest entry says 7: {FIX0}"),
+    (lambda tmp: _edit_manifest(tmp, rows=7), ["export", "--root", "{tmp}/root", "--out", "{tmp}/public"],
+     f"{SHARD0}: 2 rows, its manifest entry says 7: {FIX0}"),
+    (lambda tmp: _edit_manifest(tmp, sha256="0" * 64), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: sha256 differs from its manifest entry: {FIX0}"),
+    (_drop_caption1, ["catalog", "refresh", "--root", "{tmp}/root"], f"{SHARD0}: missing column(s) caption1: {FIX0}"),
+    (lambda tmp: (tmp / "root" / "shards" / "shard-00000.parquet").unlink(), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: shard missing, its manifest entry says complete: {FIX0}"),
+    (None, ["catalog", "refresh", "--root", "{tmp}/nowhere"], "{tmp}/nowhere: output root not found"),
+    (None, ["catalog", "refresh", "--root", "{tmp}/root/shards/shard-00000.parquet"],
+     f"{SHARD0}: output root is a file, not a folder"),
+    (None, ["export", "--root", "{tmp}/nowhere", "--out", "{tmp}/public"], "{tmp}/nowhere: output root not found"),
+    (None, ["export", "--root", "{tmp}/root/manifest/shard-00000.json", "--out", "{tmp}/public"],
+     "{tmp}/root/manifest/shard-00000.json: output root is a file, not a folder"),
+    (_run_record_list, ["catalog", "refresh", "--root", "{tmp}/root"],
+     "{tmp}/root/runs/run-1.json: corrupt run record: expected an object with a run_id string"),
+    (None, ["stats", "--catalog", "{tmp}/root/catalog.duckdb", "--top", "-1"], "--top must lie in 1..100000, got -1"),
+    (_not_duckdb, ["train", "--config", "{tmp}/root/train.yaml"], "{tmp}/root/catalog.duckdb: not a readable gadms catalog: "),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", ROOT_CASES,
+                         ids=[" ".join(c[1][:2]) + f" #{i}" for i, c in enumerate(ROOT_CASES)])
+def test_damaged_or_missing_roots_are_one_line_errors_naming_the_file(setup, argv, message, tmp_path, capsys):
+    build_root(tmp_path / "root")
+    if setup:
+        setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}")
+
+
+def test_a_verified_refresh_serves_the_whole_root(tmp_path, capsys):
+    build_root(tmp_path / "root")
+    assert main(["catalog", "refresh", "--root", str(tmp_path / "root")]) == 0
+    assert main(["stats", "--catalog", str(tmp_path / "root" / "catalog.duckdb"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["samples"] == 3
