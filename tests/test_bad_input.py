@@ -155,3 +155,106 @@ def test_a_verified_refresh_serves_the_whole_root(tmp_path, capsys):
     assert main(["catalog", "refresh", "--root", str(tmp_path / "root")]) == 0
     assert main(["stats", "--catalog", str(tmp_path / "root" / "catalog.duckdb"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["samples"] == 3
+
+
+# Crawl, synthweb and demo inputs. Each setup writes the probe's input under {tmp}/in (and, for reruns, an
+# earlier run's output under {tmp}/out); an ok crawl of unreachable rows needs no network.
+def _url_lists(tmp: Path) -> None:
+    import pandas as pd
+
+    folder = tmp / "in"
+    folder.mkdir()
+    (folder / "empty.parquet").write_bytes(b"")
+    pd.DataFrame({"url": [1, 2]}).to_parquet(folder / "int.parquet")
+    pd.DataFrame({"url": [["http://a.example/1.jpg"]]}).to_parquet(folder / "list.parquet")
+    (folder / "trunc.parquet").write_bytes((folder / "int.parquet").read_bytes()[:300])
+    (folder / "big.csv").write_text("url,caption\nhttp://a.example/1.jpg," + "a" * 140_000 + "\n")
+    (folder / "a.txt").write_text("notaurl-a\n")
+    (folder / "b.txt").write_text("notaurl-b\n")
+    # A contact_url, so the crawl logs no warning: Prefect, once imported, logs to the stream of an earlier test.
+    (folder / "crawl.yaml").write_text("contact_url: https://example.org/contact\n")
+    (folder / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pages": []}\n')
+
+
+def _crawled_a(tmp: Path) -> None:
+    _url_lists(tmp)
+    assert main(["crawl", "--urls", str(tmp / "in" / "a.txt"), "--out", str(tmp / "out"),
+                 "--config", str(tmp / "in" / "crawl.yaml")]) == 0
+
+
+def _damaged_state(tmp: Path, segment: bool) -> None:
+    from curation.crawl import CrawlConfig
+    from curation.crawl.urllist import read_url_list
+    from storage.configfile import dump_config, load_config
+
+    _url_lists(tmp)
+    state = tmp / "out" / "work" / "crawl" / "part-00000"
+    state.mkdir(parents=True)
+    dump_config(load_config(str(tmp / "in" / "crawl.yaml"), CrawlConfig), str(tmp / "out" / "crawl_config.yaml"))  # as the interrupted run left it
+    if segment:
+        from curation.crawl.state import open_chunk_state
+
+        open_chunk_state(str(state), list(read_url_list(str(tmp / "in" / "a.txt"))))
+        (state / "seg-0-00000.arrow").write_bytes(b"half a segment")
+    else:
+        (state / "chunk.json").write_text("{")
+
+
+STATE = "{tmp}/out/work/crawl/part-00000"
+CRAWL_CONFIG = ["--config", "{tmp}/in/crawl.yaml"]
+CRAWL_CASES = [
+    (["crawl", "--urls", "{tmp}/in/empty.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/empty.parquet: not a readable Parquet file: Parquet file size is 0 bytes"),
+    (["crawl", "--urls", "{tmp}/in/trunc.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/trunc.parquet: not a readable Parquet file: "),
+    (["crawl", "--urls", "{tmp}/in/int.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/int.parquet: row 0: url is int 1, expected a URL string"),
+    (["crawl", "--urls", "{tmp}/in/list.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/list.parquet: row 0: url is list ['http://a.example/1.jpg'], expected a URL string"),
+    (["crawl", "--urls", "{tmp}/in/big.csv", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/big.csv:2: field larger than field limit (131072)"),
+    (["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/in/a.txt", *CRAWL_CONFIG],
+     "{tmp}/in/a.txt: crawl output folder is a file, not a folder"),
+    (["crawl", "--seed", "notaurl", "--out", "{tmp}/out", *CRAWL_CONFIG], "--seed 'notaurl': not an absolute http(s) URL: 'notaurl'"),
+    (["crawl", "--seed", "foo://x.example/", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "--seed 'foo://x.example/': not an absolute http(s) URL: 'foo://x.example/'"),
+    (["synthweb", "urls", "{tmp}/in", "--base-url", "notaurl", "--out", "{tmp}/urls.jsonl"],
+     "--base-url 'notaurl': not an absolute http(s) URL: 'notaurl'"),
+    (["synthweb", "urls", "{tmp}/in", "--base-url", "http://127.0.0.1:8000", "--out", "{tmp}/urls.jsonl"],
+     "{tmp}/in/ground_truth.jsonl:1: field 'alt_text' must be a str"),
+    (["synthweb", "render", "--out", "{tmp}/in/a.txt", "--images", "2"], "{tmp}/in/a.txt: site folder is a file, not a folder"),
+    (["demo", "--out", "{tmp}/in/a.txt"], "{tmp}/in/a.txt: demo output folder is a file, not a folder"),
+]
+RERUN_CASES = [
+    (_crawled_a, ["crawl", "--urls", "{tmp}/in/b.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/out/downloads/part-00000.parquet: crawled from another URL list (its chunk of 1 URLs differs); "
+     "use another --out for this list"),
+    (lambda tmp: _damaged_state(tmp, segment=False), ["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     f"{STATE}/chunk.json: damaged crawl state (Expecting property name enclosed in double quotes: line 1 column 2 "
+     f"(char 1)); delete {STATE} to restart this chunk"),
+    (lambda tmp: _damaged_state(tmp, segment=True), ["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     f"{STATE}/seg-0-00000.arrow: damaged crawl state ("),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", [(_url_lists, *c) for c in CRAWL_CASES] + RERUN_CASES,
+                         ids=[" ".join(c[0][:2]) + f" #{i}" for i, c in enumerate(CRAWL_CASES + [c[1:] for c in RERUN_CASES])])
+def test_bad_crawl_and_site_inputs_are_one_line_errors(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    capsys.readouterr()
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}")
+
+
+def test_a_host_name_longer_than_dns_allows_is_an_invalid_url_reject(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    _url_lists(tmp_path)
+    (tmp_path / "urls.txt").write_text(f"http://{'a' * 300}.example/1.jpg\n")
+    assert main(["crawl", "--urls", str(tmp_path / "urls.txt"), "--out", str(tmp_path / "out"),
+                 "--config", str(tmp_path / "in" / "crawl.yaml")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    rejects = pq.read_table(tmp_path / "out" / "rejects" / "part-00000.parquet").to_pylist()
+    assert [r["reason"] for r in rejects] == ["invalid_url"]
+    assert rejects[0]["detail"].startswith("host name longer than DNS allows")
