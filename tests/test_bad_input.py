@@ -258,3 +258,55 @@ def test_a_host_name_longer_than_dns_allows_is_an_invalid_url_reject(tmp_path, c
     rejects = pq.read_table(tmp_path / "out" / "rejects" / "part-00000.parquet").to_pylist()
     assert [r["reason"] for r in rejects] == ["invalid_url"]
     assert rejects[0]["detail"].startswith("host name longer than DNS allows")
+
+
+def _downloads(tmp: Path, **columns) -> None:
+    import pyarrow as pa
+
+    (tmp / "in").mkdir()
+    row = {"url": "https://a.example/1.jpg", "data": b"\xff\xd8 not decoded before the check", **columns}
+    pq.write_table(pa.Table.from_pylist([row]), tmp / "in" / "part-0.parquet")
+
+
+DETECT_CASES = [
+    (lambda tmp: _downloads(tmp, alt_text=7), ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--backend", "hog"],
+     "{tmp}/in/part-0.parquet: column 'alt_text' is int64, expected string"),
+    (lambda tmp: _downloads(tmp, width="wide"), ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--backend", "hog"],
+     "{tmp}/in/part-0.parquet: column 'width' is string, expected integer"),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", DETECT_CASES, ids=[f"detect #{i}" for i in range(len(DETECT_CASES))])
+def test_bad_detect_inputs_are_one_line_errors_before_detection(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err == f"gadms detect: error: {message}"
+
+
+def test_detect_imgsz_is_bounded(tmp_path, capsys):
+    _downloads(tmp_path)
+    (tmp_path / "detect.yaml").write_text("detect:\n  imgsz: 1000000000\n")
+    status, err = _probe(tmp_path, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--config",
+                                    "{tmp}/detect.yaml"], capsys)
+    assert status == 2 and "\n" not in err
+    assert "detect.imgsz" in err and "less than or equal to 4096" in err
+
+
+def test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="JPEG")
+    _downloads(tmp_path, data=buffer.getvalue())
+    argv = ["detect", "--downloads", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--backend", "hog"]
+    assert main(argv) == 0
+    crops = tmp_path / "out" / "crops" / "part-0.parquet"
+    whole = crops.read_bytes()
+    crops.write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 shards done (0 already done)" in capsys.readouterr().out
+    assert pq.read_metadata(crops).num_rows == 0
