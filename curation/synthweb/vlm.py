@@ -33,6 +33,7 @@ from PIL import Image
 from curation.detect.crop import crop_region
 from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_phrase, identity_attributes
+from curation.synthweb.site import read_ground_truth
 from storage.errors import GadmsError
 
 SIMULATED_MODEL_NAME = "synthweb-sim-vlm"
@@ -78,31 +79,27 @@ class PersonIndex:
 
     def __init__(self, site_dir: str | Path, crop_margin: float = 0.05):
         site_dir = Path(site_dir)
-        ground_truth = site_dir / "ground_truth.jsonl"
-        if not ground_truth.is_file():
-            raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
         self.persons: list[SitePerson] = []
         self.by_image: dict[str, list[SitePerson]] = {}
         thumbnails = []
-        for number, line in enumerate(ground_truth.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GadmsError(f"{ground_truth}:{number}: not valid JSON: {exc.msg}") from None
-            file = site_dir / "www" / str(record.get("path", "")).lstrip("/")
-            if not record.get("persons") or record.get("fault") or not file.is_file():
+        for where, record in read_ground_truth(site_dir):
+            file = site_dir / "www" / record["path"].lstrip("/")
+            if not record["persons"] or record.get("fault") or not file.is_file():
                 continue
             with Image.open(file) as image:
                 image = image.convert("RGB")
                 for index, person in enumerate(record["persons"]):
-                    region = crop_region(tuple(person["bbox"]), image.size, crop_margin)
-                    entry = SitePerson(record["path"], index, int(person["identity"]), person["kind"],
-                                       tuple(person["bbox"]), region)
+                    try:
+                        bbox = tuple(person["bbox"])
+                        entry = SitePerson(record["path"], index, int(person["identity"]), str(person["kind"]), bbox,
+                                           crop_region(bbox, image.size, crop_margin))
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise GadmsError(f"{where}: person {index}: needs bbox, identity and kind ({exc!r})") from None
                     self.persons.append(entry)
                     self.by_image.setdefault(record["path"], []).append(entry)
-                    thumbnails.append(thumbnail(image.crop(region)))
+                    thumbnails.append(thumbnail(image.crop(entry.region)))
         if not self.persons:
-            raise GadmsError(f"{ground_truth}: the site has no rendered persons to recognise")
+            raise GadmsError(f"{site_dir / 'ground_truth.jsonl'}: the site has no rendered persons to recognise")
         self.thumbnails = np.stack(thumbnails)
 
     def match(self, image: Image.Image) -> Match | None:
