@@ -16,7 +16,7 @@ from storage.errors import GadmsError
 # name → (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("flows.demo_cli", "run the whole system offline on a synthetic web (what `make demo` runs)"),
-    "synthweb": ("curation.synthweb.cli", "render, serve a synthetic person web and its simulated VLM; train its demo detector"),
+    "synthweb": ("flows.synthweb_cli", "render, serve a synthetic person web and its simulated VLM; train its demo detector and CLIP"),
     "crawl": ("curation.crawl.cli", "download images from URL lists or seed pages"),
     "detect": ("curation.detect.cli", "detect persons, check pose, crop and deduplicate downloaded images"),
     "caption": ("curation.caption.cli", "filter and caption person crops with an MLLM (vLLM / transformers / alt text)"),
