@@ -80,15 +80,15 @@ def train_demo_clip(config: DemoClipConfig) -> dict:
     result = train(demo_clip_train_config(config, benchmark))
     weights = export_open_clip(result.checkpoint_path, out / DEMO_CLIP_DIR.name)
     report = {
-        "config": config.model_dump(),
+        "config": config.model_dump(exclude={"out"}),
         "identities": [DEMO_CLIP_FIRST_IDENTITY, DEMO_CLIP_FIRST_IDENTITY + config.identities + config.val_identities],
         "captions": "coarse: gender and the two colours worn (curation.synthweb.identities.coarse_caption)",
         "steps": result.steps,
         "val_coarse": result.best_metrics,
-        "checkpoint": str(result.checkpoint_path),
-        "weights": str(weights),
+        "checkpoint": str(Path(result.checkpoint_path).relative_to(out)),  # no path of this machine in the file
+        "weights": weights.name,
         "weights_bytes": weights.stat().st_size,
         "seconds": round(time.perf_counter() - clock, 1),
     }
     (weights.parent / "training.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    return report
+    return report | {"weights": str(weights)}
