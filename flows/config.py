@@ -39,6 +39,15 @@ class RunnerConfig(BaseModel):
     ray_address: str | None = Field(default=None, description="ray://host:10001 or 'auto'; None starts a local Ray")
 
 
+class RejectThumbnailsConfig(BaseModel):
+    """The budget of reject thumbnails kept per shard (storage.reject_thumbnails), for `gadms browse`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_reason_per_shard: int = Field(default=8, ge=0, le=1000, description="thumbnails per stage/reason per shard; 0: none")
+    max_side: int = Field(default=96, ge=16, le=512, description="longest side of a thumbnail in pixels")
+
+
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +60,7 @@ class BuildConfig(BaseModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    reject_thumbnails: RejectThumbnailsConfig = Field(default_factory=RejectThumbnailsConfig)
     retries: int = Field(default=2, ge=0, description="retries of a chunk stage after a transient failure")
     retry_delay_seconds: float = Field(default=5.0, ge=0)
     work_dir: str | None = Field(default=None, description="local folder for resumable stage state (crawl state, "

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from storage.fs import refuse_file
 
+    refuse_file(args.out, "demo output folder")
     run_demo(args.out, images=args.images, seed=args.seed, train_steps=args.train_steps)
     return 0

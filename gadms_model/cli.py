@@ -16,7 +16,7 @@ from storage.errors import GadmsError
 # name → (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("flows.demo_cli", "run the whole system offline on a synthetic web (what `make demo` runs)"),
-    "synthweb": ("curation.synthweb.cli", "render, serve a synthetic person web and its simulated VLM; train its demo detector"),
+    "synthweb": ("flows.synthweb_cli", "render, serve a synthetic person web and its simulated VLM; train its demo detector and CLIP"),
     "crawl": ("curation.crawl.cli", "download images from URL lists or seed pages"),
     "detect": ("curation.detect.cli", "detect persons, check pose, crop and deduplicate downloaded images"),
     "caption": ("curation.caption.cli", "filter and caption person crops with an MLLM (vLLM / transformers / alt text)"),
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gadms_model.training.cli", "pre-train or fine-tune GA-DMS from a YAML config"),
     "eval": ("gadms_model.evaluation.cli", "evaluate a checkpoint on CUHK-PEDES / ICFG-PEDES / RSTPReid"),
     "search": ("gadms_model.retrieval.cli", "search a gallery of person crops by text"),
+    "browse": ("flows.browse.cli", "a local read-only web page over a built root: samples, rejects, runs, text search"),
     "export-model": ("gadms_model.export.cli", "write a checkpoint's retrieval towers as a folder open_clip loads"),
 }
 

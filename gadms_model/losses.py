@@ -50,6 +50,30 @@ def sdm_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: to
     return divergence(image_to_text) + divergence(image_to_text.t())
 
 
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor,
+              temperature: float = 0.02, gather: bool = True) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE with the same-pid target q of `sdm_loss`: L_i2t = mean_i −Σ_j q_ij log p_ij, plus
+    L_t2i (the mean of the two directions, as CLIP; with unique pids it is CLIP's cross-entropy exactly).
+
+    Cross-entropy is KL(q‖p) up to q's entropy, where SDM is KL(p‖q): from random init p is near uniform, SDM's
+    gradient is spread over the batch and a tiny model stalls for hundreds of steps; this loss does not, which is
+    why the demo CLIP is aligned with it before GA-DMS trains with SDM."""
+    if gather:
+        image_features = gather_with_local_grad(image_features)
+        text_features = gather_with_local_grad(text_features)
+        pids = gather_with_local_grad(pids)
+    image_features = F.normalize(at_least_float32(image_features), dim=-1)
+    text_features = F.normalize(at_least_float32(text_features), dim=-1)
+    same = (pids[:, None] == pids[None, :]).to(image_features.dtype)
+    target = same / same.sum(dim=1, keepdim=True)
+    image_to_text = image_features @ text_features.t() / temperature
+
+    def cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+        return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+    return (cross_entropy(image_to_text) + cross_entropy(image_to_text.t())) / 2
+
+
 def id_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     """Mean of the identity cross-entropies of the image and the text logits (one shared classifier)."""
     image_loss = F.cross_entropy(at_least_float32(image_logits), pids)

@@ -5,6 +5,7 @@ Modes (one module, flags for the ablations):
   GASS is computed on the raw caption, written to the score store, and the masks are drawn from the store.
 - "irra":  L = L_sdm(image, raw text) + L_id + L_mlm(random 15% BERT masking): the fine-tuning recipe/baseline.
 - "sdm":   L = L_sdm [+ L_id].
+- "clip":  L = L_clip [+ L_id]: CLIP's own contrastive loss, to align a CLIP from random init (the demo CLIP).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 from gadms_model.activation import resolve_quick_gelu
 from gadms_model.gass import gass_scores
 from gadms_model.heads import IdentityClassifier, MaskedTokenHead
-from gadms_model.losses import id_loss, mlm_loss, sdm_loss
+from gadms_model.losses import clip_loss, id_loss, mlm_loss, sdm_loss
 from gadms_model.masking import IGNORE_LABEL, bert_corrupt, dual_selection, mask_candidates, random_mask
 from gadms_model.score_store import ScoreStore
 from gadms_model.tokenizer import VOCAB_SIZE, Tokenizer
@@ -41,7 +42,7 @@ class ModelConfig(BaseModel):
                                                       "QuickGELU (with a warning when pretrained is a bare file)")
     image_size: tuple[int, int] = Field((384, 128), description="height, width")
     context_length: int = Field(77, ge=3)
-    mode: Literal["gadms", "irra", "sdm"] = "gadms"
+    mode: Literal["gadms", "irra", "sdm", "clip"] = "gadms"
     num_classes: int = Field(0, ge=0, description="identities for the ID loss; 0 disables it")
     temperature: float = Field(0.02, gt=0)
     # GASS (method §3)
@@ -85,7 +86,7 @@ class GADMS(nn.Module):
         width = towers.embed_dim
         self.mtp_head = (MaskedTokenHead(width, VOCAB_SIZE, layers=config.mtp_layers,
                                          compile_blocks=config.compile_blocks)
-                         if config.mode != "sdm" else None)
+                         if config.mode in ("gadms", "irra") else None)
         self.classifier = IdentityClassifier(width, config.num_classes) if config.num_classes > 0 else None
 
     def _probability_kwargs(self) -> dict[str, float]:
@@ -149,7 +150,10 @@ class GADMS(nn.Module):
             text_global = self.towers.text_global(align_ids)
         else:
             text_global, mask_tokens = self.towers.text_global_and_tokens(align_ids, mask_ids)
-        terms = {"sdm": (sdm_loss(image_global, text_global, pids, c.temperature), 1.0)}
+        if c.mode == "clip":
+            terms = {"clip": (clip_loss(image_global, text_global, pids, c.temperature), 1.0)}
+        else:
+            terms = {"sdm": (sdm_loss(image_global, text_global, pids, c.temperature), 1.0)}
         if mask_ids is not None:
             predicted = mask_labels != IGNORE_LABEL
             logits = self.mtp_head(mask_tokens, image_tokens, predicted)

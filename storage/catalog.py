@@ -7,6 +7,7 @@ visible, which is what makes a half-written rebuild invisible to readers.
 
     samples   one row per person crop (SHARD_SCHEMA), from complete shards only
     rejects   one row per rejected URL/image/person of those shards (REJECT_SCHEMA)
+    reject_thumbnails  small JPEGs of a bounded sample of those rejects (REJECT_THUMBNAIL_SCHEMA), where kept
     manifest  one row per shard manifest entry (any status)
     runs      run records (run_id, flow, status, started_at, finished_at, config, summary)
     catalog_origin  the root and catalog file it was built for (see storage.catalog_origin)
@@ -27,10 +28,10 @@ import pyarrow as pa
 
 from storage.catalog_origin import ORIGIN_GUARD, origin_view_sql, sql_string
 from storage.errors import GadmsError
-from storage.fs import atomic_write, filesystem, is_local
+from storage.fs import atomic_write, exists, filesystem, is_local
 from storage.layout import OutputLayout
-from storage.schema import MANIFEST_STATUS_COMPLETE, REJECT_SCHEMA, SHARD_SCHEMA
-from storage.shards import json_files, manifest_entries, read_parquet, read_shard
+from storage.schema import REJECT_SCHEMA, REJECT_THUMBNAIL_SCHEMA, SHARD_SCHEMA
+from storage.shards import complete_shards, json_files, manifest_entries, read_parquet, read_shard
 
 RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -100,6 +101,16 @@ def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnecti
     return con
 
 
+def catalog_root(path: str | Path) -> str:
+    """The output root a catalog file was built for (a CatalogError naming the file when it is not a catalog)."""
+    con = connect(path)
+    try:
+        root, = con.execute("SELECT root FROM catalog_origin").fetchone()
+    finally:
+        con.close()
+    return root
+
+
 def _open_failure(path: Path, exc: duckdb.Error) -> str:
     message = str(exc).splitlines()[0]
     moved = message.removeprefix("Invalid Input Error: ")
@@ -115,9 +126,12 @@ def run_records(layout: OutputLayout) -> list[dict]:
         fs, p = filesystem(path)
         with fs.open(p, "r") as f:
             try:
-                records.append(json.load(f))
-            except json.JSONDecodeError as exc:
+                record = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CatalogError(f"{path}: corrupt run record: {exc}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
+            raise CatalogError(f"{path}: corrupt run record: expected an object with a run_id string")
+        records.append(record)
     return records
 
 
@@ -126,20 +140,26 @@ def _absolute(root: str) -> str:
     return os.path.abspath(filesystem(root)[1]) if is_local(root) else root
 
 
-def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[str, str] | None = None) -> str:
+def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[str, str] | None = None,
+            check_sha256: bool = True) -> str:
     """(Re)build the catalog of output root `root`; return the catalog path.
 
+    Every complete shard is verified against its manifest entry first (storage.shards.verify_shard; the sha256
+    too unless `check_sha256` is false), so a damaged shard fails the refresh and the old catalog stays.
     `duckdb_settings` (e.g. s3_region, s3_endpoint) are applied with SET before views over remote Parquet are
     created; remote roots need DuckDB's httpfs extension available to DuckDB.
     """
     layout = OutputLayout(_absolute(root))
     catalog_path = catalog_path or OutputLayout(root).default_catalog_path()
     catalog_in_root = os.path.realpath(catalog_path) == os.path.realpath(layout.default_catalog_path())
-    Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
     entries = manifest_entries(layout)
-    done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
+    # In shard id order: the views read their files in this order, which `gadms browse` pages by.
+    done = sorted(complete_shards(layout, check_sha256), key=lambda e: e["shard_id"])
+    runs = run_records(layout)
+    Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
     shard_paths = [layout.shard_path(e["shard_id"]) for e in done]
     reject_paths = [layout.rejects_path(e["shard_id"]) for e in done]
+    thumbnail_paths = [p for p in (layout.reject_thumbnails_path(e["shard_id"]) for e in done) if exists(p)]
     try:
         con = duckdb.connect(catalog_path)
     except duckdb.Error as exc:
@@ -158,14 +178,17 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
         con.register("empty_rejects_arrow", REJECT_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_samples AS SELECT * FROM empty_samples_arrow")
         con.execute("CREATE OR REPLACE TABLE empty_rejects AS SELECT * FROM empty_rejects_arrow")
+        con.register("empty_reject_thumbnails_arrow", REJECT_THUMBNAIL_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE empty_reject_thumbnails AS SELECT * FROM empty_reject_thumbnails_arrow")
         con.register("empty_manifest_arrow", MANIFEST_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
         for view, source in (("samples", _parquet_source(shard_paths, "empty_samples")),
                              ("rejects", _parquet_source(reject_paths, "empty_rejects")),
+                             ("reject_thumbnails", _parquet_source(thumbnail_paths, "empty_reject_thumbnails")),
                              ("manifest", _manifest_source(layout, entries))):
             con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source} WHERE {ORIGIN_GUARD}")
         con.execute(RUNS_TABLE_SQL)
-        for record in run_records(layout):
+        for record in runs:
             upsert_run(con, record)
         con.execute("SELECT count(*) FROM samples").fetchone()
     except duckdb.Error as exc:
@@ -180,7 +203,7 @@ def memory_catalog(root: str, sample_columns: list[str]) -> duckdb.DuckDBPyConne
     samples (only `sample_columns`), rejects and manifest over the complete shards, as `refresh` defines them."""
     layout = OutputLayout(root)
     entries = manifest_entries(layout)
-    done = [e for e in entries if e["status"] == MANIFEST_STATUS_COMPLETE]
+    done = complete_shards(layout)
     samples = [read_shard(layout.shard_path(e["shard_id"]), columns=sample_columns) for e in done]
     rejects = [read_parquet(layout.rejects_path(e["shard_id"])) for e in done]
     con = duckdb.connect()

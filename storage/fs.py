@@ -22,6 +22,38 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, paths[0]
 
 
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.exists(p)
+
+
+def require_folder(path: str, what: str) -> None:
+    """GadmsError unless `path` is an existing folder (on an object store: a prefix with objects under it)."""
+    fs, p = filesystem(path)
+    if not fs.exists(p):
+        raise GadmsError(f"{path}: {what} not found")
+    refuse_file(path, what)
+
+
+def refuse_file(path: str, what: str) -> None:
+    """GadmsError when `path`, meant to be a folder, is a file."""
+    fs, p = filesystem(path)
+    if fs.exists(p) and not fs.isdir(p):
+        raise GadmsError(f"{path}: {what} is a file, not a folder")
+
+
+def make_folder(path: str, what: str) -> None:
+    """Create folder `path` (and its parents) if needed; GadmsError when it is a file or cannot be created."""
+    fs, p = filesystem(path)
+    refuse_file(path, what)
+    try:
+        fs.makedirs(p, exist_ok=True)
+        if isinstance(fs, LocalFileSystem) and not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise GadmsError(f"{path}: cannot write the {what}: {exc.strerror or exc}") from None
+
+
 def is_local(path: str) -> bool:
     return get_protocol(str(path)) in ("file", "local")
 

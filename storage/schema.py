@@ -60,6 +60,22 @@ REJECT_SCHEMA = pa.schema(
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 
+# A bounded sample of rejected crops or images, per shard, for people to look at (`gadms browse`): one row per
+# thumbnailed reject, `reject_row` its position in that shard's rejects file.
+REJECT_THUMBNAIL_SCHEMA = pa.schema(
+    [
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("reject_row", pa.int64(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("image", pa.binary(), nullable=False),  # small JPEG
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
 # Stage outputs between the crawl, detect and caption CLIs (the build flow passes records in memory instead).
 # Crawl downloads: the bytes as served (not decoded, not re-encoded); large_binary, as a chunk may pass 2 GiB.
 DOWNLOAD_SCHEMA = pa.schema(

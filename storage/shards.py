@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
-from storage.fs import atomic_write, filesystem, join
+from storage.fs import atomic_write, filesystem, join, require_folder
 from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject
 from storage.schema import (
@@ -184,23 +184,70 @@ def json_files(directory: str) -> list[str]:
 
 
 def manifest_entries(layout: OutputLayout) -> list[dict]:
-    """Every manifest entry of an output root (any status), sorted by shard id."""
+    """Every manifest entry of an output root (any status), sorted by shard id. A missing root is an error, not
+    an empty dataset: a mistyped --root would otherwise "succeed" with nothing in it."""
+    require_folder(layout.root, "output root")
     entries = (read_manifest_entry(path) for path in json_files(layout.manifest_dir))
     return [e for e in entries if e is not None]
 
 
-def complete_shards(layout: OutputLayout) -> list[dict]:
-    """Manifest entries of the complete shards of an output root, sorted by shard id."""
-    return [e for e in manifest_entries(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
+def complete_shards(layout: OutputLayout, check_sha256: bool = False) -> list[dict]:
+    """Manifest entries of the complete shards of an output root, sorted by shard id, each shard verified
+    against its entry (see verify_shard): a damaged shard is an error naming it, never silently served or
+    skipped, since either would change what a dataset holds without anyone noticing."""
+    entries = [e for e in manifest_entries(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
+    for entry in entries:
+        verify_shard(layout, entry, check_sha256)
+    return entries
+
+
+def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) -> None:
+    """GadmsError naming the shard when its file disagrees with its complete manifest entry.
+
+    Size, row count (from the Parquet footer) and columns are always checked, as they cost one small read;
+    the sha256 reads the whole file, so only `gadms catalog refresh` (or a caller that asks) pays for it.
+    """
+    path = layout.shard_path(entry["shard_id"])
+    fix = f"delete {layout.manifest_path(entry['shard_id'])} and rerun gadms build to rewrite it"
+    fs, p = filesystem(path)
+    try:
+        size = fs.size(p)
+    except FileNotFoundError:
+        raise GadmsError(f"{path}: shard missing, its manifest entry says complete: {fix}") from None
+    if size != entry["bytes"]:
+        raise GadmsError(f"{path}: {size} bytes, its manifest entry says {entry['bytes']}: {fix}")
+    try:
+        with fs.open(p, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            rows, names = parquet.metadata.num_rows, set(parquet.schema_arrow.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GadmsError(f"{path}: unreadable shard: {exc}: {fix}") from None
+    if rows != entry["rows"]:
+        raise GadmsError(f"{path}: {rows} rows, its manifest entry says {entry['rows']}: {fix}")
+    missing = [name for name in SHARD_SCHEMA.names if name not in names]
+    if missing:
+        raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {fix}")
+    if check_sha256 and file_sha256(path) != entry["sha256"]:
+        raise GadmsError(f"{path}: sha256 differs from its manifest entry: {fix}")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    fs, p = filesystem(path)
+    with fs.open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_is_complete(manifest_path: str, shard_path: str) -> bool:
-    """True when the manifest says the shard is complete and the shard file is there."""
+    """True when the manifest says the shard is complete and the shard file has the size it records, so a
+    rebuild rewrites a truncated shard instead of keeping it."""
     entry = read_manifest_entry(manifest_path)
     if entry is None or entry["status"] != MANIFEST_STATUS_COMPLETE:
         return False
     fs, p = filesystem(shard_path)
-    return fs.exists(p)
+    return fs.exists(p) and fs.size(p) == entry.get("bytes")
 
 
 def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects: int) -> dict:
@@ -219,15 +266,18 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
 
 def commit_shard(
     layout: OutputLayout, shard_id: str, run_id: str, crops: Iterable[PersonCrop], captions: Iterable[Captions],
-    rejects: Iterable[Reject],
+    rejects: Iterable[Reject], reject_thumbnails: pa.Table | None = None,
 ) -> dict:
-    """Write a chunk's rejects, then its shard, then (last) its manifest entry; return the manifest entry.
+    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), then its shard, then (last) its
+    manifest entry; return the manifest entry.
 
-    Re-running a chunk overwrites all three with the same content, so a rerun after a kill is idempotent.
+    Re-running a chunk overwrites all of them with the same content, so a rerun after a kill is idempotent.
     """
     rejects = list(rejects)
     created_at = utc_now()
     write_parquet_atomic(rejects_table(rejects, shard_id, run_id, created_at), layout.rejects_path(shard_id))
+    if reject_thumbnails is not None:
+        write_parquet_atomic(reject_thumbnails, layout.reject_thumbnails_path(shard_id))
     table = shard_table(crops, {c.sample_id: c for c in captions}, shard_id, run_id, created_at)
     written = write_shard(table, layout.shard_path(shard_id))
     entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, len(rejects))

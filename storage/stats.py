@@ -19,14 +19,15 @@ GARMENT_WORDS = (
 )
 
 # Words are maximal runs of letters (and inner hyphens), lower-cased.
-_WORDS_OF_CAPTIONS = """
+WORD_PATTERN = "[a-z]+(?:-[a-z]+)*"
+_WORDS_OF_CAPTIONS = f"""
     WITH captions AS (
         SELECT caption1 AS caption FROM samples WHERE caption1 <> ''
         UNION ALL
         SELECT caption2 FROM samples WHERE caption2 <> ''
     )
     SELECT word FROM (
-        SELECT unnest(regexp_extract_all(lower(caption), '[a-z]+(?:-[a-z]+)*')) AS word FROM captions
+        SELECT unnest(regexp_extract_all(lower(caption), '{WORD_PATTERN}')) AS word FROM captions
     )
 """
 

@@ -14,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from storage.catalog import connect
+    from storage.errors import check_range
     from storage.stats import caption_stats, format_stats
 
+    check_range("--top", args.top, 1, 100_000)
     con = connect(args.catalog, read_only=True)
     try:
         stats = caption_stats(con, top=args.top)

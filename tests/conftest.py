@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="gadms-tests-"))
 os.environ.update(
     {
@@ -46,6 +48,31 @@ _provide_ultralytics_font()
 from gadms_model.compat import ensure_torchvision_ops  # noqa: E402
 
 ensure_torchvision_ops()
+
+
+@pytest.fixture(scope="session")
+def search_benchmark(tmp_path_factory) -> Path:
+    """An RSTPReid-format tree of 4 synthetic identities × 3 train images with clean captions."""
+    from gadms_model.data.synthetic import write_synthetic_benchmark
+
+    return write_synthetic_benchmark(tmp_path_factory.mktemp("search"), 4, 0, 0, 3, seed=0, train_captions="clean")
+
+
+@pytest.fixture(scope="session")
+def tiny_search_model(search_benchmark) -> str:
+    """A tiny GA-DMS trained on `search_benchmark` until its clean captions find their identities (~1 min)."""
+    from gadms_model.model import ModelConfig
+    from gadms_model.training import TrainConfig, train
+
+    root = search_benchmark.parent
+    config = TrainConfig.model_validate({
+        "output_dir": str(root / "run"),
+        "data": {"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
+        "model": ModelConfig.tiny(mode="sdm").model_dump(mode="json"),
+        "epochs": 30, "batch_size": 6, "num_workers": 0, "seed": 0, "augment": False, "progress": False,
+        "optim": {"lr": 2e-3, "eps": 1e-8, "warmup_epochs": 1},
+    })
+    return train(config).checkpoint_path
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,11 +1,20 @@
-"""Values bounded at the edge: each bad value is a one-line error with exit status 2, before any work."""
+"""Bad input, as a careless or hostile user gives it (issue 21): each probe is a one-line error with exit status 2,
+and whatever was already written stays as it was."""
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from gadms_model.cli import main
+from storage.layout import OutputLayout
+from tests.storage_fixtures import build_root
 
-# (argv with {tmp} for a fresh folder, the whole expected error line after "gadms <command>: error: ")
+# Values bounded at the edge: (argv with {tmp} for a fresh folder, the whole expected error line after
+# "gadms <command>: error: ").
 CASES = [
     (["synthweb", "render", "--out", "{tmp}/site", "--images", "1000000000"],
      "--images must lie in 1..1000000, got 1000000000"),
@@ -24,15 +33,27 @@ CASES = [
 ]
 
 
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and a hash of its bytes."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _probe(tmp_path: Path, argv: list[str], capsys) -> tuple[int, str]:
+    """Run `gadms argv` in-process; its exit status and stderr. Asserts nothing under tmp_path changed."""
+    before = _snapshot(tmp_path)
+    status = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().replace(str(tmp_path), "{tmp}")
+    assert _snapshot(tmp_path) == before
+    return status, err
+
+
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0][:2]) + f" #{i}" for i, c in enumerate(CASES)])
 def test_bad_values_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("finished work")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"gadms {argv[0]}: error: {message}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # nothing written
-    assert (tmp_path / "keep.txt").read_text() == "finished work"
+    assert _probe(tmp_path, argv, capsys) == (2, f"gadms {argv[0]}: error: {message}")
 
 
 def test_a_site_larger_than_the_free_disk_is_refused(tmp_path, capsys, monkeypatch):
@@ -56,3 +77,236 @@ def test_crawl_retries_are_bounded(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "retries" in err and "less than or equal to 20" in err and "\n" not in err
     assert not (tmp_path / "out").exists() and not urls.exists()
+
+
+# Damaged output roots. Each setup turns a fresh two-shard root at {tmp}/root into the probe's input.
+SHARD0 = "{tmp}/root/shards/shard-00000.parquet"
+FIX0 = "delete {tmp}/root/manifest/shard-00000.json and rerun gadms build to rewrite it"
+
+
+def _edit_manifest(tmp: Path, **changes) -> None:
+    path = Path(OutputLayout(str(tmp / "root")).manifest_path("shard-00000"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _truncate_shard(tmp: Path) -> None:
+    path = Path(OutputLayout(str(tmp / "root")).shard_path("shard-00000"))
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _drop_caption1(tmp: Path) -> None:
+    """The shard without caption1, and a manifest entry that matches the damaged file (as a careless rewrite leaves)."""
+    path = Path(OutputLayout(str(tmp / "root")).shard_path("shard-00000"))
+    pq.write_table(pq.read_table(path).drop_columns(["caption1"]), path)
+    data = path.read_bytes()
+    _edit_manifest(tmp, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _run_record_list(tmp: Path) -> None:
+    (tmp / "root" / "runs").mkdir()
+    (tmp / "root" / "runs" / "run-1.json").write_text("[1, 2]")
+
+
+def _not_duckdb(tmp: Path) -> None:
+    (tmp / "root" / "catalog.duckdb").write_bytes(b"not a database" * 100)
+    (tmp / "root" / "train.yaml").write_text(f"output_dir: {tmp / 'model'}\ndata: {{kind: webperson, path: "
+                                             f"{tmp / 'root' / 'catalog.duckdb'}}}\ndevice: cpu\n")
+
+
+ROOT_CASES = [
+    (_truncate_shard, ["catalog", "refresh", "--root", "{tmp}/root"], f"{SHARD0}: 100 bytes, its manifest entry says "),
+    (_truncate_shard, ["export", "--root", "{tmp}/root", "--out", "{tmp}/public"],
+     f"{SHARD0}: 100 bytes, its manifest entry says "),
+    (lambda tmp: _edit_manifest(tmp, rows=7), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: 2 rows, its manifest entry says 7: {FIX0}"),
+    (lambda tmp: _edit_manifest(tmp, rows=7), ["export", "--root", "{tmp}/root", "--out", "{tmp}/public"],
+     f"{SHARD0}: 2 rows, its manifest entry says 7: {FIX0}"),
+    (lambda tmp: _edit_manifest(tmp, sha256="0" * 64), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: sha256 differs from its manifest entry: {FIX0}"),
+    (_drop_caption1, ["catalog", "refresh", "--root", "{tmp}/root"], f"{SHARD0}: missing column(s) caption1: {FIX0}"),
+    (lambda tmp: (tmp / "root" / "shards" / "shard-00000.parquet").unlink(), ["catalog", "refresh", "--root", "{tmp}/root"],
+     f"{SHARD0}: shard missing, its manifest entry says complete: {FIX0}"),
+    (None, ["catalog", "refresh", "--root", "{tmp}/nowhere"], "{tmp}/nowhere: output root not found"),
+    (None, ["catalog", "refresh", "--root", "{tmp}/root/shards/shard-00000.parquet"],
+     f"{SHARD0}: output root is a file, not a folder"),
+    (None, ["export", "--root", "{tmp}/nowhere", "--out", "{tmp}/public"], "{tmp}/nowhere: output root not found"),
+    (None, ["export", "--root", "{tmp}/root/manifest/shard-00000.json", "--out", "{tmp}/public"],
+     "{tmp}/root/manifest/shard-00000.json: output root is a file, not a folder"),
+    (_run_record_list, ["catalog", "refresh", "--root", "{tmp}/root"],
+     "{tmp}/root/runs/run-1.json: corrupt run record: expected an object with a run_id string"),
+    (None, ["stats", "--catalog", "{tmp}/root/catalog.duckdb", "--top", "-1"], "--top must lie in 1..100000, got -1"),
+    (_not_duckdb, ["train", "--config", "{tmp}/root/train.yaml"], "{tmp}/root/catalog.duckdb: not a readable gadms catalog: "),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", ROOT_CASES,
+                         ids=[" ".join(c[1][:2]) + f" #{i}" for i, c in enumerate(ROOT_CASES)])
+def test_damaged_or_missing_roots_are_one_line_errors_naming_the_file(setup, argv, message, tmp_path, capsys):
+    build_root(tmp_path / "root")
+    if setup:
+        setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}")
+
+
+def test_a_verified_refresh_serves_the_whole_root(tmp_path, capsys):
+    build_root(tmp_path / "root")
+    assert main(["catalog", "refresh", "--root", str(tmp_path / "root")]) == 0
+    assert main(["stats", "--catalog", str(tmp_path / "root" / "catalog.duckdb"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["samples"] == 3
+
+
+# Crawl, synthweb and demo inputs. Each setup writes the probe's input under {tmp}/in (and, for reruns, an
+# earlier run's output under {tmp}/out); an ok crawl of unreachable rows needs no network.
+def _url_lists(tmp: Path) -> None:
+    import pandas as pd
+
+    folder = tmp / "in"
+    folder.mkdir()
+    (folder / "empty.parquet").write_bytes(b"")
+    pd.DataFrame({"url": [1, 2]}).to_parquet(folder / "int.parquet")
+    pd.DataFrame({"url": [["http://a.example/1.jpg"]]}).to_parquet(folder / "list.parquet")
+    (folder / "trunc.parquet").write_bytes((folder / "int.parquet").read_bytes()[:300])
+    (folder / "big.csv").write_text("url,caption\nhttp://a.example/1.jpg," + "a" * 140_000 + "\n")
+    (folder / "a.txt").write_text("notaurl-a\n")
+    (folder / "b.txt").write_text("notaurl-b\n")
+    # A contact_url, so the crawl logs no warning: Prefect, once imported, logs to the stream of an earlier test.
+    (folder / "crawl.yaml").write_text("contact_url: https://example.org/contact\n")
+    (folder / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pages": []}\n')
+
+
+def _crawled_a(tmp: Path) -> None:
+    _url_lists(tmp)
+    assert main(["crawl", "--urls", str(tmp / "in" / "a.txt"), "--out", str(tmp / "out"),
+                 "--config", str(tmp / "in" / "crawl.yaml")]) == 0
+
+
+def _damaged_state(tmp: Path, segment: bool) -> None:
+    from curation.crawl import CrawlConfig
+    from curation.crawl.urllist import read_url_list
+    from storage.configfile import dump_config, load_config
+
+    _url_lists(tmp)
+    state = tmp / "out" / "work" / "crawl" / "part-00000"
+    state.mkdir(parents=True)
+    dump_config(load_config(str(tmp / "in" / "crawl.yaml"), CrawlConfig), str(tmp / "out" / "crawl_config.yaml"))  # as the interrupted run left it
+    if segment:
+        from curation.crawl.state import open_chunk_state
+
+        open_chunk_state(str(state), list(read_url_list(str(tmp / "in" / "a.txt"))))
+        (state / "seg-0-00000.arrow").write_bytes(b"half a segment")
+    else:
+        (state / "chunk.json").write_text("{")
+
+
+STATE = "{tmp}/out/work/crawl/part-00000"
+CRAWL_CONFIG = ["--config", "{tmp}/in/crawl.yaml"]
+CRAWL_CASES = [
+    (["crawl", "--urls", "{tmp}/in/empty.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/empty.parquet: not a readable Parquet file: Parquet file size is 0 bytes"),
+    (["crawl", "--urls", "{tmp}/in/trunc.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/trunc.parquet: not a readable Parquet file: "),
+    (["crawl", "--urls", "{tmp}/in/int.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/int.parquet: row 0: url is int 1, expected a URL string"),
+    (["crawl", "--urls", "{tmp}/in/list.parquet", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/list.parquet: row 0: url is list ['http://a.example/1.jpg'], expected a URL string"),
+    (["crawl", "--urls", "{tmp}/in/big.csv", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/in/big.csv:2: field larger than field limit (131072)"),
+    (["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/in/a.txt", *CRAWL_CONFIG],
+     "{tmp}/in/a.txt: crawl output folder is a file, not a folder"),
+    (["crawl", "--seed", "notaurl", "--out", "{tmp}/out", *CRAWL_CONFIG], "--seed 'notaurl': not an absolute http(s) URL: 'notaurl'"),
+    (["crawl", "--seed", "foo://x.example/", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "--seed 'foo://x.example/': not an absolute http(s) URL: 'foo://x.example/'"),
+    (["synthweb", "urls", "{tmp}/in", "--base-url", "notaurl", "--out", "{tmp}/urls.jsonl"],
+     "--base-url 'notaurl': not an absolute http(s) URL: 'notaurl'"),
+    (["synthweb", "urls", "{tmp}/in", "--base-url", "http://127.0.0.1:8000", "--out", "{tmp}/urls.jsonl"],
+     "{tmp}/in/ground_truth.jsonl:1: field 'alt_text' must be a str"),
+    (["synthweb", "render", "--out", "{tmp}/in/a.txt", "--images", "2"], "{tmp}/in/a.txt: site folder is a file, not a folder"),
+    (["demo", "--out", "{tmp}/in/a.txt"], "{tmp}/in/a.txt: demo output folder is a file, not a folder"),
+]
+RERUN_CASES = [
+    (_crawled_a, ["crawl", "--urls", "{tmp}/in/b.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     "{tmp}/out/downloads/part-00000.parquet: crawled from another URL list (its chunk of 1 URLs differs); "
+     "use another --out for this list"),
+    (lambda tmp: _damaged_state(tmp, segment=False), ["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     f"{STATE}/chunk.json: damaged crawl state (Expecting property name enclosed in double quotes: line 1 column 2 "
+     f"(char 1)); delete {STATE} to restart this chunk"),
+    (lambda tmp: _damaged_state(tmp, segment=True), ["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],
+     f"{STATE}/seg-0-00000.arrow: damaged crawl state ("),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", [(_url_lists, *c) for c in CRAWL_CASES] + RERUN_CASES,
+                         ids=[" ".join(c[0][:2]) + f" #{i}" for i, c in enumerate(CRAWL_CASES + [c[1:] for c in RERUN_CASES])])
+def test_bad_crawl_and_site_inputs_are_one_line_errors(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    capsys.readouterr()
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}")
+
+
+def test_a_host_name_longer_than_dns_allows_is_an_invalid_url_reject(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    _url_lists(tmp_path)
+    (tmp_path / "urls.txt").write_text(f"http://{'a' * 300}.example/1.jpg\n")
+    assert main(["crawl", "--urls", str(tmp_path / "urls.txt"), "--out", str(tmp_path / "out"),
+                 "--config", str(tmp_path / "in" / "crawl.yaml")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    rejects = pq.read_table(tmp_path / "out" / "rejects" / "part-00000.parquet").to_pylist()
+    assert [r["reason"] for r in rejects] == ["invalid_url"]
+    assert rejects[0]["detail"].startswith("host name longer than DNS allows")
+
+
+def _downloads(tmp: Path, **columns) -> None:
+    import pyarrow as pa
+
+    (tmp / "in").mkdir()
+    row = {"url": "https://a.example/1.jpg", "data": b"\xff\xd8 not decoded before the check", **columns}
+    pq.write_table(pa.Table.from_pylist([row]), tmp / "in" / "part-0.parquet")
+
+
+DETECT_CASES = [
+    (lambda tmp: _downloads(tmp, alt_text=7), ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--backend", "hog"],
+     "{tmp}/in/part-0.parquet: column 'alt_text' is int64, expected string"),
+    (lambda tmp: _downloads(tmp, width="wide"), ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--backend", "hog"],
+     "{tmp}/in/part-0.parquet: column 'width' is string, expected integer"),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", DETECT_CASES, ids=[f"detect #{i}" for i in range(len(DETECT_CASES))])
+def test_bad_detect_inputs_are_one_line_errors_before_detection(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err == f"gadms detect: error: {message}"
+
+
+def test_detect_imgsz_is_bounded(tmp_path, capsys):
+    _downloads(tmp_path)
+    (tmp_path / "detect.yaml").write_text("detect:\n  imgsz: 1000000000\n")
+    status, err = _probe(tmp_path, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--config",
+                                    "{tmp}/detect.yaml"], capsys)
+    assert status == 2 and "\n" not in err
+    assert "detect.imgsz" in err and "less than or equal to 4096" in err
+
+
+def test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="JPEG")
+    _downloads(tmp_path, data=buffer.getvalue())
+    argv = ["detect", "--downloads", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--backend", "hog"]
+    assert main(argv) == 0
+    crops = tmp_path / "out" / "crops" / "part-0.parquet"
+    whole = crops.read_bytes()
+    crops.write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 shards done (0 already done)" in capsys.readouterr().out
+    assert pq.read_metadata(crops).num_rows == 0

@@ -67,6 +67,14 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert con.execute("SELECT count(*) FROM samples WHERE caption_backend <> 'alt-text'").fetchone() == (0,)
     for page_url, source_meta in con.execute("SELECT page_url, source_meta FROM samples").fetchall():
         assert json.loads(source_meta) == {"page_url": page_url}
+    # A bounded sample of every image-stage reject reason has a thumbnail, per shard, within the budget.
+    thumbnails = con.execute("""SELECT shard_id, stage, reason, count(*), max(greatest(width, height)),
+                                       sum(octet_length(image)) FROM reject_thumbnails GROUP BY ALL""").fetchall()
+    image_reasons = con.execute("""SELECT DISTINCT shard_id, stage, reason FROM rejects
+                                   WHERE stage IN ('detect', 'pose', 'dedup', 'filter', 'caption', 'quality')""").fetchall()
+    assert sorted(t[:3] for t in thumbnails) == sorted(image_reasons)
+    assert all(n <= 8 and side <= 96 for *_, n, side, _ in thumbnails)
+    assert summary["reject_thumbnail_bytes"] == sum(t[5] for t in thumbnails)
     reports = list((out / "reports").glob("*/*.png"))
     assert sorted(p.name for p in reports) == ["caption_lengths.png", "contact_sheet.png"]
     con.close()

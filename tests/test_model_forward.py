@@ -6,6 +6,7 @@ import torch
 from pydantic import ValidationError
 
 from gadms_model.gass import gass_scores
+from gadms_model.losses import clip_loss
 from gadms_model.model import ModelConfig, build_model
 from gadms_model.score_store import ScoreStore
 from gadms_model.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, SOT_TOKEN_ID, Tokenizer
@@ -131,7 +132,7 @@ def test_token_scores_file_fills_the_store_and_bad_files_are_named(tmp_path):
     torch.testing.assert_close(store.gather(torch.arange(3)), scores.half().float())  # failures changed nothing
 
 
-def test_irra_and_sdm_modes(batch):
+def test_irra_sdm_and_clip_modes(batch):
     images, text_ids, pids = batch
     irra = build_model(ModelConfig.tiny(mode="irra", num_classes=3))
     out = irra(images, text_ids, pids, generator=torch.Generator().manual_seed(2))
@@ -141,6 +142,13 @@ def test_irra_and_sdm_modes(batch):
     assert sdm.mtp_head is None and sdm.classifier is None
     out = sdm(images, text_ids, pids)
     assert set(out) == {"loss", "sdm"} and out["loss"].item() == out["sdm"].item()
+    clip = build_model(ModelConfig.tiny(mode="clip"))
+    assert clip.mtp_head is None and clip.classifier is None
+    out = clip(images, text_ids, pids)
+    assert set(out) == {"loss", "clip"} and out["loss"].item() == out["clip"].item()
+    image_features, text_features = clip.encode_image(images), clip.encode_text(text_ids)
+    # float32, features normalised once more on this path: a few roundings of values of order 1/τ = 50 apart
+    assert out["clip"].item() == pytest.approx(clip_loss(image_features, text_features, pids).item(), rel=1e-5)
 
 
 def test_encoders_return_unit_features(batch):
@@ -162,7 +170,7 @@ def test_config_is_validated():
     with pytest.raises(ValidationError):
         ModelConfig(mode="gadms", unknown_field=1)
     with pytest.raises(ValidationError):
-        ModelConfig(mode="clip")
+        ModelConfig(mode="contrastive")
     with pytest.raises(GadmsError, match="gass_layers 8 exceeds the 3 text layers"):
         build_model(ModelConfig.tiny(gass_layers=8))
     with pytest.raises(GadmsError, match="neither a JSON file"):

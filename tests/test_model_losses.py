@@ -1,4 +1,4 @@
-"""SDM, ID and MLM losses against hand computations; SDM and the score store under 2 gloo processes."""
+"""SDM, CLIP, ID and MLM losses against hand computations; SDM and the score store under 2 gloo processes."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gadms_model.losses import id_loss, mlm_loss, sdm_loss
+from gadms_model.losses import clip_loss, id_loss, mlm_loss, sdm_loss
 from gadms_model.score_store import ScoreStore
 
 IMAGE = [[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]]
@@ -50,6 +50,44 @@ def test_sdm_equals_hand_computation(temperature):
     loss = sdm_loss(torch.tensor(IMAGE, dtype=torch.float64), torch.tensor(TEXT, dtype=torch.float64),
                     torch.tensor(PIDS), temperature=temperature)
     assert loss.item() == pytest.approx(hand_sdm(IMAGE, TEXT, PIDS, temperature), rel=REL)
+
+
+def hand_clip(image, text, pids, temperature):
+    def unit(v):
+        norm = math.sqrt(sum(x * x for x in v))
+        return [x / norm for x in v]
+
+    image, text = [unit(v) for v in image], [unit(v) for v in text]
+    n = len(pids)
+    cos = [[sum(a * b for a, b in zip(image[i], text[j])) for j in range(n)] for i in range(n)]
+
+    def direction(sim):
+        total = 0.0
+        for i in range(n):
+            log_norm = math.log(sum(math.exp(sim[i][j] / temperature) for j in range(n)))
+            same = [j for j in range(n) if pids[i] == pids[j]]
+            total += sum(-(sim[i][j] / temperature - log_norm) / len(same) for j in same)
+        return total / n
+
+    transposed = [[cos[j][i] for j in range(n)] for i in range(n)]
+    return (direction(cos) + direction(transposed)) / 2
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.5])
+def test_clip_loss_equals_hand_computation(temperature):
+    loss = clip_loss(torch.tensor(IMAGE, dtype=torch.float64), torch.tensor(TEXT, dtype=torch.float64),
+                     torch.tensor(PIDS), temperature=temperature)
+    assert loss.item() == pytest.approx(hand_clip(IMAGE, TEXT, PIDS, temperature), rel=REL)
+
+
+def test_clip_loss_with_unique_pids_is_clips_cross_entropy():
+    image, text = torch.tensor(IMAGE, dtype=torch.float64), torch.tensor(TEXT, dtype=torch.float64)
+    logits = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).t() / 0.07
+    labels = torch.arange(3)
+    expected = (torch.nn.functional.cross_entropy(logits, labels)
+                + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    assert clip_loss(image, text, torch.tensor([4, 5, 6]), temperature=0.07).item() == pytest.approx(
+        expected.item(), rel=REL)
 
 
 def test_id_loss_equals_hand_computation():

@@ -6,27 +6,15 @@ from PIL import Image
 
 from curation.synthweb.identities import clean_caption, identity_attributes
 from gadms_model.cli import main
-from gadms_model.data.synthetic import write_synthetic_benchmark
-from gadms_model.model import ModelConfig
 from gadms_model.retrieval import search
-from gadms_model.training import TrainConfig, train
 from storage.layout import OutputLayout
 from storage.shards import commit_shard
 from tests.storage_fixtures import captions_for, crop
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    dataset = write_synthetic_benchmark(root, 4, 0, 0, 3, seed=0, train_captions="clean")
-    config = TrainConfig.model_validate({
-        "output_dir": str(root / "run"),
-        "data": {"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
-        "model": ModelConfig.tiny(mode="sdm").model_dump(mode="json"),
-        "epochs": 30, "batch_size": 6, "num_workers": 0, "seed": 0, "augment": False, "progress": False,
-        "optim": {"lr": 2e-3, "eps": 1e-8, "warmup_epochs": 1},
-    })
-    return train(config).checkpoint_path, dataset / "imgs"
+@pytest.fixture
+def trained(tiny_search_model, search_benchmark):
+    return tiny_search_model, search_benchmark / "imgs"
 
 
 @pytest.mark.slow

@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from curation.crawl import CrawlConfig, crawl_chunk, read_url_list
-    from curation.crawl.output import downloads_path, rejects_path, write_downloads, write_rejects
+    from curation.crawl.fetcher import check_http_url
+    from curation.crawl.output import check_same_urls, downloads_path, rejects_path, write_downloads, write_rejects
+    from curation.crawl.state import chunk_fingerprint
     from curation.crawl.robots import RobotsCache
     from curation.crawl.urllist import count_rows
     from storage.configfile import dump_config, load_config, validate_config
-    from storage.fs import filesystem, is_local, join
+    from storage.fs import filesystem, is_local, join, make_folder
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {
@@ -60,28 +62,35 @@ def run(args: argparse.Namespace) -> int:
             {**config.model_dump(), "allow_private_addresses": config.allow_private_addresses + args.allow_private},
             CrawlConfig, "--allow-private",
         )
-    if not config.contact_url:
-        logging.getLogger("curation.crawl").warning(
-            "no contact_url in the config: site owners cannot reach you from the User-Agent; please set one")
     robots_cache = RobotsCache(config.robots_cache_ttl_s)
     out = args.out
+    for seed in args.seed or ():
+        check_http_url(seed, "--seed")
     if not args.seed:  # read_url_list checks the list's columns now, before anything is written
         records = read_url_list(args.urls, config.url_column, config.caption_column, config.extra_columns)
         total = count_rows(args.urls)
+        first_chunk = list(itertools.islice(records, config.chunk_size))  # its rows too: an int URL, a bad line
+        records = itertools.chain(first_chunk, records)
+    make_folder(out, "crawl output folder")
     fs, out_path = filesystem(out)
-    fs.makedirs(out_path, exist_ok=True)
     if is_local(out):
         dump_config(config, join(out, "crawl_config.yaml"))
     run_id = args.run_id or uuid.uuid4().hex[:12]
+    if not config.contact_url:
+        logging.getLogger("curation.crawl").warning(
+            "no contact_url in the config: site owners cannot reach you from the User-Agent; please set one")
     if args.seed:
         records = _seed_records(args.seed, config, out, robots_cache)
         total = len(records)
 
     counts = {"ok": 0, "rejected": 0}
     tqdm.monitor_interval = 0  # no monitor thread: with a single thread, crawl workers can be forked
-    bar = tqdm(total=total, unit="url", desc="crawl", dynamic_ncols=True)
+    bars: list[tqdm] = []  # opened at the first progress, so an error before it stays the only line
 
     def progress(ok: int, rejected: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="url", desc="crawl", dynamic_ncols=True))
+        bar = bars[0]
         counts["ok"] += ok
         counts["rejected"] += rejected
         bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 break
             chunk_id = f"part-{number:05d}"
             if fs.exists(filesystem(downloads_path(out, chunk_id))[1]):  # finished in an earlier run
+                check_same_urls(downloads_path(out, chunk_id), chunk)
                 downloaded, rejected = _rows(downloads_path(out, chunk_id)), _rows(rejects_path(out, chunk_id))
                 progress(downloaded, rejected)
                 totals["downloaded"] += downloaded
@@ -105,14 +115,16 @@ def run(args: argparse.Namespace) -> int:
             state_dir = join(out, "work", "crawl", chunk_id)
             result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache)
             write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
-            write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id)  # last: done
+            write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id,  # last: done
+                            urls_fingerprint=chunk_fingerprint(chunk))
             fs.rm(filesystem(state_dir)[1], recursive=True)
             totals["downloaded"] += result.downloads_table.num_rows
             totals["rejected"] += len(result.rejects)
             for reason, n in result.reason_counts().items():
                 reasons[reason] = reasons.get(reason, 0) + n
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     summary = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     print(f"crawl: {totals['downloaded']} downloaded, {totals['rejected']} rejected -> {out}/downloads, "
           f"{out}/rejects" + (f"; rejected this run: {summary}" if summary else ""))

@@ -19,6 +19,7 @@ from curation.crawl.config import CrawlConfig
 from curation.crawl.limiter import HostLimiter
 from curation.crawl.robots import RobotsCache, RobotsRules, parse_robots
 from curation.crawl.safety import AddressPolicy, PrivateAddressError, SafeResolver
+from storage.errors import GadmsError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,18 @@ def parse_url(url: str) -> URL:
         raise FetchFailure("invalid_url", f"cannot parse: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise FetchFailure("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
+    # DNS caps names at 253 characters and labels at 63; the resolver's idna codec raises on longer ones.
+    if len(parsed.raw_host) > 253 or any(len(label) > 63 for label in parsed.raw_host.split(".")):
+        raise FetchFailure("invalid_url", f"host name longer than DNS allows: {parsed.raw_host[:60]}...")
     return parsed
+
+
+def check_http_url(value: str, name: str) -> None:
+    """A URL given on the command line (a seed page, a base URL): a one-line GadmsError unless absolute http(s)."""
+    try:
+        parse_url(value)
+    except FetchFailure as failure:
+        raise GadmsError(f"{name} {value[:200]!r}: {failure.detail}") from None
 
 
 def host_key(url: URL) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
@@ -50,7 +51,7 @@ def open_list_file(fs: fsspec.AbstractFileSystem, path: str, source: str, txt_co
     fmt, compression = format_of(path)
     if fmt == "parquet":
         with fs.open(path, "rb") as f:
-            yield _parquet(pq.ParquetFile(f))
+            yield _parquet(parquet_file(f, source))
         return
     with fs.open(path, "rb", compression=compression) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
@@ -61,7 +62,15 @@ def open_list_file(fs: fsspec.AbstractFileSystem, path: str, source: str, txt_co
         elif fmt == "jsonl":
             yield _jsonl(text, source)
         else:
-            yield _delimited(text, "\t" if fmt == "tsv" else ",")
+            yield _delimited(text, "\t" if fmt == "tsv" else ",", source)
+
+
+def parquet_file(f, source: str) -> pq.ParquetFile:
+    """An open Parquet URL list; an empty, truncated or foreign file is a GadmsError naming it."""
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GadmsError(f"{source}: not a readable Parquet file: {exc}") from None
 
 
 def _parquet(parquet: pq.ParquetFile) -> ListFile:
@@ -73,13 +82,21 @@ def _parquet(parquet: pq.ParquetFile) -> ListFile:
     return ListFile(parquet.schema_arrow.names, rows)
 
 
-def _delimited(text: io.TextIOBase, delimiter: str) -> ListFile:
+def _delimited(text: io.TextIOBase, delimiter: str, source: str) -> ListFile:
     reader = csv.reader(text, delimiter=delimiter)
-    header = next(reader, [])
+
+    def checked(read: Iterator[list[str]]) -> Iterator[list[str]]:
+        try:  # csv.Error: a field over csv.field_size_limit() (128 KiB), a NUL byte
+            yield from read
+        except csv.Error as exc:
+            raise GadmsError(f"{source}:{reader.line_num}: {exc}") from None
+
+    lines = checked(reader)
+    header = next(lines, [])
 
     def rows(wanted: list[str]) -> Iterator[tuple]:
         positions = [header.index(name) for name in wanted]
-        for row in reader:
+        for row in lines:
             yield tuple(row[i] if i < len(row) else None for i in positions)
 
     return ListFile(header, rows)

@@ -64,8 +64,13 @@ def open_chunk_state(state_dir: str, urls: list[UrlRecord]) -> None:
     meta = filesystem(meta_path)[1]
     expected = {"urls": len(urls), "fingerprint": chunk_fingerprint(urls)}
     if fs.exists(meta):
-        with fs.open(meta, "r") as f:
-            found = json.load(f)
+        try:
+            with fs.open(meta, "r") as f:
+                found = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            found = f"{exc}"
+        if not isinstance(found, dict):
+            raise GadmsError(f"{meta_path}: damaged crawl state ({found}); delete {state_dir} to restart this chunk")
         if found != expected:
             raise GadmsError(
                 f"{state_dir}: holds the state of another URL list ({found.get('urls')} URLs, fingerprint "
@@ -83,11 +88,18 @@ def load_segments(state_dir: str) -> pa.Table:
     fs, path = filesystem(state_dir)
     tables = [OUTCOME_SCHEMA.empty_table()]
     for segment in sorted(fs.glob(f"{path.rstrip('/')}/seg-*.arrow")):
-        if isinstance(fs, LocalFileSystem):
-            tables.append(pa.ipc.open_file(pa.memory_map(segment)).read_all())
-        else:
-            with fs.open(segment, "rb") as f:
-                tables.append(pa.ipc.open_file(f).read_all())
+        try:
+            if isinstance(fs, LocalFileSystem):
+                table = pa.ipc.open_file(pa.memory_map(segment)).read_all()
+            else:
+                with fs.open(segment, "rb") as f:
+                    table = pa.ipc.open_file(f).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:  # segments are renamed into place whole: someone damaged it
+            raise GadmsError(f"{segment}: damaged crawl state ({exc}); delete {state_dir} to restart this chunk") from None
+        if not table.schema.equals(OUTCOME_SCHEMA):
+            raise GadmsError(f"{segment}: damaged crawl state (not an outcome segment); delete {state_dir} to restart "
+                             "this chunk")
+        tables.append(table)
     return pa.concat_tables(tables)
 
 

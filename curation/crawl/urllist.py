@@ -11,10 +11,9 @@ import json
 from typing import Iterator
 
 import fsspec
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from curation.crawl.listformats import FORMATS, ListFile, format_of, open_list_file
+from curation.crawl.listformats import FORMATS, ListFile, format_of, open_list_file, parquet_file
 from storage.errors import GadmsError
 from storage.fs import filesystem
 from storage.records import UrlRecord
@@ -55,9 +54,12 @@ def _records(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, c
             has_page = PAGE_URL_COLUMN in list_file.columns
             read = [url_col, *([caption_col] if caption_col else []), *([PAGE_URL_COLUMN] if has_page else []),
                     *extra_columns]
-            for values in list_file.rows(read):
+            for row, values in enumerate(list_file.rows(read)):
                 values = list(values)
                 url = values.pop(0)
+                if not isinstance(url, str | None):  # e.g. an int or list column: the whole list is wrong
+                    raise GadmsError(f"{source}: row {row}: {url_col} is {type(url).__name__} {str(url)[:60]}, "
+                                     "expected a URL string")
                 caption = values.pop(0) if caption_col else ""
                 page_url = values.pop(0) if has_page else ""
                 meta = json.dumps(dict(zip(extra_columns, values)), default=str) if extra_columns else None
@@ -131,5 +133,5 @@ def count_rows(path_or_url: str) -> int | None:
     total = 0
     for path in paths:
         with fs.open(path, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
+            total += parquet_file(f, _source(fs, path)).metadata.num_rows
     return total

@@ -124,6 +124,10 @@ class HogBackend:
             small = image if scale == 1.0 else cv2.resize(
                 image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
             )
+            window_width, window_height = self.hog.winSize
+            if small.shape[0] < window_height or small.shape[1] < window_width:
+                per_image.append([])  # smaller than one HOG window: no person fits, and OpenCV would crash
+                continue
             bgr = np.ascontiguousarray(small[..., ::-1])
             rects, weights = self.hog.detectMultiScale(bgr, winStride=(8, 8), padding=(8, 8), scale=1.05)
             candidates = []

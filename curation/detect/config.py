@@ -34,7 +34,7 @@ class DetectConfig(BaseModel):
     pose_check: bool = True  # the yolo backend needs pose keypoints for it; hog always skips it
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     batch_size: int = Field(16, ge=1)
-    imgsz: int = Field(640, ge=32)
+    imgsz: int = Field(640, ge=32, le=4096)  # ultralytics allocates imgsz² per image: 10^9 is out of memory
     candidate_conf: float = Field(0.25, ge=0.0, le=1.0)  # boxes below this are never reported at all
     iou: float = Field(0.7, gt=0.0, le=1.0)  # NMS
     person_class: int = Field(0, ge=0)

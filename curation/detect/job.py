@@ -10,11 +10,13 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.dedup import DedupConfig, DedupIndex
 from curation.detect.config import DetectConfig
-from curation.detect.parquet_io import count_rows, crops_table, download_files, iter_downloads
+from curation.detect.parquet_io import count_rows, crops_table, download_files, iter_downloads, open_downloads
 from curation.detect.pipeline import PersonDetector, detect_persons
 from storage.catalog import write_run_record
 from storage.fs import join
@@ -46,6 +48,8 @@ def run_detect_job(
     todo = [f for f in files if not _shard_done(layout, out, f.stem)]
     counts = {"images": 0, "kept": 0, "rejects": 0, "shards_done": 0, "shards_skipped": len(files) - len(todo)}
     timings = {"detect_s": 0.0, "dedup_s": 0.0}
+    for path in todo:  # every input checked before the detector loads and the first shard is detected
+        open_downloads(path)
     if todo:
         detector = PersonDetector(config.detect)
         index = DedupIndex.open(layout.dedup_dir, radius=config.dedup.radius) if config.dedup.enabled else None
@@ -70,8 +74,17 @@ def run_detect_job(
 
 
 def _shard_done(layout: OutputLayout, out: str, shard_id: str) -> bool:
-    # The rejects file is written after the crops file, so it marks a finished shard.
-    return Path(crops_path(out, shard_id)).is_file() and Path(layout.rejects_path(shard_id)).is_file()
+    # The rejects file is written after the crops file, so it marks a finished shard; a file cut short (its
+    # Parquet footer is at the end) means the shard is redone, not "already done".
+    return all(_whole_parquet(p) for p in (crops_path(out, shard_id), layout.rejects_path(shard_id)))
+
+
+def _whole_parquet(path: str) -> bool:
+    try:
+        pq.read_metadata(path)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return False
+    return True
 
 
 def _run_shard(

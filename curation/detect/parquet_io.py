@@ -46,8 +46,24 @@ def count_rows(path: Path) -> int:
         raise GadmsError(f"{path}: not a readable Parquet file: {exc}") from None
 
 
-def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download], int]]:
-    """(downloads, rows read) per batch of `batch_rows` rows; rows without bytes count as read but yield nothing."""
+# Column kinds of a downloads file, checked from its schema before any image is detected.
+_DOWNLOAD_KINDS = {"data": ("binary", pa.types.is_binary, pa.types.is_large_binary),
+                   "image": ("binary", pa.types.is_binary, pa.types.is_large_binary),
+                   "width": ("integer", pa.types.is_integer), "height": ("integer", pa.types.is_integer)}
+_STRING_KIND = ("string", pa.types.is_string, pa.types.is_large_string)
+
+
+def _check_download_types(schema: pa.Schema, columns: list[str], path: Path) -> None:
+    for name in columns:
+        kind, *accepts = _DOWNLOAD_KINDS.get(name, _STRING_KIND)
+        found = schema.field(name).type
+        if not (pa.types.is_null(found) or any(accept(found) for accept in accepts)):
+            raise GadmsError(f"{path}: column {name!r} is {found}, expected {kind}")
+
+
+def open_downloads(path: Path) -> tuple[pq.ParquetFile, list[str]]:
+    """A downloads file and the columns to read (url, the bytes column, the optional ones it has), its column
+    names and types checked: a GadmsError naming the file and column, before any image is detected."""
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -58,6 +74,14 @@ def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download]
         missing = "url" if "url" not in names else "data"
         raise GadmsError(f"{path}: missing column {missing!r} (a crawl output needs url and data or image)")
     columns = ["url", bytes_column, *(c for c in OPTIONAL_DOWNLOAD_COLUMNS if c in names)]
+    _check_download_types(parquet.schema_arrow, columns, path)
+    return parquet, columns
+
+
+def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download], int]]:
+    """(downloads, rows read) per batch of `batch_rows` rows; rows without bytes count as read but yield nothing."""
+    parquet, columns = open_downloads(path)
+    bytes_column = columns[1]
     row = 0
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         downloads = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """Add the actions; returns the subparsers, to which flows.synthweb_cli adds train-clip."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     render = sub.add_parser("render", help="render a static site with ground truth")
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--time-hours", type=float, default=None, help="stop training after this many hours")
     train.set_defaults(func=_train)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    return sub
 
 
 def _render(args) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from curation.synthweb.alttext import make_alt_text
-from curation.synthweb.identities import clean_caption, described_caption, identity_attributes
+from curation.synthweb.identities import clean_caption, coarse_caption, described_caption, identity_attributes
 from curation.synthweb.scene import render_person_crop
 
 
@@ -21,6 +21,7 @@ class PersonSample:
     alt_text: str
     noise_words: tuple[bool, ...]  # one flag per word of alt_text.split(): True = noise, not about the person
     described: str = ""  # this image's own true description (varied wording; see identities.described_caption)
+    coarse: str = ""  # gender and colours only (see identities.coarse_caption)
 
 
 def iter_identity_dataset(
@@ -41,7 +42,8 @@ def iter_identity_dataset(
             alt = make_alt_text(identity, rng)
             # Its own stream: adding it left every rendered image and alt text as they were.
             described = described_caption(identity, random.Random(f"synthweb-described-{seed}-{number}-{k}"))
-            yield PersonSample(image, number, caption, alt.text, alt.noise_words, described)
+            coarse = coarse_caption(identity, random.Random(f"synthweb-coarse-{seed}-{number}-{k}"))
+            yield PersonSample(image, number, caption, alt.text, alt.noise_words, described, coarse)
 
 
 def render_identity_dataset(

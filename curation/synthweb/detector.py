@@ -24,6 +24,7 @@ from curation.detect.weights import check_yolo_weights
 from curation.synthweb.figure import FLIP_INDEX, KEYPOINT_NAMES
 from curation.synthweb.hostile import jpeg_bytes
 from curation.synthweb.scene import render_scene
+from storage.fs import refuse_file
 
 DEMO_WEIGHTS = Path(__file__).parent / "weights" / "synthweb-pose-demo.pt"
 DEMO_IMGSZ = 384  # the image size the demo weights were trained at: predict at it too
@@ -147,6 +148,7 @@ def train_detector(config: DetectorTrainConfig) -> dict:
     Writes <out>/synthweb-pose-demo.pt and <out>/metrics.json; returns the metrics.
     """
     out = Path(config.out)
+    refuse_file(str(out), "detector work folder")
     YOLO = prepare_ultralytics(out / "ultralytics-config")
     check_yolo_weights(config.model, "model")  # before anything is rendered
     out.mkdir(parents=True, exist_ok=True)

@@ -162,5 +162,14 @@ def described_caption(identity: Identity, rng: random.Random) -> str:
     return text[0].upper() + text[1:]
 
 
+def coarse_caption(identity: Identity, rng: random.Random) -> str:
+    """What a web-scale CLIP knows of a person photo: the gender and the colours worn, in either order, but not
+    which garment has which colour, nor hair, garment types, shoes or accessories (the demo CLIP's captions)."""
+    colours = [identity.top_colour, identity.bottom_colour]
+    rng.shuffle(colours)
+    opening = rng.choice(("a photo of a", "a", "a picture of a"))
+    return f"{opening} {identity.gender} in {colours[0]} and {colours[1]}"
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

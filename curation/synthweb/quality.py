@@ -20,7 +20,6 @@ image by IoU >= IOU_MATCH. A figure is a rendered person or a person-like figure
 """
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from curation.detect.config import DetectConfig
 from curation.detect.rules import box_reject, pose_reject
 from curation.synthweb.attribute_words import judge_caption
 from curation.synthweb.identities import identity_attributes
+from curation.synthweb.site import read_ground_truth
 from curation.synthweb.verdicts import KEEP
 from storage.catalog import run_records
 from storage.errors import GadmsError
@@ -81,21 +81,6 @@ def box_iou(a: Box, b: Box) -> float:
 
 def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
-
-
-def read_ground_truth(site_dir: Path) -> dict[str, dict]:
-    """The site's ground-truth records by URL path."""
-    path = site_dir / "ground_truth.jsonl"
-    if not path.is_file():
-        raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
-    records = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            records[record["path"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise GadmsError(f"{path}:{number}: not a ground-truth record (JSON object with a path)") from None
-    return records
 
 
 def _original(path: str, records: dict[str, dict]) -> str:
@@ -304,7 +289,7 @@ def curation_quality(site_dir: str | Path, output_root: str | Path) -> dict:
     layout = OutputLayout(str(output_root))
     config = _latest_build(layout)
     detect_config = DetectConfig.model_validate(config["detect"])
-    figures = ground_truth_figures(read_ground_truth(Path(site_dir)), detect_config)
+    figures = ground_truth_figures({record["path"]: record for _, record in read_ground_truth(site_dir)}, detect_config)
     crops, rejects = _read_root(layout)
     unknown = next((c.path for c in crops if c.path not in figures), None)
     if unknown is not None:

@@ -36,6 +36,7 @@ from curation.synthweb.identities import clean_caption, identity_attributes
 from curation.synthweb.scene import NEGATIVE_PLANS, Scene, render_scene
 from curation.synthweb.verdicts import expected_verdict
 from storage.errors import GadmsError, check_range
+from storage.fs import refuse_file
 
 BASE_URL_PLACEHOLDER = "__BASE_URL__"
 IMAGES_PER_PAGE = 12
@@ -136,6 +137,7 @@ def render_site(out_dir: str | Path, images: int, seed: int) -> SiteInfo:
     """
     check_range("--images", images, 1, MAX_SCENES)
     root = Path(out_dir)
+    refuse_file(str(root), "site folder")
     if root.exists() and any(root.iterdir()):
         raise GadmsError(f"{root}: output folder is not empty; choose a new folder for the site")
     existing = next(p for p in [root, *root.resolve().parents] if p.exists())
@@ -323,19 +325,48 @@ def _write_index(docroot: Path, public_pages: list[str], private_pages: list[str
     _write(docroot, "/index.html", page.encode("utf-8"))
 
 
+# The ground-truth fields readers use, and their types: a damaged file is one error naming its line.
+_GROUND_TRUTH_FIELDS = {"path": str, "alt_text": str, "pages": list, "persons": list}
+
+
+def read_ground_truth(site_dir: str | Path) -> list[tuple[str, dict]]:
+    """The records of a rendered site's ground_truth.jsonl, each with its `file:line` for error messages."""
+    ground_truth = Path(site_dir) / "ground_truth.jsonl"
+    if not ground_truth.is_file():
+        raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
+    records = []
+    try:
+        lines = ground_truth.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise GadmsError(f"{ground_truth}: not UTF-8 text: {exc.reason}") from None
+    for number, line in enumerate(lines, 1):
+        where = f"{ground_truth}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GadmsError(f"{where}: not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise GadmsError(f"{where}: expected a JSON object")
+        for name, kind in _GROUND_TRUTH_FIELDS.items():
+            if not isinstance(record.get(name), kind):
+                raise GadmsError(f"{where}: field {name!r} must be a {kind.__name__}")
+        records.append((where, record))
+    return records
+
+
 def write_url_list(site_dir: str | Path, base_url: str, out_path: str | Path) -> int:
     """Write every image URL the site's pages reference, with its alt text as caption, as an img2dataset input
     list (`url`, `caption`, `page_url`); Parquet or JSON Lines by the suffix of `out_path`. Returns the rows."""
+    from curation.crawl.fetcher import check_http_url
+
     site_dir, out_path = Path(site_dir), Path(out_path)
-    ground_truth = site_dir / "ground_truth.jsonl"
-    if not ground_truth.is_file():
-        raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
+    check_http_url(base_url, "--base-url")
+    records = read_ground_truth(site_dir)
     if out_path.suffix not in (".parquet", ".jsonl"):
         raise GadmsError(f"{out_path}: URL list must end in .parquet or .jsonl")
     base = base_url.rstrip("/")
     rows = []
-    for line in ground_truth.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for _, record in records:
         if not record["pages"]:
             continue
         rows.append({"url": base + record["path"], "caption": record["alt_text"],

@@ -36,6 +36,7 @@ from PIL import Image
 from curation.detect.crop import crop_region
 from curation.synthweb.aiohttp_server import LoopbackAiohttpServer
 from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_phrase, identity_attributes
+from curation.synthweb.site import read_ground_truth
 from curation.synthweb.verdicts import KEEP
 from storage.errors import GadmsError
 
@@ -76,33 +77,31 @@ class PersonIndex:
 
     def __init__(self, site_dir: str | Path, crop_margin: float = 0.05):
         site_dir = Path(site_dir)
-        ground_truth = site_dir / "ground_truth.jsonl"
-        if not ground_truth.is_file():
-            raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
         self.persons: list[SitePerson] = []
         thumbnails = []
         payloads = _payload_files(site_dir)
-        for number, line in enumerate(ground_truth.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GadmsError(f"{ground_truth}:{number}: not valid JSON: {exc.msg}") from None
-            path = str(record.get("path", ""))
+        for where, record in read_ground_truth(site_dir):
+            path = record["path"]
             # A fault URL that still answers with an image (slow, 429 then 200, a short read) serves a payload
             # file; the others never deliver a whole image.
             served = payloads.get(path) or (None if record.get("fault") else path)
             file = site_dir / "www" / str(served).lstrip("/")
-            if not record.get("persons") or served is None or not file.is_file():
+            if not record["persons"] or served is None or not file.is_file():
                 continue
             with Image.open(file) as image:
                 image = image.convert("RGB")
                 for index, person in enumerate(record["persons"]):
                     if "expected_verdict" not in person:
-                        raise GadmsError(f"{ground_truth}:{number}: a person lacks expected_verdict; the site was "
-                                         "rendered by an older version, render it again")
-                    self.persons.append(SitePerson(record["path"], index, person["identity"], person["kind"],
-                                                   person["expected_verdict"]))
-                    region = crop_region(tuple(person["bbox"]), image.size, crop_margin)  # as the detect stage cuts
+                        raise GadmsError(f"{where}: a person lacks expected_verdict; the site was rendered by an "
+                                         "older version, render it again")
+                    try:
+                        identity = person["identity"]
+                        entry = SitePerson(path, index, None if identity is None else int(identity),
+                                           str(person["kind"]), str(person["expected_verdict"]))
+                        region = crop_region(tuple(person["bbox"]), image.size, crop_margin)  # as detect cuts
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise GadmsError(f"{where}: person {index}: needs bbox, identity and kind ({exc!r})") from None
+                    self.persons.append(entry)
                     thumbnails.append(thumbnail(image.crop(region)))
                 # A detector often boxes persons that share their crops as one: that crop is several people too.
                 together = [(k, p) for k, p in enumerate(record["persons"])
@@ -112,11 +111,11 @@ class PersonIndex:
                     boxes = [p["bbox"] for _, p in together]
                     union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                              max(b[3] for b in boxes))
-                    self.persons.append(SitePerson(record["path"], first, person["identity"], person["kind"],
+                    self.persons.append(SitePerson(path, first, person["identity"], person["kind"],
                                                    "several_people"))
                     thumbnails.append(thumbnail(image.crop(crop_region(union, image.size, crop_margin))))
         if not self.persons:
-            raise GadmsError(f"{ground_truth}: the site has no rendered persons to recognise")
+            raise GadmsError(f"{site_dir / 'ground_truth.jsonl'}: the site has no rendered persons to recognise")
         self.thumbnails = np.stack(thumbnails)
 
     def match(self, image: Image.Image) -> Match | None:

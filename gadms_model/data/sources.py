@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from gadms_model.data.benchmarks import TrainSample
+from storage.catalog import catalog_root
 from storage.errors import GadmsError
 from storage.fs import filesystem
 from storage.layout import OutputLayout
@@ -158,10 +159,11 @@ def webperson_shard_files(root: str) -> list[str]:
 
 
 def webperson_source(root: str) -> ShardSource:
-    """A WebPerson output root, or its catalog file (`<root>/catalog.duckdb`)."""
+    """A WebPerson output root, or its catalog file `<root>/catalog.duckdb`: the root it was built for when the
+    file exists (so a file that is not a catalog says so), else the folder it would be in."""
     root = str(root)
     if root.endswith(".duckdb"):
-        root = str(Path(root).parent)
+        root = catalog_root(root) if Path(root).exists() else str(Path(root).parent)
     return ShardSource(webperson_shard_files(root), id_column="sample_id")
 
 

@@ -21,10 +21,10 @@ def write_synthetic_benchmark(
     test_identities: int,
     images_per_identity: int,
     seed: int = 0,
-    train_captions: Literal["alt_text", "described_alt_text", "clean"] = "alt_text",
+    train_captions: Literal["alt_text", "described_alt_text", "clean", "coarse"] = "alt_text",
     size: tuple[int, int] = (32, 64),
     first_identity: int = 0,
-    query_captions: Literal["identity", "per_image"] = "identity",
+    query_captions: Literal["identity", "per_image", "coarse"] = "identity",
 ) -> Path:
     """Write `<root>/RSTPReid/{data_captions.json, noise_words.json, imgs/}`; return the dataset directory.
 
@@ -32,7 +32,8 @@ def write_synthetic_benchmark(
     uses, e.g. far above a rendered web's identities, for a held-out split); `size` is (width, height) of the rendered crops.
     `query_captions` (val, test and clean train captions): "identity" gives every image of an identity the same
     canonical caption; "per_image" gives each image its own true description in varied wording, as the real
-    benchmarks' annotators do (more distinct queries, so a metric is measured on more than one per identity).
+    benchmarks' annotators do (more distinct queries, so a metric is measured on more than one per identity);
+    "coarse" gives gender and colours only. `train_captions` "coarse": the same for train (the demo CLIP's data).
     Train images whose alt text is empty are skipped (a captionless image cannot be a training pair);
     "described_alt_text" also skips those whose alt text has no word about the person (spam, file names), leaving
     only noise within captions.
@@ -53,6 +54,8 @@ def write_synthetic_benchmark(
                 caption, flags = sample.alt_text, list(sample.noise_words)
                 if train_captions == "described_alt_text" and all(flags):
                     continue  # only alt texts that describe the person at least in part: noise within captions
+            elif (split == "train" and train_captions == "coarse") or (split != "train" and query_captions == "coarse"):
+                caption, flags = sample.coarse, [False] * len(sample.coarse.split())
             else:
                 caption = sample.described if query_captions == "per_image" else sample.clean_caption
                 flags = [False] * len(caption.split())

@@ -175,14 +175,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         _check_resumable(config_path, config)
     if not resume and ckpt.step_checkpoints(checkpoints_dir):
         raise GadmsError(f"{output_dir}: holds checkpoints of an earlier run (use --resume, or a new output_dir)")
+    # The data is checked before anything is written, so a bad data path leaves output_dir as it was.
+    source = build_source(config)
+    if hasattr(source, "cached_row_groups"):
+        source.cached_row_groups = config.shuffle_window  # a shuffle window's row groups stay decoded
     if process.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, config_path)
     barrier()
 
-    source = build_source(config)
-    if hasattr(source, "cached_row_groups"):
-        source.cached_row_groups = config.shuffle_window  # a shuffle window's row groups stay decoded
     model_fields = dict(config.model)
     if model_fields.get("mode") == "irra":
         model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities

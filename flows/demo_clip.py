@@ -1,0 +1,94 @@
+"""The demo CLIP (`gadms synthweb train-clip`): the demo's stand-in for OpenAI's CLIP, which cannot be downloaded here.
+
+GA-DMS starts from an aligned CLIP that knows colours and clothing but not the fine-grained descriptions of person
+retrieval. The demo CLIP is made to know as little: a tiny CLIP (gadms-tiny, 128×64 images) aligned with CLIP's
+own contrastive loss on synthetic persons captioned *coarsely*, with their gender and the two colours they wear
+in either order ("a woman in blue and red"): not which garment has which colour, nor hair, garment types, shoes
+or accessories. Training on the curated shards' MLLM captions then has something to add.
+
+Its identities are numbered from DEMO_CLIP_FIRST_IDENTITY, disjoint from the rendered web's (0 .. images/4) and
+from the demo's held-out benchmark (flows.demo.HELD_OUT_FIRST_IDENTITY); model selection uses its own val
+identities, coarse too. The result ships as an open_clip folder (`export-model`'s layout) in
+curation/synthweb/weights/synthweb-clip-demo, beside the demo detector.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.synthweb.detector import DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
+from gadms_model.data.synthetic import write_synthetic_benchmark
+from gadms_model.export.open_clip_dir import export_open_clip
+from gadms_model.training import TrainConfig, train
+from storage.fs import make_folder
+
+DEMO_CLIP_DIR = DEMO_DETECTOR_WEIGHTS.parent / "synthweb-clip-demo"
+DEMO_CLIP_FIRST_IDENTITY = 2_000_000
+DEMO_CLIP_IMAGE_SIZE = (128, 64)  # height, width: the demo's GA-DMS image size
+
+
+class DemoClipConfig(BaseModel):
+    """`gadms synthweb train-clip` options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str
+    identities: int = Field(3000, ge=10, le=100_000, description="training identities")
+    images_per_identity: int = Field(4, ge=1, le=100)
+    val_identities: int = Field(100, ge=10, le=10_000)
+    steps: int = Field(3000, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=2, le=4096)
+    lr: float = Field(5e-4, gt=0, le=1)
+    temperature: float = Field(0.05, gt=0, le=1, description="CLIP's initial temperature is 0.07")
+    num_workers: int = Field(1, ge=0, le=64)
+    seed: int = 0
+
+
+def demo_clip_train_config(config: DemoClipConfig, benchmark_root: Path) -> TrainConfig:
+    return TrainConfig(
+        output_dir=str(Path(config.out) / "model"),
+        data={"kind": "benchmark", "path": str(benchmark_root), "benchmark": "rstpreid"},
+        model={"clip_model": "gadms-tiny", "image_size": DEMO_CLIP_IMAGE_SIZE, "mode": "clip",
+               "temperature": config.temperature, "gass_layers": 2, "mtp_layers": 1},
+        validation={"dataset": "rstpreid", "root": str(benchmark_root)},
+        # Adam's eps 1e-6 as CLIP: the fine-tuning recipe's 1e-3 swamps a tiny model's gradients.
+        optim={"lr": config.lr, "eps": 1e-6, "warmup_epochs": 0.5},
+        epochs=1_000_000,
+        max_steps=config.steps,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        checkpoint_every_steps=max(config.steps // 4, 1),
+        seed=config.seed,
+    )
+
+
+def train_demo_clip(config: DemoClipConfig) -> dict:
+    """Render the coarse-caption identities, align the tiny CLIP on them, export it to `<out>/synthweb-clip-demo`.
+    Returns (and writes to `<out>/synthweb-clip-demo/training.json`) what was trained and its val figures."""
+    out = Path(config.out)
+    make_folder(str(out), "train-clip output folder")
+    clock = time.perf_counter()
+    benchmark = out / "coarse-identities"
+    write_synthetic_benchmark(benchmark, train_identities=config.identities, val_identities=config.val_identities,
+                              test_identities=0, images_per_identity=config.images_per_identity, seed=config.seed,
+                              train_captions="coarse", query_captions="coarse",
+                              size=(DEMO_CLIP_IMAGE_SIZE[1], DEMO_CLIP_IMAGE_SIZE[0]),
+                              first_identity=DEMO_CLIP_FIRST_IDENTITY)
+    result = train(demo_clip_train_config(config, benchmark))
+    weights = export_open_clip(result.checkpoint_path, out / DEMO_CLIP_DIR.name)
+    report = {
+        "config": config.model_dump(exclude={"out"}),
+        "identities": [DEMO_CLIP_FIRST_IDENTITY, DEMO_CLIP_FIRST_IDENTITY + config.identities + config.val_identities],
+        "captions": "coarse: gender and the two colours worn (curation.synthweb.identities.coarse_caption)",
+        "steps": result.steps,
+        "val_coarse": result.best_metrics,
+        "checkpoint": str(Path(result.checkpoint_path).relative_to(out)),  # no path of this machine in the file
+        "weights": weights.name,
+        "weights_bytes": weights.stat().st_size,
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
+    (weights.parent / "training.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return report | {"weights": str(weights)}
