@@ -34,7 +34,7 @@ def _record(name: str, persons: list[dict], copy_of: tuple[str, str] | None = No
     """`copy_of`: (original name, duplicate kind)."""
     return {"path": f"/img/{name}.jpg", "width": SIZE[0], "height": SIZE[1], "persons": persons,
             "duplicate_of": copy_of and f"/img/{copy_of[0]}.jpg", "duplicate_kind": copy_of and copy_of[1],
-            "fault": None}
+            "fault": None, "alt_text": "", "pages": ["/gallery/1.html"]}
 
 
 # The site: a..n. b copies a (re-encoded), k copies a exactly, n mirrors d; the crawler 404s on "missing".
@@ -181,5 +181,5 @@ def test_bad_inputs_are_one_line_errors(built, tmp_path):
     with pytest.raises(GadmsError, match=f"^{tmp_path / 'nothing'}: no build-webperson run record"):
         curation_quality(site, tmp_path / "nothing")
     (site / "ground_truth.jsonl").write_text("[1]\n")
-    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: not a ground-truth record"):
+    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: expected a JSON object$"):
         curation_quality(site, root)
