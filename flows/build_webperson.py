@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
+from prefect.states import Failed
 from tqdm import tqdm
 
 from curation.caption import caption_crops
@@ -29,6 +30,7 @@ from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
 from flows.locks import output_root_lock
 from storage.catalog import refresh, write_run_record
+from storage.errors import GadmsError, error_line
 from storage.fs import join
 from storage.layout import OutputLayout
 from storage.records import Reject
@@ -113,7 +115,8 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
         report.skipped = True
         return report
-    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds}
+    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds,
+             "retry_condition_fn": _worth_retrying}
     rejects: list[Reject] = []
 
     def timed(stage: str, call):
@@ -142,6 +145,11 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
     report.reject_thumbnail_bytes = sum(len(b) for b in thumbnails.column("image").to_pylist())
     report.rejects = dict(Counter(f"{r.stage}/{r.reason}" for r in rejects))
     return report
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """A stage failed: retry it, unless the user must fix its input first (a retry would fail the same way)."""
+    return not isinstance(state.data, GadmsError)
 
 
 def make_task_runner(runner: RunnerConfig):
@@ -186,9 +194,21 @@ def _run_id() -> str:
 
 @flow(name="build-webperson", log_prints=True)
 def build_webperson(config: str | dict = DEFAULT_CONFIG) -> dict:
-    """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields)."""
+    """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields).
+
+    A GadmsError anywhere in the run fails it with the error's one line as the run's state message, and calling
+    the flow raises that GadmsError.
+    """
+    try:
+        return _build(resolve_build_config(config))
+    except GadmsError as exc:
+        # Returned, not raised: Prefect logs a raised exception with its traceback and sets "Flow run encountered
+        # an exception" as the message; a Failed state made here keeps our line, and the call still raises `exc`.
+        return Failed(message=error_line("build", exc), data=exc)
+
+
+def _build(cfg: BuildConfig) -> dict:
     logger = get_run_logger()
-    cfg = resolve_build_config(config)
     run_id = _run_id()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from gadms_model.env import apply_offline_defaults
-from storage.errors import GadmsError
+from storage.errors import GadmsError, error_line
 
 # name → (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except GadmsError as exc:
-        print(f"gadms {name}: error: {exc}", file=sys.stderr)
+        print(error_line(name, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gadms {name}: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@
 class GadmsError(Exception):
     """Bad input or state the user can fix: the message names the file, record or field and what was wrong.
 
-    The CLI prints `gadms: error: <message>` and exits with status 2. Raise it (or a subclass) only with a
+    The CLI prints `error_line(command, exc)` and exits with status 2. Raise it (or a subclass) only with a
     message that stands on its own line.
     """
 
@@ -13,3 +13,8 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
     """A command-line value bounded at the edge, before any work: `--port must lie in 0..65535, got 70000`."""
     if not low <= value <= high:
         raise GadmsError(f"{name} must lie in {low}..{high}, got {value}")
+
+
+def error_line(command: str, exc: GadmsError) -> str:
+    """What a user sees of an expected failure of `gadms <command>`, on the terminal and as a Prefect run's message."""
+    return f"gadms {command}: error: {exc}"

@@ -310,3 +310,62 @@ def test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard(tmp_path, c
     assert main(argv) == 0
     assert "1 shards done (0 already done)" in capsys.readouterr().out
     assert pq.read_metadata(crops).num_rows == 0
+
+
+# The build flow: an expected failure inside a task is the CLI's one line, and the flow run's state message.
+def _unchanged(before: dict[str, str], folder: Path) -> bool:
+    """Every file in `before` (a _snapshot) is still there with the same bytes; a failed build may add state."""
+    after = _snapshot(folder)
+    return all(after.get(name) == digest for name, digest in before.items())
+
+
+def _build_inputs(tmp: Path, url_column: str = "url", **detect) -> Path:
+    """A build config over one URL the crawl rejects without the network (a loopback address is not allowed)."""
+    from tests.flow_helpers import write_config
+
+    (tmp / "urls.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a person\n")
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("finished work")
+    return write_config(tmp / "build.yaml", {
+        "inputs": {"url_lists": [str(tmp / "urls.csv")]}, "output_root": str(tmp / "out"),
+        "crawl": {"url_column": url_column}, "detect": {"device": "cpu", **detect},
+        "caption": {"backend": "alt-text"}, "runner": {"kind": "local", "max_workers": 1}})
+
+
+@pytest.mark.slow
+def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.flow_helpers import REPO
+
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 10)
+    config = _build_inputs(tmp_path, weights=str(tmp_path / "garbage.pt"))  # loaded by a chunk's detect task
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    done = subprocess.run([sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"gadms build: error: weights '{tmp_path / 'garbage.pt'}': refused: "
+                                        "not a weights-only PyTorch checkpoint"]
+    assert _unchanged(before, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_failed_build_run_has_the_error_line_as_its_state_message(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.build_webperson import build_webperson
+    from storage.errors import GadmsError
+
+    config = _build_inputs(tmp_path, url_column="link")  # found missing by the gather-inputs task
+    line = f"gadms build: error: {tmp_path / 'urls.csv'}: no column 'link' (columns: url, caption)"
+    before = _snapshot(tmp_path)
+    state = build_webperson(str(config), return_state=True)
+    assert state.is_failed() and state.message == line
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).state.message == line
+    with pytest.raises(GadmsError, match="no column 'link'"):
+        build_webperson(str(config))
+    assert _unchanged(before, tmp_path)
