@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from curation.caption import caption_crops
@@ -157,9 +158,18 @@ def make_task_runner(runner: RunnerConfig):
         from prefect_ray import RayTaskRunner
 
         return RayTaskRunner(address=runner.ray_address)
-    from prefect.task_runners import ThreadPoolTaskRunner
+    return _ChunkThreadPool(max_workers=runner.max_workers)
 
-    return ThreadPoolTaskRunner(max_workers=runner.max_workers)
+
+class _ChunkThreadPool(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that Ctrl-C leaves without waiting for the running chunks to finish (minutes):
+    the flow run is then recorded as crashed at once, and `gadms build` ends without those threads."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is KeyboardInterrupt and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
 
 
 def summarize(reports: list[ChunkReport], seconds: float) -> dict:

@@ -55,6 +55,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted_line(command: str) -> str:
+    return f"gadms {command}: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_defaults()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(name, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gadms {name}: interrupted", file=sys.stderr)
+        print(interrupted_line(name), file=sys.stderr)
         return 130
 
 
