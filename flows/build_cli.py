@@ -57,7 +57,8 @@ def _start_temporary_api_beyond_ctrl_c() -> None:
 
     A terminal's Ctrl-C signals the whole process group, and the server is our child: it would stop at once, and
     recording the interrupted run would then retry connections for minutes. A blocked signal stays blocked in a
-    child, so Ctrl-C reaches only this process; the server stops when this process leaves.
+    child, so Ctrl-C reaches only this process; the server stops when this process leaves. (A Ctrl-C in the seconds
+    the server takes to start acts once it has started.)
     """
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED

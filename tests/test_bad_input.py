@@ -369,3 +369,90 @@ def test_a_failed_build_run_has_the_error_line_as_its_state_message(tmp_path):
     with pytest.raises(GadmsError, match="no column 'link'"):
         build_webperson(str(config))
     assert _unchanged(before, tmp_path)
+
+
+# Devices, captions, templates, train and search inputs. Each setup writes the probe's input under {tmp}/in.
+def _caption_inputs(tmp: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    folder = tmp / "in"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 64)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    schema = pa.schema([("sample_id", pa.string()), ("image", pa.binary())])
+    pq.write_table(pa.Table.from_pylist([{"sample_id": 7, "image": jpeg}]), folder / "int_id.parquet")
+    for name, rows in (("null_image", [{"sample_id": "a", "image": jpeg}, {"sample_id": "b", "image": None}]),
+                       ("null_id", [{"sample_id": None, "image": jpeg}]),
+                       ("duplicate_id", [{"sample_id": "a", "image": jpeg}, {"sample_id": "a", "image": jpeg}]),
+                       ("ok", [{"sample_id": "a", "image": jpeg}])):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{name}.parquet")
+    (folder / "latin1.txt").write_bytes("a man in a café\n".encode("latin-1"))
+    (folder / "captions.txt").write_text("a man in a red coat\n")
+    (folder / "empty.jsonl").write_text("")
+    (folder / "bank").mkdir()
+    (folder / "train.yaml").write_text(f"output_dir: {tmp / 'in' / 'model'}\ndata: {{kind: benchmark, path: {tmp}, "
+                                       "benchmark: rstpreid}\n")
+
+
+def _train_config(tmp: Path, line: str) -> None:
+    _caption_inputs(tmp)
+    with open(tmp / "in" / "train.yaml", "a") as handle:
+        handle.write(line + "\n")
+
+
+CROPS = ["caption", "--backend", "alt-text", "--out", "{tmp}/out", "--crops"]
+SEARCH = ["search", "--checkpoint", "{tmp}/none.pt", "--gallery", "{tmp}"]
+EVAL = ["eval", "--checkpoint", "{tmp}/none.pt", "--dataset", "rstpreid", "--root", "{tmp}"]
+TRAIN = ["train", "--config", "{tmp}/in/train.yaml"]
+CUDA99 = "'cuda:99': "  # then "no GPU is available" or "this machine has N GPU(s) ...", by the machine
+INPUT_CASES = [
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "cuda:99"],
+     f"detect.device {CUDA99}"),
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "tpu"],
+     "command line: field 'device'"),
+    (_caption_inputs, [*EVAL, "--device", "cuda:99"], f"--device {CUDA99}"),
+    (_caption_inputs, [*EVAL, "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (_caption_inputs, [*SEARCH, "a man", "--device", "cuda:99"], f"--device {CUDA99}"),
+    (_caption_inputs, [*SEARCH, "a man", "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (lambda tmp: _train_config(tmp, "device: tpu"), TRAIN, "{tmp}/in/train.yaml: field 'device': "),
+    (lambda tmp: _train_config(tmp, "device: cuda:99"), TRAIN, "{tmp}/in/train.yaml: field 'device': "),
+    (lambda tmp: _train_config(tmp, "batch_size: 0"), TRAIN, "{tmp}/in/train.yaml: field 'batch_size': "),
+    (lambda tmp: _train_config(tmp, "num_workers: -1"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
+    (lambda tmp: _train_config(tmp, "num_workers: 1000000000"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
+    (lambda tmp: _train_config(tmp, "model: {image_size: [100000, 100000]}"), TRAIN,
+     "{tmp}/in/train.yaml: field 'model': Value error, image_size: each side must lie in 16..4096, got [100000, 100000]"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/int_id.parquet"], "{tmp}/in/int_id.parquet: column 'sample_id' is int64, expected string"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/null_id.parquet"], "{tmp}/in/null_id.parquet: row 0: sample_id is NULL"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/duplicate_id.parquet"], "{tmp}/in/duplicate_id.parquet: sample_id 'a' appears 2 times"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/null_image.parquet"], "{tmp}/in/null_image.parquet: row 1: image is NULL"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/ok.parquet", "--limit", "-1"], "--limit must lie in 1..1000000000, got -1"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/latin1.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "2"],
+     "{tmp}/in/latin1.txt: not UTF-8 text (byte 14: invalid continuation byte)"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "-2"],
+     "--clusters must lie in 1..100000, got -2"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "2",
+                       "--per-cluster-random", "-1"], "--per-cluster-random must lie in 0..1000, got -1"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/in/bank", "--clusters", "2"],
+     "{tmp}/in/bank: template bank (--out) is a folder, not a file"),
+    (_caption_inputs, ["templates", "validate", "--file", "{tmp}/in/empty.jsonl"], "{tmp}/in/empty.jsonl: no templates in the bank"),
+    (_caption_inputs, ["templates", "show", "--limit", "-3"], "--limit must lie in 0..1000000000, got -3"),
+    (_caption_inputs, [*SEARCH, ""], 'the query is empty: describe the person, e.g. "a woman in a red coat"'),
+    (_caption_inputs, [*SEARCH, "a man", "--sheet", "{tmp}/in/bank"], "{tmp}/in/bank: contact sheet (--sheet) is a folder, not a file"),
+    (_caption_inputs, [*SEARCH, "a man", "--sheet", "{tmp}/in/captions.txt/sheet.png"],
+     "{tmp}/in/captions.txt: contact sheet's folder is a file, not a folder"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/in/captions.txt"],
+     "{tmp}/in/captions.txt: detector work folder is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", INPUT_CASES,
+                         ids=[" ".join(c[1][:2]) + f" #{i}" for i, c in enumerate(INPUT_CASES)])
+def test_bad_devices_captions_templates_and_queries_are_one_line_errors(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}"), err
