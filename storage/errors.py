@@ -8,6 +8,14 @@ class GadmsError(Exception):
     message that stands on its own line.
     """
 
+    def __init__(self, message: str = "") -> None:
+        # torch re-raises an error from a DataLoader worker as type(error)("Caught <type> in DataLoader worker
+        # process N.\nOriginal Traceback ...\n<module>.<type>: <message>"): keep the one line it was raised with.
+        worker_error = f"Caught {type(self).__name__} in DataLoader worker"
+        if isinstance(message, str) and message.startswith(worker_error):
+            message = message.rstrip("\n").rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """A command-line value bounded at the edge, before any work: `--port must lie in 0..65535, got 70000`."""

@@ -456,3 +456,54 @@ def test_bad_devices_captions_templates_and_queries_are_one_line_errors(setup, a
     status, err = _probe(tmp_path, argv, capsys)
     assert status == 2 and "\n" not in err, err
     assert err.startswith(f"gadms {argv[0]}: error: {message}"), err
+
+
+def _not_sqlite_cache(tmp: Path) -> list[str]:
+    cache = tmp / "cache" / "caption_requests.sqlite"
+    cache.parent.mkdir()
+    cache.write_bytes(b"not a database" * 100)
+    return ["--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--cache-dir", str(cache.parent)]
+
+
+def _not_a_model(tmp: Path) -> list[str]:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.txt").write_text("not a model")
+    (tmp / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tmp / 'model'}\ndevice: cpu\n")
+    return ["--config", str(tmp / "caption.yaml")]
+
+
+# Found when the captioner starts, before any crop is captioned; after the progress bar, so the last line counts.
+CAPTIONER_CASES = [
+    (_not_sqlite_cache, "{tmp}/cache/caption_requests.sqlite: not a caption request cache (file is not a database); "
+                        "delete it to start a new one, or pass another --cache-dir"),
+    (_not_a_model, "transformers_model_dir {tmp}/model: no config.json there"),
+]
+
+
+@pytest.mark.parametrize("setup, message", CAPTIONER_CASES, ids=["cache", "model"])
+def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys):
+    _caption_inputs(tmp_path)
+    options = setup(tmp_path)
+    before = _snapshot(tmp_path)
+    assert main(["caption", "--crops", str(tmp_path / "in" / "ok.parquet"), "--out", str(tmp_path / "out"), *options]) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1].replace(str(tmp_path), "{tmp}")
+    assert last_line == f"gadms caption: error: {message}"
+    assert _unchanged(before, tmp_path)
+
+
+def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
+    """Decoded in a worker process, the error comes back as the one line it was raised with, not its traceback."""
+    import torch
+
+    from gadms_model.data.sources import DataSourceError, decode_image
+
+    class CorruptImages(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return decode_image(b"not a jpeg", f"{tmp_path}/shard.parquet row {index}")
+
+    with pytest.raises(DataSourceError) as raised:
+        next(iter(torch.utils.data.DataLoader(CorruptImages(), num_workers=1)))
+    assert "\n" not in str(raised.value) and str(raised.value).startswith(f"{tmp_path}/shard.parquet row 0")
