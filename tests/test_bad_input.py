@@ -343,6 +343,7 @@ def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 10)
     config = _build_inputs(tmp_path, weights=str(tmp_path / "garbage.pt"))  # loaded by a chunk's detect task
     before = _snapshot(tmp_path)
+    # PREFECT_LOGGING_LEVEL is WARNING here (conftest): Prefect's progress lines are not failures.
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     done = subprocess.run([sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
