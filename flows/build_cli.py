@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +21,68 @@ def run(args: argparse.Namespace) -> int:
     from flows.config import resolve_build_config
 
     resolve_build_config(args.config)  # a bad config fails here, in one line, before Prefect starts
-    summary = build_webperson(args.config)
+    _show_task_failures_once()
+    _start_temporary_api_beyond_ctrl_c()
+    try:
+        summary = build_webperson(args.config)
+    except KeyboardInterrupt:
+        _leave_the_running_chunks()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"kept {summary['kept']} samples ({summary['chunks'] - summary['chunks_skipped']} new shards, "
               f"{summary['chunks_skipped']} skipped); catalog: {summary['catalog']}")
     return 0
+
+
+def _is_not_a_task_failure(record: logging.LogRecord) -> bool:
+    return not (record.name == "prefect.task_runs" and record.levelno >= logging.ERROR)
+
+
+def _show_task_failures_once() -> None:
+    """Keep Prefect's report of a failed task (its exception, traceback and final state) off the terminal.
+
+    Every task failure reaches the flow, which reports it: a GadmsError as the one line `gadms build: error: …`,
+    anything else with its traceback. The task's own report would only repeat it; the Prefect API still has it.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_is_not_a_task_failure)
+
+
+def _start_temporary_api_beyond_ctrl_c() -> None:
+    """Start Prefect's temporary API server (when no PREFECT_API_URL is set) with SIGINT blocked.
+
+    A terminal's Ctrl-C signals the whole process group, and the server is our child: it would stop at once, and
+    recording the interrupted run would then retry connections for minutes. A blocked signal stays blocked in a
+    child, so Ctrl-C reaches only this process; the server stops when this process leaves. (A Ctrl-C in the seconds
+    the server takes to start acts once it has started.)
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        SubprocessASGIServer().start()  # the one instance the Prefect client uses when it needs an API
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _leave_the_running_chunks():
+    """Ctrl-C: the flow run is recorded as crashed; end now rather than when the running chunks end.
+
+    Their threads cannot be stopped and Python waits for them at exit, possibly for minutes. What they have
+    written is resumable as after a kill (a rerun skips finished chunks and resumes crawls), so leave without them.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from gadms_model.cli import interrupted_line
+
+    SubprocessASGIServer().stop()
+    print(interrupted_line("build"), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)

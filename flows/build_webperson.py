@@ -18,6 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from curation.caption import caption_crops
@@ -29,6 +31,7 @@ from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
 from flows.locks import output_root_lock
 from storage.catalog import refresh, write_run_record
+from storage.errors import GadmsError, error_line
 from storage.fs import join
 from storage.layout import OutputLayout
 from storage.records import Reject
@@ -113,7 +116,8 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
         report.skipped = True
         return report
-    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds}
+    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds,
+             "retry_condition_fn": _worth_retrying}
     rejects: list[Reject] = []
 
     def timed(stage: str, call):
@@ -144,14 +148,28 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
     return report
 
 
+def _worth_retrying(task, task_run, state) -> bool:
+    """A stage failed: retry it, unless the user must fix its input first (a retry would fail the same way)."""
+    return not isinstance(state.data, GadmsError)
+
+
 def make_task_runner(runner: RunnerConfig):
     if runner.kind == "ray":
         from prefect_ray import RayTaskRunner
 
         return RayTaskRunner(address=runner.ray_address)
-    from prefect.task_runners import ThreadPoolTaskRunner
+    return _ChunkThreadPool(max_workers=runner.max_workers)
 
-    return ThreadPoolTaskRunner(max_workers=runner.max_workers)
+
+class _ChunkThreadPool(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that Ctrl-C leaves without waiting for the running chunks to finish (minutes):
+    the flow run is then recorded as crashed at once, and `gadms build` ends without those threads."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is KeyboardInterrupt and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
 
 
 def summarize(reports: list[ChunkReport], seconds: float) -> dict:
@@ -186,9 +204,21 @@ def _run_id() -> str:
 
 @flow(name="build-webperson", log_prints=True)
 def build_webperson(config: str | dict = DEFAULT_CONFIG) -> dict:
-    """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields)."""
+    """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields).
+
+    A GadmsError anywhere in the run fails it with the error's one line as the run's state message, and calling
+    the flow raises that GadmsError.
+    """
+    try:
+        return _build(resolve_build_config(config))
+    except GadmsError as exc:
+        # Returned, not raised: Prefect logs a raised exception with its traceback and sets "Flow run encountered
+        # an exception" as the message; a Failed state made here keeps our line, and the call still raises `exc`.
+        return Failed(message=error_line("build", exc), data=exc)
+
+
+def _build(cfg: BuildConfig) -> dict:
     logger = get_run_logger()
-    cfg = resolve_build_config(config)
     run_id = _run_id()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()

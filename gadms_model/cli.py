@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from gadms_model.env import apply_offline_defaults
-from storage.errors import GadmsError
+from storage.errors import GadmsError, error_line
 
 # name → (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +55,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted_line(command: str) -> str:
+    return f"gadms {command}: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_defaults()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -74,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except GadmsError as exc:
-        print(f"gadms {name}: error: {exc}", file=sys.stderr)
+        print(error_line(name, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gadms {name}: interrupted", file=sys.stderr)
+        print(interrupted_line(name), file=sys.stderr)
         return 130
 
 

@@ -42,6 +42,13 @@ def refuse_file(path: str, what: str) -> None:
         raise GadmsError(f"{path}: {what} is a file, not a folder")
 
 
+def refuse_folder(path: str, what: str) -> None:
+    """GadmsError when `path`, meant to be a file, is a folder: found before the work whose result it would hold."""
+    fs, p = filesystem(path)
+    if fs.isdir(p):
+        raise GadmsError(f"{path}: {what} is a folder, not a file")
+
+
 def make_folder(path: str, what: str) -> None:
     """Create folder `path` (and its parents) if needed; GadmsError when it is a file or cannot be created."""
     fs, p = filesystem(path)

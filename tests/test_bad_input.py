@@ -310,3 +310,201 @@ def test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard(tmp_path, c
     assert main(argv) == 0
     assert "1 shards done (0 already done)" in capsys.readouterr().out
     assert pq.read_metadata(crops).num_rows == 0
+
+
+# The build flow: an expected failure inside a task is the CLI's one line, and the flow run's state message.
+def _unchanged(before: dict[str, str], folder: Path) -> bool:
+    """Every file in `before` (a _snapshot) is still there with the same bytes; a failed build may add state."""
+    after = _snapshot(folder)
+    return all(after.get(name) == digest for name, digest in before.items())
+
+
+def _build_inputs(tmp: Path, url_column: str = "url", **detect) -> Path:
+    """A build config over one URL the crawl rejects without the network (a loopback address is not allowed)."""
+    from tests.flow_helpers import write_config
+
+    (tmp / "urls.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a person\n")
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("finished work")
+    return write_config(tmp / "build.yaml", {
+        "inputs": {"url_lists": [str(tmp / "urls.csv")]}, "output_root": str(tmp / "out"),
+        "crawl": {"url_column": url_column}, "detect": {"device": "cpu", **detect},
+        "caption": {"backend": "alt-text"}, "runner": {"kind": "local", "max_workers": 1}})
+
+
+@pytest.mark.slow
+def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.flow_helpers import REPO
+
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 10)
+    config = _build_inputs(tmp_path, weights=str(tmp_path / "garbage.pt"))  # loaded by a chunk's detect task
+    before = _snapshot(tmp_path)
+    # PREFECT_LOGGING_LEVEL is WARNING here (conftest): Prefect's progress lines are not failures.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    done = subprocess.run([sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"gadms build: error: weights '{tmp_path / 'garbage.pt'}': refused: "
+                                        "not a weights-only PyTorch checkpoint"]
+    assert _unchanged(before, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_failed_build_run_has_the_error_line_as_its_state_message(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.build_webperson import build_webperson
+    from storage.errors import GadmsError
+
+    config = _build_inputs(tmp_path, url_column="link")  # found missing by the gather-inputs task
+    line = f"gadms build: error: {tmp_path / 'urls.csv'}: no column 'link' (columns: url, caption)"
+    before = _snapshot(tmp_path)
+    state = build_webperson(str(config), return_state=True)
+    assert state.is_failed() and state.message == line
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).state.message == line
+    with pytest.raises(GadmsError, match="no column 'link'"):
+        build_webperson(str(config))
+    assert _unchanged(before, tmp_path)
+
+
+# Devices, captions, templates, train and search inputs. Each setup writes the probe's input under {tmp}/in.
+def _caption_inputs(tmp: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    folder = tmp / "in"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 64)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    schema = pa.schema([("sample_id", pa.string()), ("image", pa.binary())])
+    pq.write_table(pa.Table.from_pylist([{"sample_id": 7, "image": jpeg}]), folder / "int_id.parquet")
+    for name, rows in (("null_image", [{"sample_id": "a", "image": jpeg}, {"sample_id": "b", "image": None}]),
+                       ("null_id", [{"sample_id": None, "image": jpeg}]),
+                       ("duplicate_id", [{"sample_id": "a", "image": jpeg}, {"sample_id": "a", "image": jpeg}]),
+                       ("ok", [{"sample_id": "a", "image": jpeg}])):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{name}.parquet")
+    (folder / "latin1.txt").write_bytes("a man in a café\n".encode("latin-1"))
+    (folder / "captions.txt").write_text("a man in a red coat\n")
+    (folder / "empty.jsonl").write_text("")
+    (folder / "bank").mkdir()
+    (folder / "train.yaml").write_text(f"output_dir: {tmp / 'in' / 'model'}\ndata: {{kind: benchmark, path: {tmp}, "
+                                       "benchmark: rstpreid}\n")
+
+
+def _train_config(tmp: Path, line: str) -> None:
+    _caption_inputs(tmp)
+    with open(tmp / "in" / "train.yaml", "a") as handle:
+        handle.write(line + "\n")
+
+
+CROPS = ["caption", "--backend", "alt-text", "--out", "{tmp}/out", "--crops"]
+SEARCH = ["search", "--checkpoint", "{tmp}/none.pt", "--gallery", "{tmp}"]
+EVAL = ["eval", "--checkpoint", "{tmp}/none.pt", "--dataset", "rstpreid", "--root", "{tmp}"]
+TRAIN = ["train", "--config", "{tmp}/in/train.yaml"]
+CUDA99 = "'cuda:99': "  # then "no GPU is available" or "this machine has N GPU(s) ...", by the machine
+INPUT_CASES = [
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "cuda:99"],
+     f"detect.device {CUDA99}"),
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "tpu"],
+     "command line: field 'device'"),
+    (_caption_inputs, [*EVAL, "--device", "cuda:99"], f"--device {CUDA99}"),
+    (_caption_inputs, [*EVAL, "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (_caption_inputs, [*SEARCH, "a man", "--device", "cuda:99"], f"--device {CUDA99}"),
+    (_caption_inputs, [*SEARCH, "a man", "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (lambda tmp: _train_config(tmp, "device: tpu"), TRAIN, "{tmp}/in/train.yaml: field 'device': "),
+    (lambda tmp: _train_config(tmp, "device: cuda:99"), TRAIN, "{tmp}/in/train.yaml: field 'device': "),
+    (lambda tmp: _train_config(tmp, "batch_size: 0"), TRAIN, "{tmp}/in/train.yaml: field 'batch_size': "),
+    (lambda tmp: _train_config(tmp, "num_workers: -1"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
+    (lambda tmp: _train_config(tmp, "num_workers: 1000000000"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
+    (lambda tmp: _train_config(tmp, "model: {image_size: [100000, 100000]}"), TRAIN,
+     "{tmp}/in/train.yaml: field 'model': Value error, image_size: each side must lie in 16..4096, got [100000, 100000]"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/int_id.parquet"], "{tmp}/in/int_id.parquet: column 'sample_id' is int64, expected string"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/null_id.parquet"], "{tmp}/in/null_id.parquet: row 0: sample_id is NULL"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/duplicate_id.parquet"], "{tmp}/in/duplicate_id.parquet: sample_id 'a' appears 2 times"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/null_image.parquet"], "{tmp}/in/null_image.parquet: row 1: image is NULL"),
+    (_caption_inputs, [*CROPS, "{tmp}/in/ok.parquet", "--limit", "-1"], "--limit must lie in 1..1000000000, got -1"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/latin1.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "2"],
+     "{tmp}/in/latin1.txt: not UTF-8 text (byte 14: invalid continuation byte)"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "-2"],
+     "--clusters must lie in 1..100000, got -2"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/bank.jsonl", "--clusters", "2",
+                       "--per-cluster-random", "-1"], "--per-cluster-random must lie in 0..1000, got -1"),
+    (_caption_inputs, ["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/in/bank", "--clusters", "2"],
+     "{tmp}/in/bank: template bank (--out) is a folder, not a file"),
+    (_caption_inputs, ["templates", "validate", "--file", "{tmp}/in/empty.jsonl"], "{tmp}/in/empty.jsonl: no templates in the bank"),
+    (_caption_inputs, ["templates", "show", "--limit", "-3"], "--limit must lie in 0..1000000000, got -3"),
+    (_caption_inputs, [*SEARCH, ""], 'the query is empty: describe the person, e.g. "a woman in a red coat"'),
+    (_caption_inputs, [*SEARCH, "a man", "--sheet", "{tmp}/in/bank"], "{tmp}/in/bank: contact sheet (--sheet) is a folder, not a file"),
+    (_caption_inputs, [*SEARCH, "a man", "--sheet", "{tmp}/in/captions.txt/sheet.png"],
+     "{tmp}/in/captions.txt: contact sheet's folder is a file, not a folder"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/in/captions.txt"],
+     "{tmp}/in/captions.txt: detector work folder is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("setup, argv, message", INPUT_CASES,
+                         ids=[" ".join(c[1][:2]) + f" #{i}" for i, c in enumerate(INPUT_CASES)])
+def test_bad_devices_captions_templates_and_queries_are_one_line_errors(setup, argv, message, tmp_path, capsys):
+    setup(tmp_path)
+    status, err = _probe(tmp_path, argv, capsys)
+    assert status == 2 and "\n" not in err, err
+    assert err.startswith(f"gadms {argv[0]}: error: {message}"), err
+
+
+def _not_sqlite_cache(tmp: Path) -> list[str]:
+    cache = tmp / "cache" / "caption_requests.sqlite"
+    cache.parent.mkdir()
+    cache.write_bytes(b"not a database" * 100)
+    return ["--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--cache-dir", str(cache.parent)]
+
+
+def _not_a_model(tmp: Path) -> list[str]:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.txt").write_text("not a model")
+    (tmp / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tmp / 'model'}\ndevice: cpu\n")
+    return ["--config", str(tmp / "caption.yaml")]
+
+
+# Found when the captioner starts, before any crop is captioned; after the progress bar, so the last line counts.
+CAPTIONER_CASES = [
+    (_not_sqlite_cache, "{tmp}/cache/caption_requests.sqlite: not a caption request cache (file is not a database); "
+                        "delete it to start a new one, or pass another --cache-dir"),
+    (_not_a_model, "transformers_model_dir {tmp}/model: no config.json there"),
+]
+
+
+@pytest.mark.parametrize("setup, message", CAPTIONER_CASES, ids=["cache", "model"])
+def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys):
+    _caption_inputs(tmp_path)
+    options = setup(tmp_path)
+    before = _snapshot(tmp_path)
+    assert main(["caption", "--crops", str(tmp_path / "in" / "ok.parquet"), "--out", str(tmp_path / "out"), *options]) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1].replace(str(tmp_path), "{tmp}")
+    assert last_line == f"gadms caption: error: {message}"
+    assert _unchanged(before, tmp_path)
+
+
+def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
+    """Decoded in a worker process, the error comes back as the one line it was raised with, not its traceback."""
+    import torch
+
+    from gadms_model.data.sources import DataSourceError, decode_image
+
+    class CorruptImages(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return decode_image(b"not a jpeg", f"{tmp_path}/shard.parquet row {index}")
+
+    with pytest.raises(DataSourceError) as raised:
+        next(iter(torch.utils.data.DataLoader(CorruptImages(), num_workers=1)))
+    assert "\n" not in str(raised.value) and str(raised.value).startswith(f"{tmp_path}/shard.parquet row 0")

@@ -127,3 +127,45 @@ def test_build_webperson_on_a_local_ray_instance(site, tmp_path):
     assert summary["chunks"] == reference["chunks"] == 4
     assert summary["kept"] == reference["kept"] > 0
     assert _shard_contents(tmp_path / "ray-out") == _shard_contents(tmp_path / "local-out")
+
+
+def test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes(site, tmp_path):
+    """Chunk 0 is one plain image, chunk 1 the site's slow URL: Ctrl-C while chunk 1 waits on it."""
+    records = [json.loads(line) for line in open(site["urls"])]
+    plain = next(r for r in records if "/slow/" not in r["url"])
+    base = plain["url"].split("/", 3)[:3]
+    urls = tmp_path / "two.jsonl"
+    urls.write_text("".join(json.dumps({"url": url, "caption": "a person"}) + "\n"
+                            for url in (plain["url"], "/".join(base) + "/slow/photo.jpg")))
+    config = build_config(urls, tmp_path / "out", shard_size=1)
+    config["crawl"].update(read_timeout_s=300, total_timeout_s=300)
+    config_path = write_config(tmp_path / "build.yaml", config)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config_path), "--json"]
+    manifest = tmp_path / "out" / "manifest"
+
+    with SiteServer(site["info"].root, port=site["port"], slow_seconds=300):
+        process = subprocess.Popen(gadms, cwd=REPO, env=env, start_new_session=True, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(manifest.glob("*.json")):
+                assert process.poll() is None, process.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "the build finished no chunk in time"
+                time.sleep(0.2)
+            time.sleep(1)  # chunk 1 now waits on the slow URL
+            os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+            interrupted = time.monotonic()
+            _, err = process.communicate(timeout=45)
+            assert time.monotonic() - interrupted < 45
+        finally:
+            stop_group(process, signal.SIGKILL)
+    assert process.returncode == 130, err[-3000:]
+    assert err.rstrip().endswith("gadms build: interrupted") and "Traceback" not in err, err[-3000:]
+    assert len(list(manifest.glob("*.json"))) == 1
+
+    with SiteServer(site["info"].root, port=site["port"], slow_seconds=0.1):
+        done = subprocess.run(gadms, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert (summary["chunks"], summary["chunks_skipped"], summary["downloaded"]) == (2, 1, 1)

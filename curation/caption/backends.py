@@ -134,11 +134,11 @@ class TransformersBackend:
         return self.model_dir.name
 
     def _load(self) -> None:
+        if not (self.model_dir / "config.json").is_file():  # before importing transformers, which takes seconds
+            raise GadmsError(f"transformers_model_dir {self.model_dir}: no config.json there")
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if not (self.model_dir / "config.json").is_file():
-            raise GadmsError(f"transformers_model_dir {self.model_dir}: no config.json there")
         dtype = "auto" if self.config.torch_dtype == "auto" else getattr(torch, self.config.torch_dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_dir)

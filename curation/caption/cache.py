@@ -29,9 +29,14 @@ class RequestCache:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / self.FILE_NAME
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")  # the first read of the file: a non-SQLite file fails here
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise GadmsError(f"{self.path}: not a caption request cache ({exc}); delete it to start a new one, "
+                             "or pass another --cache-dir") from None
         self.hits = 0
         self.stores = 0
 

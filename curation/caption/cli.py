@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from curation.caption.config import CaptionConfig
     from curation.caption.pipeline import caption_crops
     from storage.configfile import dump_config, load_config, validate_config
-    from storage.errors import GadmsError
+    from storage.errors import GadmsError, check_range
     from storage.schema import REJECT_SCHEMA
 
     overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
@@ -49,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
         crops_file = pq.ParquetFile(args.crops)
     except (OSError, pa.ArrowInvalid) as exc:
         raise GadmsError(f"{args.crops}: cannot read Parquet: {exc}") from None
-    columns = set(crops_file.schema_arrow.names)
-    missing = {"sample_id", "image"} - columns
-    if missing:
-        raise GadmsError(f"{args.crops}: missing column(s) {', '.join(sorted(missing))}")
+    if args.limit is not None:
+        check_range("--limit", args.limit, 1, 10**9)
+    _check_crops(args.crops, crops_file)
     total = crops_file.metadata.num_rows if args.limit is None else min(args.limit, crops_file.metadata.num_rows)
 
     out = Path(args.out)
@@ -84,6 +83,38 @@ def run(args: argparse.Namespace) -> int:
         counts = Counter(f"{r['stage']}/{r['reason']}" for r in reject_rows)
         print("rejects: " + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
     return 0
+
+
+def _check_crops(path: str, crops_file) -> None:
+    """The columns captions are keyed and made from, checked before any crop is captioned (not at the final write):
+    sample_id strings, present and unique; image bytes, present."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from storage.errors import GadmsError
+
+    schema = crops_file.schema_arrow
+    missing = {"sample_id", "image"} - set(schema.names)
+    if missing:
+        raise GadmsError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    for name, expected, types in (("sample_id", "string", (pa.string(), pa.large_string())),
+                                  ("image", "binary", (pa.binary(), pa.large_binary()))):
+        if schema.field(name).type not in types:
+            raise GadmsError(f"{path}: column {name!r} is {schema.field(name).type}, expected {expected}")
+    ids = crops_file.read(columns=["sample_id"]).column("sample_id")
+    if ids.null_count:
+        raise GadmsError(f"{path}: row {pc.index(pc.is_null(ids), True).as_py()}: sample_id is NULL")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        raise GadmsError(f"{path}: sample_id {repeated[0]['values'].as_py()!r} appears "
+                         f"{repeated[0]['counts'].as_py()} times")
+    # One more read of the image column: cheap next to captioning, and a NULL found mid-run would lose the run.
+    row = 0
+    for batch in crops_file.iter_batches(columns=["image"]):
+        if batch.column(0).null_count:
+            raise GadmsError(f"{path}: row {row + pc.index(pc.is_null(batch.column(0)), True).as_py()}: image is NULL")
+        row += batch.num_rows
 
 
 def _crop_from_row(row: dict):

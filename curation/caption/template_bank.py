@@ -36,6 +36,8 @@ def read_human_captions(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GadmsError(f"{path}: cannot read captions: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise GadmsError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if path.suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip()]
     try:

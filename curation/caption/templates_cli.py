@@ -45,6 +45,8 @@ def run_build(args: argparse.Namespace) -> int:
     from curation.caption.config import CaptionConfig
     from curation.caption.template_bank import build_template_bank, read_human_captions
     from storage.configfile import load_config, validate_config
+    from storage.errors import check_range
+    from storage.fs import refuse_folder
 
     overrides = {"backend": "openai"}
     if args.endpoint:
@@ -53,8 +55,11 @@ def run_build(args: argparse.Namespace) -> int:
         overrides["models"] = [args.model]
     config = load_config(args.config, CaptionConfig, overrides) if args.config \
         else validate_config(overrides, CaptionConfig, "command line")
-    captions = read_human_captions(args.captions)
+    check_range("--clusters", args.clusters, 1, 100_000)
+    check_range("--per-cluster-random", args.per_cluster_random, 0, 1000)
     out = Path(args.out)
+    refuse_folder(str(out), "template bank (--out)")  # found now, not after all the LLM requests
+    captions = read_human_captions(args.captions)
     rows, counts = build_template_bank(captions, config, args.clusters, args.cache_dir or f"{out}.cache",
                                        args.per_cluster_random, args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +79,9 @@ def run_show(args: argparse.Namespace) -> int:
 
     from curation.caption.prompts import read_templates
 
+    from storage.errors import check_range
+
+    check_range("--limit", args.limit, 0, 10**9)
     templates = read_templates(_bank_path(args))
     shown = templates if args.limit == 0 else templates[: args.limit]
     for template in shown:
@@ -86,10 +94,14 @@ def run_show(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from curation.caption.prompts import check_templates, read_templates
 
+    from storage.errors import GadmsError
+
     path = _bank_path(args)
     templates = read_templates(path)
+    if not templates:
+        raise GadmsError(f"{path}: no templates in the bank")
     problems = check_templates(templates)
     for problem in problems:
         print(problem)
     print(f"{path}: {len(templates)} templates, {len(problems)} problem(s)")
-    return 1 if problems or not templates else 0
+    return 1 if problems else 0

@@ -11,6 +11,7 @@ import numpy as np
 
 from curation.detect.config import DetectConfig
 from curation.detect.weights import check_yolo_weights
+from storage.devices import existing_device
 from storage.errors import GadmsError
 
 
@@ -29,7 +30,8 @@ class YoloBackend:
 
         ensure_torchvision_ops()
         self.config = config
-        self.device = None if config.device == "auto" else config.device  # None: ultralytics picks cuda:0 or cpu
+        # None: ultralytics picks cuda:0 or cpu. Checked before the weights load, which takes seconds.
+        self.device = None if config.device == "auto" else str(existing_device(config.device, "detect.device"))
         self.model = _load_yolo(config.weights, "weights")
         self.pose_model = _load_yolo(config.pose_weights, "pose_weights") if config.pose_weights else None
         if self.pose_model is not None and self.pose_model.task != "pose":

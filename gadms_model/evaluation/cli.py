@@ -29,16 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from gadms_model.evaluation.runner import default_device, evaluate_model, format_table
+    from storage.devices import existing_device
     from storage.errors import GadmsError, check_range
 
     check_range("--batch-size", args.batch_size, 1, 65536)
     check_range("--num-workers", args.num_workers, 0, 256)
     if len(args.dataset) != len(args.root):
         raise GadmsError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
-    device = torch.device(args.device) if args.device else default_device()
+    device = existing_device(args.device, "--device") if args.device else default_device()
     if args.checkpoint:
         from gadms_model.training.checkpoint import load_model
 

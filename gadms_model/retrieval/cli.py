@@ -24,17 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-
-    import torch
+    import os
 
     from gadms_model.evaluation.runner import default_device
     from gadms_model.retrieval import search
 
-    from storage.errors import check_range
+    from storage.devices import existing_device
+    from storage.errors import GadmsError, check_range
+    from storage.fs import make_folder, refuse_folder
 
+    if not args.query.strip():
+        raise GadmsError('the query is empty: describe the person, e.g. "a woman in a red coat"')
     check_range("-k", args.k, 1, 100_000)
     check_range("--batch-size", args.batch_size, 1, 65536)
-    device = torch.device(args.device) if args.device else default_device()
+    # The contact sheet is written last, after the gallery is embedded: its path is checked first.
+    refuse_folder(args.sheet, "contact sheet (--sheet)")
+    make_folder(os.path.dirname(os.path.abspath(args.sheet)), "contact sheet's folder")
+    device = existing_device(args.device, "--device") if args.device else default_device()
     results = search(args.checkpoint, args.gallery, args.query, args.k, device=device, index_path=args.index,
                      sheet_path=args.sheet, batch_size=args.batch_size)
     for hit in results.hits:

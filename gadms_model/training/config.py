@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
 
@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=2, description="per process and micro-batch")
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (a fixed budget)")
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=256)
     augment: bool = Field(True, description="the recipe's train augmentation; false: resize + normalise only")
     shuffle_window: int = Field(8, ge=1, description="row groups shuffled together (streaming locality)")
     seed: int = 0
@@ -87,3 +87,12 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(10, ge=1, description="TensorBoard scalars; the JSONL file gets every step")
     progress: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _image_size_in_memory(cls, model: dict) -> dict:
+        """model.image_size [100000, 100000] is killed for memory with no message; ModelConfig takes any size."""
+        size = model.get("image_size")
+        if isinstance(size, (list, tuple)) and not all(isinstance(side, int) and 16 <= side <= 4096 for side in size):
+            raise ValueError(f"image_size: each side must lie in 16..4096, got {list(size)}")
+        return model
