@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from curation.synthweb import SiteServer, render_site, write_url_list
-from curation.synthweb.quality import curation_quality, format_quality_table
+from curation.synthweb.identities import clean_caption, identity_attributes
+from curation.synthweb.quality import curation_quality, format_quality_table, identities_of_samples
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
 from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE
@@ -32,6 +33,8 @@ from storage.errors import GadmsError, check_range
 from storage.stats import caption_stats, format_stats
 
 DEMO_QUERY = "a woman with long hair in a red top and blue trousers"
+DEMO_QUERY_ATTRIBUTES = {"gender": "woman", "hair_length": "long", "top_colour": "red", "bottom_colour": "blue",
+                         "bottom_type": "trousers"}
 # Held-out identities are numbered far above those the rendered web uses (0 .. images/4), and below the demo
 # CLIP's (flows.demo_clip.DEMO_CLIP_FIRST_IDENTITY).
 HELD_OUT_FIRST_IDENTITY = 1_000_000
@@ -82,7 +85,22 @@ def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, 
     )
 
 
-def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 300) -> dict:
+def hits_against_ground_truth(site_dir: Path, output_root: Path, hits: list[dict]) -> list[dict]:
+    """Each search hit with the identity its crop shows, that identity's true description, and whether it is what
+    DEMO_QUERY asks for."""
+    identities = identities_of_samples(site_dir, output_root, [hit["id"] for hit in hits])
+    checked = []
+    for hit in hits:
+        identity = identities[hit["id"]]
+        person = identity_attributes(identity) if identity is not None else None
+        checked.append({"rank": hit["rank"], "score": hit["score"], "identity": identity,
+                        "truth": clean_caption(person) if person else "no person",
+                        "matches_query": person is not None and all(
+                            getattr(person, name) == value for name, value in DEMO_QUERY_ATTRIBUTES.items())})
+    return checked
+
+
+def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 600) -> dict:
     out = Path(out)
     check_range("--train-steps", train_steps, 1, 1_000_000)
     if out.exists() and any(out.iterdir()):
@@ -128,8 +146,13 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 30
     hits = search(result.checkpoint_path, str(out / "webperson"), DEMO_QUERY, k=5,
                   sheet_path=out / "retrieval.png", progress=False)
     _say("5/5 search", f"{DEMO_QUERY!r} → top-5 crops in {hits.sheet_path}")
+    top5 = hits_against_ground_truth(site.root, out / "webperson", hits.hits)
+    for hit in top5:
+        _say("5/5 search", f"#{hit['rank']} identity {hit['identity']}: {hit['truth']} → "
+             f"{'what the query asks' if hit['matches_query'] else 'not what the query asks'}")
     report = {"build": summary, "curation_quality": quality, "zero_shot_metrics": zero_shot, "metrics": trained,
               "stats": {k: stats[k] for k in ("samples", "vocabulary_size")},
+              "search": {"query": DEMO_QUERY, "top5": top5},
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2, default=str))
     _say("done", f"{report['seconds']} s; summary in {out / 'demo_summary.json'}")

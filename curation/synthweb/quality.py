@@ -315,6 +315,22 @@ def curation_quality(site_dir: str | Path, output_root: str | Path) -> dict:
     }
 
 
+def identities_of_samples(site_dir: str | Path, output_root: str | Path, sample_ids: list[str]
+                          ) -> dict[str, int | None]:
+    """The ground-truth identity each kept sample of the build shows (its box matched to a figure by IoU), for
+    checking what a retrieval model returns; None where it matches no figure or a figure that depicts no one."""
+    layout = OutputLayout(str(output_root))
+    detect_config = DetectConfig.model_validate(_latest_build(layout)["detect"])
+    figures = ground_truth_figures({record["path"]: record for _, record in read_ground_truth(site_dir)}, detect_config)
+    wanted = set(sample_ids)
+    matched = {crop.sample_id: _match(crop, figures) for crop in _read_root(layout)[0]
+               if crop.stage == "kept" and crop.sample_id in wanted}
+    missing = sorted(wanted - set(matched))
+    if missing:
+        raise GadmsError(f"{output_root}: no kept sample {missing[0]!r}")
+    return {sample_id: getattr(matched[sample_id], "identity", None) for sample_id in sample_ids}
+
+
 def format_quality_table(quality: dict) -> str:
     """A short table of the headline figures, for the demo's output."""
     d, u, f, c, k = (quality[key] for key in ("detection", "dedup", "filter", "captions", "kept"))
