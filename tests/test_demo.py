@@ -23,10 +23,11 @@ def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
     searcher = TextSearch(str(out / "model" / "best.pt"), str(out / "webperson"), progress=False)
     identities = identities_of_samples(out / "site", out / "webperson", list(searcher.index.ids))
     shown = sorted({n for n in identities.values() if n is not None})
-    # Every identity the web shows, queried by its true description: the model's first hit shows that identity.
+    # Every identity the web shows, queried by its true description: how often the first hit shows that identity.
     right = []
     for number in shown:
         (position, _), = searcher.top(clean_caption(identity_attributes(number)), 1)
         right.append(identities[searcher.index.ids[position]] == number)
-    print(f"{sum(right)} of {len(right)} identities first")
-    assert sum(right) >= 0
+    # Measured 15 of 57 after 120 steps (11 after 40); chance is 1 in 57. 8 leaves room for the rounding of
+    # another CPU or thread count to change a few rankings, and still means eight times chance.
+    assert len(shown) >= 40 and sum(right) >= 8, (sum(right), len(shown))

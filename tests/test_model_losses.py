@@ -21,14 +21,18 @@ PIDS = [7, 7, 3]
 REL = 1e-12
 
 
-def hand_sdm(image, text, pids, temperature, epsilon=1e-8):
+def hand_cosines(image, text):
     def unit(v):
         norm = math.sqrt(sum(x * x for x in v))
         return [x / norm for x in v]
 
     image, text = [unit(v) for v in image], [unit(v) for v in text]
+    return [[sum(a * b for a, b in zip(row, column)) for column in text] for row in image]
+
+
+def hand_sdm(image, text, pids, temperature, epsilon=1e-8):
     n = len(pids)
-    cos = [[sum(a * b for a, b in zip(image[i], text[j])) for j in range(n)] for i in range(n)]
+    cos = hand_cosines(image, text)
 
     def direction(sim):
         total = 0.0
@@ -53,13 +57,8 @@ def test_sdm_equals_hand_computation(temperature):
 
 
 def hand_clip(image, text, pids, temperature):
-    def unit(v):
-        norm = math.sqrt(sum(x * x for x in v))
-        return [x / norm for x in v]
-
-    image, text = [unit(v) for v in image], [unit(v) for v in text]
     n = len(pids)
-    cos = [[sum(a * b for a, b in zip(image[i], text[j])) for j in range(n)] for i in range(n)]
+    cos = hand_cosines(image, text)
 
     def direction(sim):
         total = 0.0
