@@ -493,10 +493,15 @@ def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, cap
 
 
 def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
-    """Decoded in a worker process, the error comes back as the one line it was raised with, not its traceback."""
+    """Decoded in a worker process, the error comes back as the one line it was raised with, not its traceback.
+    With ultralytics imported, as in the demo's process: its Image.open patch raises ModuleNotFoundError."""
     import torch
 
+    from gadms_model.compat import ensure_torchvision_ops
     from gadms_model.data.sources import DataSourceError, decode_image
+
+    ensure_torchvision_ops()
+    import ultralytics  # noqa: F401  (patches PIL.Image.open for the rest of the process)
 
     class CorruptImages(torch.utils.data.Dataset):
         def __len__(self):

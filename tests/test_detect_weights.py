@@ -37,8 +37,12 @@ def test_the_payload_is_real(evil):
 
 def test_detect_refuses_a_crafted_checkpoint_without_running_it(evil, tmp_path, capsys):
     path, marker = evil
+    import pyarrow.parquet as pq
+
+    from storage.schema import DOWNLOAD_SCHEMA
+
     downloads = tmp_path / "downloads.parquet"
-    downloads.write_bytes(b"")  # never read: the weights are refused first
+    pq.write_table(DOWNLOAD_SCHEMA.empty_table(), downloads)  # a valid input: only the weights are wrong
     out = tmp_path / "out"
     assert main(["detect", "--downloads", str(downloads), "--out", str(out), "--weights", str(path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -157,6 +157,7 @@ def test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes(site, tmp_path
             os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
             interrupted = time.monotonic()
             _, err = process.communicate(timeout=45)
+            print(f"exit {time.monotonic() - interrupted:.1f} s after SIGINT")
             assert time.monotonic() - interrupted < 45
         finally:
             stop_group(process, signal.SIGKILL)

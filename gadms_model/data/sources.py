@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from gadms_model.data.benchmarks import TrainSample
 from storage.catalog import catalog_root
@@ -37,8 +37,10 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataSourceError(f"{where}: image cannot be decoded: {exc}") from None
+    # Any exception: bytes from the web are hostile, and in a process that imported ultralytics Image.open is its
+    # patch, which answers undecodable bytes with ModuleNotFoundError (pi_heif) instead of UnidentifiedImageError.
+    except Exception as exc:
+        raise DataSourceError(f"{where}: image cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
 def open_image(path: str, where: str) -> Image.Image:
@@ -47,8 +49,8 @@ def open_image(path: str, where: str) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataSourceError(f"{where}: image {path} not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataSourceError(f"{where}: image {path} cannot be decoded: {exc}") from None
+    except Exception as exc:  # as in decode_image
+        raise DataSourceError(f"{where}: image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
