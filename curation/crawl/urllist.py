@@ -92,13 +92,13 @@ def read_url_list(path_or_url: str, url_column: str = "url", caption_column: str
 
 def _records(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, caption_column: str,
              extra_columns: tuple[str, ...]) -> Iterator[UrlRecord]:
-    for path, source, list_file, columns in _open_files(fs, paths, url_column, caption_column, extra_columns):
+    for source, list_file, columns in _open_files(fs, paths, url_column, caption_column, extra_columns):
         for row, values in enumerate(list_file.rows(columns.wanted())):
             yield columns.record(values, source, row)
 
 
 def _open_files(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, caption_column: str,
-                extra_columns: tuple[str, ...]) -> Iterator[tuple[str, str, ListFile, ListColumns]]:
+                extra_columns: tuple[str, ...]) -> Iterator[tuple[str, ListFile, ListColumns]]:
     """Each file of a list, open, with the columns to read; a file whose columns differ from the first's is an error."""
     first_columns: list[str] | None = None
     for path in paths:
@@ -109,7 +109,7 @@ def _open_files(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str
             elif set(list_file.columns) != set(first_columns):  # by name: readers pick columns by name
                 raise GadmsError(f"{source}: columns differ from {_source(fs, paths[0])}'s: "
                                  f"{_difference(list_file.columns, first_columns)}")
-            yield path, source, list_file, _columns_to_read(list_file, source, url_column, caption_column,
+            yield source, list_file, _columns_to_read(list_file, source, url_column, caption_column,
                                                             extra_columns)
 
 
@@ -123,7 +123,7 @@ def plan_ranges(path_or_url: str, rows_per_range: int, url_column: str = "url", 
     """
     fs, paths = _files(str(path_or_url))
     remaining = max_rows
-    for path, source, list_file, columns in _open_files(fs, paths, url_column, caption_column, tuple(extra_columns)):
+    for source, list_file, columns in _open_files(fs, paths, url_column, caption_column, tuple(extra_columns)):
         spans = (_parquet_spans(list_file.parquet, columns, source, rows_per_range) if list_file.parquet is not None
                  else _text_spans(list_file, columns, source, rows_per_range, remaining))
         for start, stop, fingerprint in spans:
@@ -138,11 +138,17 @@ def plan_ranges(path_or_url: str, rows_per_range: int, url_column: str = "url", 
 def _parquet_spans(parquet: pq.ParquetFile, columns: ListColumns, source: str,
                    rows_per_range: int) -> Iterator[tuple[int, int, str]]:
     url_type = parquet.schema_arrow.field(columns.url).type
-    if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type) or pa.types.is_null(url_type)):
+    if not _holds_strings(url_type):
         raise GadmsError(f"{source}: {columns.url} is {url_type}, expected URL strings")
     for first, end, fingerprint in row_group_spans(parquet):
         for start in range(first, end, rows_per_range):
             yield start, min(start + rows_per_range, end), fingerprint
+
+
+def _holds_strings(column_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(column_type):
+        return _holds_strings(column_type.value_type)
+    return pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_null(column_type)
 
 
 def _text_spans(list_file: ListFile, columns: ListColumns, source: str, rows_per_range: int,
