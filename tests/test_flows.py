@@ -126,6 +126,24 @@ def test_rebuild_with_an_added_file_and_appended_rows_processes_only_new_chunks(
     con.close()
 
 
+def test_seed_pages_build_takes_the_first_limit_images(site, tmp_path):
+    """Images found on seed pages are planned as a list in the work dir; `limit` takes the first N rows."""
+    base = f"http://127.0.0.1:{site['port']}"
+    config = build_config(site["urls"], tmp_path / "out", shard_size=2, inputs={
+        "seed_pages": [base + "/gallery/page-1.html"], "limit": 3})
+    config["crawl"]["seed_max_depth"] = 0
+    with served(site):
+        summary = build_webperson(config)
+    seed_list = [json.loads(line) for line in open(tmp_path / "out" / "work" / "seed-pages.jsonl")]
+    assert (summary["chunks"], summary["urls"]) == (2, 3) and len(seed_list) > 3
+    assert {seed_list[0]["page_url"]} == {base + "/gallery/page-1.html"}
+    con = connect(summary["catalog"])
+    crawled = {u for (u,) in con.execute("SELECT source_url FROM samples UNION SELECT url FROM rejects "
+                                         "WHERE stage = 'crawl'").fetchall()}
+    assert crawled <= {r["url"] for r in seed_list[:3]} and crawled
+    con.close()
+
+
 def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
