@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 
 import pandas
 import pyarrow as pa
@@ -69,6 +70,17 @@ def test_ranges_of_a_list_in_an_fsspec_store():
     ranges = list(plan_ranges("memory://ranges", 3))
     assert [r.path.startswith("memory://") and r.path.endswith("/ranges/a.jsonl") for r in ranges] == [True] * 2
     assert [record for r in ranges for record in read_range(r)] == EXPECTED
+
+
+@pytest.mark.parametrize("name", ["l.jsonl", "l.parquet"])
+def test_a_range_whose_rows_changed_since_planning_is_refused(tmp_path, monkeypatch, name):
+    write_list(tmp_path / name, name.split(".")[1])
+    planned = list(plan_ranges(tmp_path / name, 2))
+    changed = [URLS[0], "http://a.test/changed.jpg", *URLS[2:]]  # a Parquet footer sees it: the column's max changes
+    monkeypatch.setattr(sys.modules[__name__], "URLS", changed)
+    write_list(tmp_path / name, name.split(".")[1])
+    with pytest.raises(GadmsError, match=rf"{name}: rows 0-2 changed since this build planned them"):
+        read_range(planned[0])
 
 
 def test_plan_checks_a_parquet_url_column_before_reading_rows(tmp_path):

@@ -155,26 +155,39 @@ def _text_spans(list_file: ListFile, columns: ListColumns, source: str, rows_per
                 max_rows: int | None) -> Iterator[tuple[int, int, str]]:
     """Spans of a text list, each fingerprinted by a digest of its rows (only the rows up to `max_rows` are read)."""
     rows = enumerate(list_file.rows(columns.wanted()))
-    if max_rows is not None:
-        rows = itertools.islice(rows, max_rows)
-    digest, start, row = hashlib.sha256(), 0, -1
-    for row, values in rows:
-        digest.update(repr(columns.record(values, source, row)).encode())
-        if row + 1 - start == rows_per_range:
-            yield start, row + 1, digest.hexdigest()[:16]
-            digest, start = hashlib.sha256(), row + 1
-    if row + 1 > start:
-        yield start, row + 1, digest.hexdigest()[:16]
+    span: list[UrlRecord] = []
+    for row, values in itertools.islice(rows, max_rows):
+        span.append(columns.record(values, source, row))
+        if len(span) == rows_per_range:
+            yield row + 1 - len(span), row + 1, _records_digest(span)
+            span = []
+    if span:
+        yield row + 1 - len(span), row + 1, _records_digest(span)
 
 
-def read_range(part: ListRange) -> Iterator[UrlRecord]:
-    """The UrlRecords of a range, read through fsspec from wherever the list is stored."""
+def _records_digest(records: list[UrlRecord]) -> str:
+    return hashlib.sha256("\n".join(map(repr, records)).encode()).hexdigest()[:16]
+
+
+def _row_group_fingerprint(parquet: pq.ParquetFile, row: int) -> str:
+    return next(fingerprint for first, end, fingerprint in row_group_spans(parquet) if first <= row < end)
+
+
+def read_range(part: ListRange) -> list[UrlRecord]:
+    """The UrlRecords of a range, read through fsspec from wherever the list is stored. Rows that changed since
+    the range was planned are an error: the shard id names the planned rows."""
     fs, path = filesystem(part.path)
     source = _source(fs, path)
     with open_list_file(fs, path, source, part.columns.url) as list_file:
         rows = rows_in_range(list_file, part.columns.wanted(), part.start, part.stop)
-        for row, values in enumerate(rows, start=part.start):
-            yield part.columns.record(values, source, row)
+        records = [part.columns.record(values, source, row) for row, values in enumerate(rows, start=part.start)]
+        unchanged = len(records) == part.stop - part.start and part.fingerprint == (
+            _records_digest(records) if list_file.parquet is None
+            else _row_group_fingerprint(list_file.parquet, part.start))
+    if not unchanged:
+        raise GadmsError(f"{source}: rows {part.start}-{part.stop} changed since this build planned them; "
+                         "run the build again to plan the list anew")
+    return records
 
 
 def write_url_records(records: list[UrlRecord], path: str) -> None:
