@@ -23,8 +23,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from curation.caption import caption_crops
-from curation.chunks import Chunk, plan_chunks
-from curation.crawl import crawl_chunk, discover_images, read_url_list
+from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
+from curation.crawl import crawl_chunk, discover_images
+from curation.crawl.urllist import write_url_records
 from curation.dedup import DedupIndex
 from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
@@ -39,6 +40,7 @@ from storage.reject_thumbnails import reject_thumbnails_table
 from storage.shards import commit_shard, shard_is_complete
 
 DEFAULT_CONFIG = "flows/configs/webperson.yaml"
+SEED_LIST = "seed-pages.jsonl"  # in the work dir: the images the seed pages show, planned like any URL list
 
 
 @dataclass
@@ -69,20 +71,26 @@ def _dedup_index(directory: str, radius: int) -> DedupIndex:
     return DedupIndex.open(directory, radius=radius)
 
 
-@task(name="gather-inputs", cache_policy=NO_CACHE)
-def gather_inputs(cfg: BuildConfig) -> list:
-    urls = [record for path in cfg.inputs.url_lists for record in read_url_list(
-        path, url_column=cfg.crawl.url_column, caption_column=cfg.crawl.caption_column,
-        extra_columns=cfg.crawl.extra_columns)]
+@task(name="plan-chunks", cache_policy=NO_CACHE)
+def plan_stage(cfg: BuildConfig) -> list[Chunk]:
+    crawl = cfg.crawl
+    sources = [ListSource(path, crawl.url_column, crawl.caption_column, tuple(crawl.extra_columns))
+               for path in cfg.inputs.url_lists]
     if cfg.inputs.seed_pages:
-        urls += discover_images(cfg.inputs.seed_pages, cfg.crawl)
-    return urls[: cfg.inputs.limit] if cfg.inputs.limit else urls
+        discovered = discover_images(cfg.inputs.seed_pages, cfg.crawl)
+        if discovered:
+            seed_list = join(cfg.state_layout.work_dir, SEED_LIST)
+            write_url_records(discovered, seed_list)
+            sources.append(ListSource(seed_list))
+    return list(plan_chunks(sources, cfg.shard_size, cfg.inputs.limit))
 
 
 @task(name="crawl", cache_policy=NO_CACHE)
 def crawl_stage(chunk: Chunk, cfg: BuildConfig):
+    """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
+    urls = chunk_urls(chunk)
     state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
-    return crawl_chunk(list(chunk.urls), cfg.crawl, state_dir)
+    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir)
 
 
 @task(name="detect", cache_policy=NO_CACHE)
@@ -112,7 +120,7 @@ def write_stage(shard_id: str, run_id: str, crops: list, captions: list, rejects
 @task(name="process-chunk", cache_policy=NO_CACHE)
 def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
     layout = OutputLayout(cfg.output_root)
-    report = ChunkReport(shard_id=chunk.shard_id, urls=len(chunk.urls))
+    report = ChunkReport(shard_id=chunk.shard_id)
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
         report.skipped = True
         return report
@@ -126,7 +134,7 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
         report.seconds[stage] = report.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
 
-    crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg))
+    report.urls, crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg))
     rejects += crawled.rejects
     report.downloaded = len(crawled.downloads)
     crops, detect_rejects = timed("detect", lambda: detect_stage(crawled.downloads, cfg))
@@ -223,9 +231,9 @@ def _build(cfg: BuildConfig) -> dict:
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     with output_root_lock(cfg.output_root):
-        urls = gather_inputs(cfg)
-        chunks = plan_chunks(urls, cfg.shard_size)
-        logger.info("%d input URLs in %d chunks of up to %d", len(urls), len(chunks), cfg.shard_size)
+        chunks = plan_stage(cfg)
+        logger.info("%d input rows in %d chunks of up to %d", sum(c.rows.stop - c.rows.start for c in chunks),
+                    len(chunks), cfg.shard_size)
         reports = []
         with make_task_runner(cfg.runner) as runner:
             futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id}) for c in chunks]

@@ -1,20 +1,67 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from curation.chunks import plan_chunks
+from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
 from flows.config import resolve_build_config
 from storage.errors import GadmsError
-from storage.records import UrlRecord
 
 
-def test_chunks_are_stable_and_deduplicated():
-    urls = [UrlRecord(f"http://x.example/{i}.jpg") for i in range(5)] + [UrlRecord("http://x.example/1.jpg")]
-    chunks = plan_chunks(urls, shard_size=2)
-    assert [len(c.urls) for c in chunks] == [2, 2, 1]
-    assert [c.shard_id[:11] for c in chunks] == ["shard-00000", "shard-00001", "shard-00002"]
-    assert [c.shard_id for c in plan_chunks(urls, 2)] == [c.shard_id for c in chunks]
-    changed = plan_chunks(urls[:2] + [UrlRecord("http://x.example/new.jpg")] + urls[3:5], 2)
-    assert changed[0].shard_id == chunks[0].shard_id  # same URLs, same shard: skipped on a rebuild
-    assert changed[1].shard_id != chunks[1].shard_id  # different URLs get a new shard instead of an overwrite
+def _plan(*paths, shard_size=2, limit=None) -> list[Chunk]:
+    return list(plan_chunks([ListSource(str(p)) for p in paths], shard_size, limit))
+
+
+def _write_lines(path, urls):
+    path.write_text("".join(f"{u}\n" for u in urls))
+    return path
+
+
+def test_chunks_are_stable_and_deduplicated(tmp_path):
+    urls = [f"http://x.example/{i}.jpg" for i in range(5)] + ["http://x.example/1.jpg", "http://x.example/1.jpg"]
+    chunks = _plan(_write_lines(tmp_path / "urls.txt", urls))
+    assert [len(chunk_urls(c)) for c in chunks] == [2, 2, 2, 1]  # exact URL dedup within a chunk
+    assert [c.shard_id for c in _plan(tmp_path / "urls.txt")] == [c.shard_id for c in chunks]
+    changed = _plan(_write_lines(tmp_path / "urls.txt", urls[:2] + ["http://x.example/new.jpg"] + urls[3:]))
+    assert changed[0].shard_id == chunks[0].shard_id  # same rows, same shard: skipped on a rebuild
+    assert changed[1].shard_id != chunks[1].shard_id  # different rows get a new shard instead of an overwrite
+    assert [c.shard_id for c in changed[2:]] == [c.shard_id for c in chunks[2:]]  # later chunks keep their ids
+
+
+def test_shard_ids_survive_an_added_file_and_appended_rows(tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    _write_lines(lists / "b.txt", [f"http://b.example/{i}.jpg" for i in range(4)])
+    table = pa.table({"url": [f"http://p.example/{i}.jpg" for i in range(5)], "text": ["a person"] * 5})
+    pq.write_table(table, lists / "p.parquet", row_group_size=5)
+    before = {c.shard_id for c in _plan(lists / "b.txt", lists / "p.parquet")}
+    _write_lines(lists / "a.txt", ["http://a.example/0.jpg"])  # sorts first
+    _write_lines(lists / "b.txt", [f"http://b.example/{i}.jpg" for i in range(7)])
+    with pq.ParquetWriter(lists / "p.parquet", table.schema) as writer:  # the same rows, then a new row group
+        writer.write_table(table, row_group_size=5)
+        writer.write_table(pa.table({"url": ["http://p.example/5.jpg"], "text": ["x"]}), row_group_size=5)
+    after = _plan(lists / "a.txt", lists / "b.txt", lists / "p.parquet")
+    assert before < {c.shard_id for c in after}
+    assert [(c.rows.path.rsplit("/", 1)[-1], c.rows.start, c.rows.stop) for c in after if c.shard_id not in before] == [
+        ("a.txt", 0, 1), ("b.txt", 4, 6), ("b.txt", 6, 7), ("p.parquet", 5, 6)]
+
+
+def test_limit_takes_the_first_rows_across_files(tmp_path):
+    a = _write_lines(tmp_path / "a.txt", [f"http://a.example/{i}.jpg" for i in range(3)])
+    b = _write_lines(tmp_path / "b.txt", [f"http://b.example/{i}.jpg" for i in range(3)])
+    chunks = _plan(a, b, limit=4)
+    assert [r.url for c in chunks for r in chunk_urls(c)] == [
+        "http://a.example/0.jpg", "http://a.example/1.jpg", "http://a.example/2.jpg", "http://b.example/0.jpg"]
+
+
+def test_parquet_ranges_read_their_row_groups(tmp_path):
+    rows = [f"http://p.example/{i}.jpg" for i in range(23)]
+    pq.write_table(pa.table({"url": rows, "text": [f"t{i}" for i in range(23)], "k": list(range(23))}),
+                   tmp_path / "p.parquet", row_group_size=10)
+    chunks = list(plan_chunks([ListSource(str(tmp_path / "p.parquet"), extra_columns=("k",))], 4))
+    assert [(c.rows.start, c.rows.stop) for c in chunks] == [(0, 4), (4, 8), (8, 10), (10, 14), (14, 18), (18, 20),
+                                                             (20, 23)]
+    records = [r for c in chunks for r in chunk_urls(c)]
+    assert [r.url for r in records] == rows and records[9].alt_text == "t9" and records[9].source_meta == '{"k": 9}'
 
 
 def test_remote_output_root_needs_a_local_work_dir():

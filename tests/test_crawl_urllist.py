@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 
 import pandas
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.crawl import read_url_list
+from curation.crawl.urllist import plan_ranges, read_range
 from gadms_model.cli import main
 from storage.errors import GadmsError
 from storage.records import UrlRecord
@@ -46,6 +48,45 @@ def write_list(path, fmt: str, extra: dict[str, list] | None = None) -> None:
 def test_every_format_reads_to_the_same_records(tmp_path, name):
     write_list(tmp_path / name, name.split(".")[1])
     assert list(read_url_list(tmp_path / name)) == EXPECTED
+
+
+@pytest.mark.parametrize("name", ["l.txt", "l.csv", "l.tsv", "l.json", "l.jsonl", "l.parquet", "l.csv.gz",
+                                  "l.txt.gz", "l.json.gz", "l.jsonl.gz"])
+def test_ranges_read_back_the_whole_list_in_order(tmp_path, name):
+    write_list(tmp_path / name, name.split(".")[1], extra={"k": list(range(N))})
+    extra = () if name.startswith("l.txt") else ("k",)
+    ranges = list(plan_ranges(tmp_path / name, 2, extra_columns=extra))
+    assert [(r.start, r.stop) for r in ranges] == [(0, 2), (2, 4), (4, 5)]
+    assert [record for r in ranges for record in read_range(r)] == list(read_url_list(tmp_path / name,
+                                                                                    extra_columns=extra))
+    assert [(r.start, r.stop) for r in plan_ranges(tmp_path / name, 2, max_rows=3)] == [(0, 2), (2, 3)]
+
+
+def test_ranges_of_a_list_in_an_fsspec_store():
+    import fsspec
+
+    with fsspec.open("memory://ranges/a.jsonl", "w") as f:
+        f.writelines(json.dumps({"url": url, "caption": caption}) + "\n" for url, caption in zip(URLS, CAPTIONS))
+    ranges = list(plan_ranges("memory://ranges", 3))
+    assert [r.path.startswith("memory://") and r.path.endswith("/ranges/a.jsonl") for r in ranges] == [True] * 2
+    assert [record for r in ranges for record in read_range(r)] == EXPECTED
+
+
+@pytest.mark.parametrize("name", ["l.jsonl", "l.parquet"])
+def test_a_range_whose_rows_changed_since_planning_is_refused(tmp_path, monkeypatch, name):
+    write_list(tmp_path / name, name.split(".")[1])
+    planned = list(plan_ranges(tmp_path / name, 2))
+    changed = [URLS[0], "http://a.test/changed.jpg", *URLS[2:]]  # a Parquet footer sees it: the column's max changes
+    monkeypatch.setattr(sys.modules[__name__], "URLS", changed)
+    write_list(tmp_path / name, name.split(".")[1])
+    with pytest.raises(GadmsError, match=rf"{name}: rows 0-2 changed since this build planned them"):
+        read_range(planned[0])
+
+
+def test_plan_checks_a_parquet_url_column_before_reading_rows(tmp_path):
+    pq.write_table(pa.table({"url": [1, 2]}), tmp_path / "int.parquet")
+    with pytest.raises(GadmsError, match=r"int.parquet: url is int64, expected URL strings"):
+        list(plan_ranges(tmp_path / "int.parquet", 2))
 
 
 @pytest.mark.parametrize("name", ["l.txt", "l.txt.gz"])

@@ -1,11 +1,13 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -83,6 +85,63 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
         again = build_webperson(config)
     assert again["chunks_skipped"] == again["chunks"] == summary["chunks"]
     assert again["kept"] == 0
+
+
+def _write_jsonl(path: Path, records: list[dict], mode: str = "w") -> None:
+    with path.open(mode, encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_rebuild_with_an_added_file_and_appended_rows_processes_only_new_chunks(site, tmp_path):
+    """Shard ids come from the rows' identity: the first build's chunks are skipped, only new rows are crawled; a URL
+    listed again in the added file is crawled there too, and the sha256 dedup keeps its crops once."""
+    plain = [r for r in map(json.loads, open(site["urls"]))
+             if re.fullmatch(r"/img/s\d{5}\.jpg", urlsplit(r["url"]).path)]  # plain scenes: no fault, no resize
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    _write_jsonl(lists / "a.jsonl", plain[:6])
+    config = build_config(lists, tmp_path / "out", shard_size=3)
+    with served(site):
+        first = build_webperson(config)
+    con = connect(first["catalog"])
+    kept = dict(con.execute("SELECT source_url, count(*) FROM samples GROUP BY ALL").fetchall())
+    first_shards = {s for (s,) in con.execute("SELECT shard_id FROM manifest").fetchall()}
+    con.close()
+    assert first["chunks"] == 2 and kept
+    listed_twice = next(r for r in plain[:6] if r["url"] in kept)
+
+    _write_jsonl(lists / "a.jsonl", plain[6:8], mode="a")
+    _write_jsonl(lists / "b.jsonl", [plain[8], listed_twice])
+    with served(site):
+        second = build_webperson(config)
+    assert (second["chunks"], second["chunks_skipped"], second["urls"]) == (4, 2, 4)
+    con = connect(second["catalog"])
+    assert first_shards < {s for (s,) in con.execute("SELECT shard_id FROM manifest").fetchall()}
+    assert con.execute("SELECT count(*) FROM samples WHERE source_url = ?", [listed_twice["url"]]).fetchone() == (
+        kept[listed_twice["url"]],)
+    assert con.execute("SELECT count(*) FROM rejects WHERE stage = 'dedup' AND url = ?",
+                       [listed_twice["url"]]).fetchone() == (kept[listed_twice["url"]],)
+    assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchone() == (
+        first["kept"] + second["kept"],) * 2
+    con.close()
+
+
+def test_seed_pages_build_takes_the_first_limit_images(site, tmp_path):
+    """Images found on seed pages are planned as a list in the work dir; `limit` takes the first N rows."""
+    base = f"http://127.0.0.1:{site['port']}"
+    config = build_config(site["urls"], tmp_path / "out", shard_size=2, inputs={
+        "seed_pages": [base + "/gallery/page-1.html"], "limit": 3})
+    config["crawl"]["seed_max_depth"] = 0
+    with served(site):
+        summary = build_webperson(config)
+    seed_list = [json.loads(line) for line in open(tmp_path / "out" / "work" / "seed-pages.jsonl")]
+    assert (summary["chunks"], summary["urls"]) == (2, 3) and len(seed_list) > 3
+    assert {seed_list[0]["page_url"]} == {base + "/gallery/page-1.html"}
+    con = connect(summary["catalog"])
+    crawled = {u for (u,) in con.execute("SELECT source_url FROM samples UNION SELECT url FROM rejects "
+                                         "WHERE stage = 'crawl'").fetchall()}
+    assert crawled <= {r["url"] for r in seed_list[:3]} and crawled
+    con.close()
 
 
 def test_killed_build_reruns_to_the_same_shards(site, tmp_path):

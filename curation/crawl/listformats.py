@@ -3,10 +3,12 @@
 txt (one URL per line, no header), csv, tsv, json (an array of objects, or pandas' default {column: {row: value}}),
 jsonl (one object per line), parquet;
 the text formats optionally .gz. Everything but json streams: txt/csv/tsv/jsonl line by line, parquet by batches.
+A row range reads a Parquet file's row groups that hold it only; a text file is read from its start up to the range.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -44,6 +46,30 @@ class ListFile:
 
     columns: list[str]
     rows: Callable[[list[str]], Iterator[tuple]]
+    parquet: pq.ParquetFile | None = None
+
+
+def rows_in_range(list_file: ListFile, wanted: list[str], start: int, stop: int) -> Iterator[tuple]:
+    """The rows `start` ≤ row < `stop` (0-based, in file order) of `list_file.rows(wanted)`."""
+    if list_file.parquet is None:
+        return itertools.islice(list_file.rows(wanted), start, stop)
+    return _parquet_range(list_file.parquet, wanted, start, stop)
+
+
+def row_group_spans(parquet: pq.ParquetFile) -> Iterator[tuple[int, int, str]]:
+    """(first row, end row, fingerprint) of each row group, from the footer alone. The fingerprint digests the
+    group's row count and its columns' sizes and statistics: rewriting the file with more row groups at its end
+    leaves the earlier groups' fingerprints as they were."""
+    start = 0
+    for index in range(parquet.metadata.num_row_groups):
+        group = parquet.metadata.row_group(index)
+        parts = [str(group.num_rows)]
+        for column in (group.column(j) for j in range(group.num_columns)):
+            stats = column.statistics
+            parts += [column.path_in_schema, str(column.total_compressed_size), str(column.total_uncompressed_size),
+                      repr((stats.min, stats.max, stats.null_count)) if stats is not None and stats.has_min_max else ""]
+        yield start, start + group.num_rows, hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+        start += group.num_rows
 
 
 @contextmanager
@@ -79,7 +105,24 @@ def _parquet(parquet: pq.ParquetFile) -> ListFile:
             data = batch.to_pydict()
             yield from zip(*(data[name] for name in wanted))
 
-    return ListFile(parquet.schema_arrow.names, rows)
+    return ListFile(parquet.schema_arrow.names, rows, parquet)
+
+
+def _parquet_range(parquet: pq.ParquetFile, wanted: list[str], start: int, stop: int) -> Iterator[tuple]:
+    groups = [(index, first) for index, (first, end, _) in enumerate(row_group_spans(parquet))
+              if first < stop and end > start]
+    if not groups:
+        return
+    position = groups[0][1]  # row number of the next batch's first row
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted,
+                                      row_groups=[index for index, _ in groups]):
+        part = batch.slice(max(start - position, 0), max(stop - max(position, start), 0))
+        position += batch.num_rows
+        if part.num_rows:
+            data = part.to_pydict()
+            yield from zip(*(data[name] for name in wanted))
+        if position >= stop:
+            return
 
 
 def _delimited(text: io.TextIOBase, delimiter: str, source: str) -> ListFile:

@@ -7,15 +7,21 @@ A folder is read as img2dataset reads one: its top-level files only, all of one 
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+from dataclasses import dataclass
 from typing import Iterator
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from curation.crawl.listformats import FORMATS, ListFile, format_of, open_list_file, parquet_file
+from curation.crawl.listformats import (FORMATS, ListFile, format_of, open_list_file, parquet_file, row_group_spans,
+                                          rows_in_range)
 from storage.errors import GadmsError
-from storage.fs import filesystem
+from storage.fs import atomic_write, filesystem
 from storage.records import UrlRecord
 
 # Spellings tried, in order, when a default column name is absent (LAION writes URL/TEXT, COYO url/text).
@@ -23,6 +29,51 @@ URL_ALIASES = ("url", "URL", "image_url")
 CAPTION_ALIASES = ("caption", "text", "TEXT", "alt", "alt_text", "ALT_TEXT")
 PAGE_URL_COLUMN = "page_url"
 SUFFIXES = ", ".join(f".{fmt}" for fmt in FORMATS)
+
+
+@dataclass(frozen=True)
+class ListColumns:
+    """The columns of one list file that make its UrlRecords, aliases resolved: `caption` None when it has none."""
+
+    url: str
+    caption: str | None
+    page_url: bool
+    extra: tuple[str, ...]
+
+    def wanted(self) -> list[str]:
+        return [self.url, *([self.caption] if self.caption else []), *([PAGE_URL_COLUMN] if self.page_url else []),
+                *self.extra]
+
+    def record(self, values: tuple, source: str, row: int) -> UrlRecord:
+        values = list(values)
+        url = values.pop(0)
+        if not isinstance(url, str | None):  # e.g. an int or list column: the whole list is wrong
+            raise GadmsError(f"{source}: row {row}: {self.url} is {type(url).__name__} {str(url)[:60]}, "
+                             "expected a URL string")
+        caption = values.pop(0) if self.caption else ""
+        page_url = values.pop(0) if self.page_url else ""
+        meta = json.dumps(dict(zip(self.extra, values)), default=str) if self.extra else None
+        return UrlRecord(url=str(url or "").strip(), alt_text=str(caption or ""), page_url=str(page_url or "").strip(),
+                         source_meta=meta)
+
+
+@dataclass(frozen=True)
+class ListRange:
+    """Rows `start` ≤ row < `stop` of one list file, and a fingerprint of those rows: what a build chunk reads.
+
+    `path` is an fsspec URL, so a worker on another host reads the range itself. The fingerprint comes from the
+    rows' content (text formats) or from the footer of the row group holding them (Parquet)."""
+
+    path: str
+    start: int
+    stop: int
+    fingerprint: str
+    columns: ListColumns
+
+    @property
+    def identity(self) -> str:
+        """File name, range and fingerprint: equal for the same rows of the same file, wherever it is stored."""
+        return f"{self.path.rsplit('/', 1)[-1]}:{self.start}-{self.stop}:{self.fingerprint}"
 
 
 def read_url_list(path_or_url: str, url_column: str = "url", caption_column: str = "caption",
@@ -41,6 +92,14 @@ def read_url_list(path_or_url: str, url_column: str = "url", caption_column: str
 
 def _records(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, caption_column: str,
              extra_columns: tuple[str, ...]) -> Iterator[UrlRecord]:
+    for source, list_file, columns in _open_files(fs, paths, url_column, caption_column, extra_columns):
+        for row, values in enumerate(list_file.rows(columns.wanted())):
+            yield columns.record(values, source, row)
+
+
+def _open_files(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, caption_column: str,
+                extra_columns: tuple[str, ...]) -> Iterator[tuple[str, ListFile, ListColumns]]:
+    """Each file of a list, open, with the columns to read; a file whose columns differ from the first's is an error."""
     first_columns: list[str] | None = None
     for path in paths:
         source = _source(fs, path)
@@ -50,33 +109,104 @@ def _records(fs: fsspec.AbstractFileSystem, paths: list[str], url_column: str, c
             elif set(list_file.columns) != set(first_columns):  # by name: readers pick columns by name
                 raise GadmsError(f"{source}: columns differ from {_source(fs, paths[0])}'s: "
                                  f"{_difference(list_file.columns, first_columns)}")
-            url_col, caption_col = _columns_to_read(list_file, source, url_column, caption_column, extra_columns)
-            has_page = PAGE_URL_COLUMN in list_file.columns
-            read = [url_col, *([caption_col] if caption_col else []), *([PAGE_URL_COLUMN] if has_page else []),
-                    *extra_columns]
-            for row, values in enumerate(list_file.rows(read)):
-                values = list(values)
-                url = values.pop(0)
-                if not isinstance(url, str | None):  # e.g. an int or list column: the whole list is wrong
-                    raise GadmsError(f"{source}: row {row}: {url_col} is {type(url).__name__} {str(url)[:60]}, "
-                                     "expected a URL string")
-                caption = values.pop(0) if caption_col else ""
-                page_url = values.pop(0) if has_page else ""
-                meta = json.dumps(dict(zip(extra_columns, values)), default=str) if extra_columns else None
-                yield UrlRecord(url=str(url or "").strip(), alt_text=str(caption or ""),
-                                page_url=str(page_url or "").strip(), source_meta=meta)
+            yield source, list_file, _columns_to_read(list_file, source, url_column, caption_column,
+                                                            extra_columns)
+
+
+def plan_ranges(path_or_url: str, rows_per_range: int, url_column: str = "url", caption_column: str = "caption",
+                extra_columns: tuple[str, ...] | list[str] = (), max_rows: int | None = None) -> Iterator[ListRange]:
+    """Ranges of up to `rows_per_range` rows covering a list (file or folder) in order, or its first `max_rows`.
+
+    Parquet ranges never cross a row group and come from the footers alone; a text file is read once, streaming,
+    to count and fingerprint its rows. Memory stays flat whatever the list's size; its rows are checked as they are
+    read (Parquet: its URL column's type), so a bad list fails before any chunk starts.
+    """
+    fs, paths = _files(str(path_or_url))
+    remaining = max_rows
+    for source, list_file, columns in _open_files(fs, paths, url_column, caption_column, tuple(extra_columns)):
+        spans = (_parquet_spans(list_file.parquet, columns, source, rows_per_range) if list_file.parquet is not None
+                 else _text_spans(list_file, columns, source, rows_per_range, remaining))
+        for start, stop, fingerprint in spans:
+            if remaining is not None:
+                stop = min(stop, start + remaining)
+                remaining -= stop - start
+            yield ListRange(source, start, stop, fingerprint, columns)
+            if remaining == 0:
+                return
+
+
+def _parquet_spans(parquet: pq.ParquetFile, columns: ListColumns, source: str,
+                   rows_per_range: int) -> Iterator[tuple[int, int, str]]:
+    url_type = parquet.schema_arrow.field(columns.url).type
+    if not _holds_strings(url_type):
+        raise GadmsError(f"{source}: {columns.url} is {url_type}, expected URL strings")
+    for first, end, fingerprint in row_group_spans(parquet):
+        for start in range(first, end, rows_per_range):
+            yield start, min(start + rows_per_range, end), fingerprint
+
+
+def _holds_strings(column_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(column_type):
+        return _holds_strings(column_type.value_type)
+    return pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_null(column_type)
+
+
+def _text_spans(list_file: ListFile, columns: ListColumns, source: str, rows_per_range: int,
+                max_rows: int | None) -> Iterator[tuple[int, int, str]]:
+    """Spans of a text list, each fingerprinted by a digest of its rows (only the rows up to `max_rows` are read)."""
+    rows = enumerate(list_file.rows(columns.wanted()))
+    span: list[UrlRecord] = []
+    for row, values in itertools.islice(rows, max_rows):
+        span.append(columns.record(values, source, row))
+        if len(span) == rows_per_range:
+            yield row + 1 - len(span), row + 1, _records_digest(span)
+            span = []
+    if span:
+        yield row + 1 - len(span), row + 1, _records_digest(span)
+
+
+def _records_digest(records: list[UrlRecord]) -> str:
+    return hashlib.sha256("\n".join(map(repr, records)).encode()).hexdigest()[:16]
+
+
+def _row_group_fingerprint(parquet: pq.ParquetFile, row: int) -> str:
+    return next(fingerprint for first, end, fingerprint in row_group_spans(parquet) if first <= row < end)
+
+
+def read_range(part: ListRange) -> list[UrlRecord]:
+    """The UrlRecords of a range, read through fsspec from wherever the list is stored. Rows that changed since
+    the range was planned are an error: the shard id names the planned rows."""
+    fs, path = filesystem(part.path)
+    source = _source(fs, path)
+    with open_list_file(fs, path, source, part.columns.url) as list_file:
+        rows = rows_in_range(list_file, part.columns.wanted(), part.start, part.stop)
+        records = [part.columns.record(values, source, row) for row, values in enumerate(rows, start=part.start)]
+        unchanged = len(records) == part.stop - part.start and part.fingerprint == (
+            _records_digest(records) if list_file.parquet is None
+            else _row_group_fingerprint(list_file.parquet, part.start))
+    if not unchanged:
+        raise GadmsError(f"{source}: rows {part.start}-{part.stop} changed since this build planned them; "
+                         "run the build again to plan the list anew")
+    return records
+
+
+def write_url_records(records: list[UrlRecord], path: str) -> None:
+    """A jsonl list of `records` (url, caption, page_url), as read_url_list and plan_ranges read it back."""
+    with atomic_write(path, "w") as f:
+        for r in records:
+            f.write(json.dumps({"url": r.url, "caption": r.alt_text, PAGE_URL_COLUMN: r.page_url}) + "\n")
 
 
 def _columns_to_read(list_file: ListFile, source: str, url_column: str, caption_column: str,
-                     extra_columns: tuple[str, ...] | list[str]) -> tuple[str, str | None]:
-    """(url column, caption column or None) of this file; any named column it lacks is an error."""
+                     extra_columns: tuple[str, ...] | list[str]) -> ListColumns:
+    """The columns to read of this file; any named column it lacks is an error."""
     columns = list_file.columns
     url_col = _pick_column(columns, url_column, "url", URL_ALIASES, source, required=True)
     caption_col = _pick_column(columns, caption_column, "caption", CAPTION_ALIASES, source, required=False)
     missing = [c for c in extra_columns if c not in columns]
     if missing:
         raise GadmsError(f"{source}: no extra column {missing[0]!r} (columns: {', '.join(columns[:20])})")
-    return url_col, caption_col
+    return ListColumns(url_col, caption_col, PAGE_URL_COLUMN in columns, tuple(extra_columns))
 
 
 def _pick_column(columns: list[str], wanted: str, default: str, aliases: tuple[str, ...], source: str,
