@@ -44,6 +44,11 @@ def _crop(url: str, source: bytes, pixels: np.ndarray) -> PersonCrop:
     )
 
 
+# The picture of crops whose pHash a test sets by hand: noise, whose mirror's pHash (which dedup also looks up) is
+# a fixed 64-bit pattern, within the radius of none of those hashes.
+NOISE_JPEG = _jpeg(np.random.default_rng(0).integers(0, 256, (64, 32, 3), dtype=np.uint8))
+
+
 def _decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -167,7 +172,7 @@ def test_high_bit_hashes_are_compared_on_all_64_bits(tmp_path):
     top = 1 << 63
 
     def crop(name: str, phash: int) -> PersonCrop:
-        return PersonCrop(sample_id=name, source_url=name, page_url="", alt_text="", source_sha256=name, image=b"",
+        return PersonCrop(sample_id=name, source_url=name, page_url="", alt_text="", source_sha256=name, image=NOISE_JPEG,
                           width=1, height=1, bbox=(0, 0, 1, 1), det_score=1.0, keypoints=None, phash=phash,
                           crop_sha256=name)
 
@@ -211,7 +216,7 @@ def _worker(args) -> list[str]:
         sample_id = f"w{worker}-{k}-g{group}"
         crops.append(PersonCrop(
             sample_id=sample_id, source_url=sample_id, page_url="", alt_text="", source_sha256=sample_id,
-            image=b"", width=1, height=1, bbox=(0, 0, 1, 1), det_score=1.0, keypoints=None, phash=phash,
+            image=NOISE_JPEG, width=1, height=1, bbox=(0, 0, 1, 1), det_score=1.0, keypoints=None, phash=phash,
             crop_sha256=sample_id,
         ))
     for start in range(0, PER_WORKER, 10):
@@ -231,3 +236,29 @@ def test_parallel_workers_never_both_keep_a_duplicate(tmp_path):
     seen = {int(g) for g in groups}
     assert len(groups) == len(seen)  # one kept crop per group, whichever worker got there first
     assert len(DedupIndex.open(tmp_path)) == len(seen)
+
+
+def test_mirrored_copies_are_near_duplicates(tmp_path, planted):
+    """A left-right mirror of a kept crop, in a later shard or later in the same batch, is rejected; its own pHash
+    is far from the original's, so only the mirror's hash finds it. Distinct photos stay kept."""
+    originals, _ = planted
+    mirrors = {}
+    for name, original in originals.items():
+        pixels = np.ascontiguousarray(_decoded(original.image)[:, ::-1])
+        mirrors[name] = _crop(f"https://m.example/{name}-mirror.jpg", _jpeg(pixels), pixels)
+    assert all(_distance(mirrors[name], originals[name]) > 6 for name in originals)  # pHash alone misses them
+
+    index = DedupIndex.open(OutputLayout(str(tmp_path / "a")).dedup_dir, radius=6)
+    kept, rejects = index.deduplicate(list(originals.values()), "shard-a")
+    assert len(kept) == len(originals) and rejects == []
+    kept, rejects = index.deduplicate(list(mirrors.values()), "shard-b")
+    assert kept == []
+    assert {(r.sample_id, r.reason, r.detail) for r in rejects} == {
+        (mirrors[name].sample_id, "near_duplicate", originals[name].sample_id) for name in originals}
+
+    index = DedupIndex.open(OutputLayout(str(tmp_path / "b")).dedup_dir, radius=6)
+    batch = [originals["coffee"], originals["rocket"], mirrors["coffee"]]
+    kept, rejects = index.deduplicate(batch, "shard-a")
+    assert [c.sample_id for c in kept] == [originals["coffee"].sample_id, originals["rocket"].sample_id]
+    assert [(r.sample_id, r.detail) for r in rejects] == [(mirrors["coffee"].sample_id, originals["coffee"].sample_id)]
+    assert rejects[0].extra["distance"] <= 6

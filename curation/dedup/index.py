@@ -23,7 +23,9 @@ Idempotent per shard: `deduplicate(crops, shard_id)` first deletes the rows a pr
 run of the same shard inserted, so a rerun never rejects its own samples as duplicates of themselves.
 
 Exact duplicates: the same `sample_id` (same source sha256 and box) or the same crop sha256 as a kept crop.
-Near duplicates: pHash within Hamming distance `radius` of a kept crop. Both name the kept sample in `detail`.
+Near duplicates: pHash within Hamming distance `radius` of a kept crop, or the pHash of the crop's mirror image
+within it (mirrored copies are common on the web, and a mirror's own pHash is far from the original's). Both
+name the kept sample in `detail`.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.dedup.mih import MultiIndexHash, as_hashes, nearest_matches, resolve_in_order, within_batch_pairs
+from curation.dedup.phash import mirrored_phash64
 from storage.errors import GadmsError
 from storage.fs import is_local
 from storage.records import PersonCrop, Reject
@@ -93,12 +96,13 @@ class DedupIndex:
 
     def deduplicate(self, crops: list[PersonCrop], shard_id: str) -> tuple[list[PersonCrop], list[Reject]]:
         """Keep the crops that duplicate nothing kept before (any shard) or earlier in `crops`; record them."""
+        mirrored = as_hashes([mirrored_phash64(c.image) for c in crops])  # decoding stays outside the lock
         with self._locked() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 self._forget_shard(con, shard_id)
                 self._sync(con)
-                kept, rejects = self._decide(crops)
+                kept, rejects = self._decide(crops, mirrored)
                 self._insert(con, kept, shard_id)
                 con.execute("COMMIT")
             except BaseException:
@@ -107,17 +111,25 @@ class DedupIndex:
                 raise
         return kept, rejects
 
-    def _decide(self, crops: list[PersonCrop]) -> tuple[list[PersonCrop], list[Reject]]:
+    def _decide(self, crops: list[PersonCrop], mirrored: np.ndarray) -> tuple[list[PersonCrop], list[Reject]]:
         hashes = as_hashes([c.phash for c in crops])
         stored_near, stored_distance = nearest_matches(self._mih, hashes)
+        mirror_near, mirror_distance = nearest_matches(self._mih, mirrored)
+        closer = (mirror_near >= 0) & ((stored_near < 0) | (mirror_distance < stored_distance))
+        stored_near = np.where(closer, mirror_near, stored_near)
+        stored_distance = np.where(closer, mirror_distance, stored_distance)
         stored_exact = [self._exact.get(c.sample_id, self._exact.get(c.crop_sha256)) for c in crops]
         blocked = (stored_near >= 0) | np.array([m is not None for m in stored_exact], dtype=bool)
 
         later, earlier, rank = within_batch_pairs(hashes, self.radius)
+        # A later crop whose mirror image is near an earlier crop (a crop and its own mirror are not a pair).
+        mirror_later, mirror_earlier, mirror_rank = MultiIndexHash(self.radius, hashes).search(mirrored)
+        mirror_only = mirror_earlier < mirror_later
         exact_later, exact_earlier = _exact_pairs(crops)
-        later = np.concatenate([later, exact_later])
-        earlier = np.concatenate([earlier, exact_earlier])
-        rank = np.concatenate([rank.astype(np.int64), np.full(len(exact_later), EXACT_RANK)])
+        later = np.concatenate([later, mirror_later[mirror_only], exact_later])
+        earlier = np.concatenate([earlier, mirror_earlier[mirror_only], exact_earlier])
+        rank = np.concatenate([rank.astype(np.int64), mirror_rank[mirror_only].astype(np.int64),
+                               np.full(len(exact_later), EXACT_RANK)])
         batch_match = resolve_in_order(blocked, later, earlier, rank)
 
         kept, rejects = [], []
@@ -130,7 +142,7 @@ class DedupIndex:
             elif batch_match[k] >= 0:
                 other = crops[batch_match[k]]
                 exact = other.sample_id == crop.sample_id or other.crop_sha256 == crop.crop_sha256
-                distance = _distance(crop.phash, other.phash)
+                distance = min(_distance(crop.phash, other.phash), _distance(mirrored[k], other.phash))
                 rejects.append(_reject(crop, "exact_duplicate" if exact else "near_duplicate", other.sample_id, distance))
             else:
                 kept.append(crop)
