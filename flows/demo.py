@@ -113,7 +113,7 @@ def hits_against_ground_truth(site_dir: Path, output_root: Path, hits: list[dict
     return checked
 
 
-def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 600) -> dict:
+def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 1000) -> dict:
     out = Path(out)
     check_range("--train-steps", train_steps, 1, 1_000_000)
     if out.exists() and any(out.iterdir()):

@@ -7,7 +7,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (must be empty or absent)")
     parser.add_argument("--images", type=int, default=2000, help="scenes rendered into the synthetic web")
-    parser.add_argument("--train-steps", type=int, default=600, help="optimiser steps of the small GA-DMS")
+    parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps of the small GA-DMS")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
