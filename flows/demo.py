@@ -22,7 +22,7 @@ from curation.synthweb.quality import curation_quality, format_quality_table, id
 from curation.synthweb.site import read_ground_truth
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
-from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE
+from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE, TINY_MODEL_ADAM_EPS
 from gadms_model.data.synthetic import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate, evaluate_model, format_table
 from gadms_model.export.open_clip_dir import WEIGHTS_FILE
@@ -77,8 +77,7 @@ def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, 
         data={"kind": "webperson", "path": str(output_root)},
         model=demo_clip_model_config().model_dump(exclude_defaults=True),
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
-        # Adam's eps 1e-6 as CLIP: the fine-tuning recipe's 1e-3 swamps a tiny model's gradients.
-        optim={"lr": 5e-4, "eps": 1e-6, "warmup_epochs": 0.5},
+        optim={"lr": 5e-4, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": 0.5},
         epochs=1000,
         max_steps=steps,
         batch_size=32,

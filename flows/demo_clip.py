@@ -28,6 +28,9 @@ from storage.fs import make_folder
 DEMO_CLIP_DIR = DEMO_DETECTOR_WEIGHTS.parent / "synthweb-clip-demo"
 DEMO_CLIP_FIRST_IDENTITY = 2_000_000
 DEMO_CLIP_IMAGE_SIZE = (128, 64)  # height, width: the demo's GA-DMS image size
+# Adam's eps for the demo CLIP and the GA-DMS trained from it, as CLIP's: the fine-tuning recipe's 1e-3 swamps a
+# tiny model's gradients.
+TINY_MODEL_ADAM_EPS = 1e-6
 
 
 class DemoClipConfig(BaseModel):
@@ -54,8 +57,7 @@ def demo_clip_train_config(config: DemoClipConfig, benchmark_root: Path) -> Trai
         model={"clip_model": "gadms-tiny", "image_size": DEMO_CLIP_IMAGE_SIZE, "mode": "clip",
                "temperature": config.temperature, "gass_layers": 2, "mtp_layers": 1},
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
-        # Adam's eps 1e-6 as CLIP: the fine-tuning recipe's 1e-3 swamps a tiny model's gradients.
-        optim={"lr": config.lr, "eps": 1e-6, "warmup_epochs": 0.5},
+        optim={"lr": config.lr, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": 0.5},
         epochs=1_000_000,
         max_steps=config.steps,
         batch_size=config.batch_size,

@@ -284,12 +284,17 @@ def _urls(url_rows: list[str], crops: list[Crop], rejects: list[dict]) -> dict:
             "accounted": sum(fates.values()) == len(url_rows) and "unaccounted" not in fates}
 
 
+def _build_figures(site_dir: str | Path, config: dict) -> dict[str, list[Figure]]:
+    """The site's ground-truth figures, judged by the rules of the build's detect config."""
+    records = {record["path"]: record for _, record in read_ground_truth(site_dir)}
+    return ground_truth_figures(records, DetectConfig.model_validate(config["detect"]))
+
+
 def curation_quality(site_dir: str | Path, output_root: str | Path) -> dict:
     """The figures of the module docstring for the build in `output_root` of the site rendered in `site_dir`."""
     layout = OutputLayout(str(output_root))
     config = _latest_build(layout)
-    detect_config = DetectConfig.model_validate(config["detect"])
-    figures = ground_truth_figures({record["path"]: record for _, record in read_ground_truth(site_dir)}, detect_config)
+    figures = _build_figures(site_dir, config)
     crops, rejects = _read_root(layout)
     unknown = next((c.path for c in crops if c.path not in figures), None)
     if unknown is not None:
@@ -320,8 +325,7 @@ def identities_of_samples(site_dir: str | Path, output_root: str | Path, sample_
     """The ground-truth identity each kept sample of the build shows (its box matched to a figure by IoU), for
     checking what a retrieval model returns; None where it matches no figure or a figure that depicts no one."""
     layout = OutputLayout(str(output_root))
-    detect_config = DetectConfig.model_validate(_latest_build(layout)["detect"])
-    figures = ground_truth_figures({record["path"]: record for _, record in read_ground_truth(site_dir)}, detect_config)
+    figures = _build_figures(site_dir, _latest_build(layout))
     wanted = set(sample_ids)
     matched = {crop.sample_id: _match(crop, figures) for crop in _read_root(layout)[0]
                if crop.stage == "kept" and crop.sample_id in wanted}
