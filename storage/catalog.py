@@ -5,7 +5,8 @@ The catalog holds no data of its own besides the run records: every view reads t
 catalog can be deleted and rebuilt with `refresh` at any time. Only shards whose manifest entry is complete are
 visible, which is what makes a half-written rebuild invisible to readers.
 
-    samples   one row per person crop (SHARD_SCHEMA), from complete shards only
+    samples   one row per person crop (SHARD_SCHEMA, the current version's columns), from complete shards only
+    shard_stats  per-shard counts behind `gadms stats` (SHARD_STATS_SCHEMA, see storage.stats)
     rejects   one row per rejected URL/image/person of those shards (REJECT_SCHEMA)
     reject_thumbnails  small JPEGs of a bounded sample of those rejects (REJECT_THUMBNAIL_SCHEMA), where kept
     manifest  one row per shard manifest entry (any status)
@@ -16,6 +17,12 @@ The views name files by absolute path, so the catalog opens from any working dir
 plain DuckDB alike. A moved or copied local root fails with a one-line "run gadms catalog refresh --root NEW"
 error (plain DuckDB: an Invalid Input Error with that text, or "No files found" if the original is gone) until it
 is refreshed where it now lives; it never reads the original's files.
+
+No view opens every file's footer to bind (`union_by_name` would, at ~0.9 MB and ~1 ms per shard on every
+query): the manifest records each shard's schema version, and `samples` reads each run of consecutive shards of
+one version with one read_parquet, selecting the current version's columns, a column that version lacks as a
+typed NULL (storage.schema.SHARD_SCHEMAS). Runs, not one group per version, keep the shard-id order that
+`gadms browse` pages by; a root of one version is one read_parquet.
 """
 from __future__ import annotations
 
@@ -30,8 +37,22 @@ from storage.catalog_origin import ORIGIN_GUARD, origin_view_sql, sql_string
 from storage.errors import GadmsError
 from storage.fs import atomic_write, exists, filesystem, is_local
 from storage.layout import OutputLayout
-from storage.schema import REJECT_SCHEMA, REJECT_THUMBNAIL_SCHEMA, SHARD_SCHEMA
-from storage.shards import complete_shards, json_files, manifest_entries, read_parquet, read_shard
+from storage.schema import (
+    REJECT_SCHEMA,
+    REJECT_THUMBNAIL_SCHEMA,
+    SHARD_SCHEMA,
+    SHARD_SCHEMAS,
+    SHARD_STATS_SCHEMA,
+)
+from storage.shards import (
+    complete_shards,
+    listed_files,
+    manifest_entries,
+    read_parquet,
+    read_shard,
+    shard_schema_version,
+)
+from storage.stats import statistics_sql
 
 RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,29 +78,100 @@ MANIFEST_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("rejects", pa.int64()),
         ("created_at", pa.string()),
+        ("schema_version", pa.int64()),  # null: an entry written before entries recorded it (a v1 shard)
     ]
 )
-
-_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT"}
 
 
 class CatalogError(GadmsError):
     pass
 
 
-def _parquet_source(paths: list[str], empty_name: str) -> str:
-    if not paths:
-        return empty_name
-    listing = ", ".join(sql_string(p) for p in paths)
-    return f"read_parquet([{listing}], union_by_name = true)"
+_DUCKDB_SCALARS = {
+    pa.string(): "VARCHAR", pa.binary(): "BLOB", pa.large_binary(): "BLOB", pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+}
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB type of a column of `arrow_type` as DuckDB reads it from Parquet (fixed-size lists as lists)."""
+    if arrow_type in _DUCKDB_SCALARS:
+        return _DUCKDB_SCALARS[arrow_type]
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"{duckdb_type(arrow_type.value_type)}[]"
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in arrow_type)
+        return f"STRUCT({fields})"
+    raise CatalogError(f"no DuckDB type for Arrow type {arrow_type}")
+
+
+def _listing(paths: list[str]) -> str:
+    return "[" + ", ".join(sql_string(p) for p in paths) + "]"
+
+
+def _runs(entries: list[dict], key) -> list[tuple[object, list[dict]]]:
+    """Consecutive entries with the same key(entry), in order."""
+    runs: list[tuple[object, list[dict]]] = []
+    for entry in entries:
+        if runs and runs[-1][0] == key(entry):
+            runs[-1][1].append(entry)
+        else:
+            runs.append((key(entry), [entry]))
+    return runs
+
+
+def _samples_source(layout: OutputLayout, done: list[dict]) -> str:
+    if not done:
+        return "SELECT * FROM empty_samples"
+    selects = []
+    for version, run in _runs(done, shard_schema_version):
+        has = set(SHARD_SCHEMAS[version].names)
+        columns = ", ".join(f.name if f.name in has else f"NULL::{duckdb_type(f.type)} AS {f.name}"
+                            for f in SHARD_SCHEMA)
+        selects.append(f"SELECT {columns} "
+                       f"FROM read_parquet({_listing([layout.shard_path(e['shard_id']) for e in run])})")
+    return selects[0] if len(selects) == 1 else " UNION ALL ".join(f"({select})" for select in selects)
+
+
+def _rejects_source(layout: OutputLayout, done: list[dict]) -> str:
+    """Rejects files of entries that record a schema version all have REJECT_SCHEMA's columns; older ones may
+    lack `bbox` (added later), so only those are read by name, opening their footers."""
+    if not done:
+        return "SELECT * FROM empty_rejects"
+    selects = []
+    for recorded, run in _runs(done, lambda e: "schema_version" in e):
+        listing = _listing([layout.rejects_path(e["shard_id"]) for e in run])
+        selects.append(f"SELECT * FROM read_parquet({listing}{'' if recorded else ', union_by_name = true'})")
+    return selects[0] if len(selects) == 1 else " UNION ALL BY NAME ".join(f"({select})" for select in selects)
+
+
+def _shard_stats_source(layout: OutputLayout, done: list[dict]) -> str:
+    """The statistics files of the shards that have one; the others (written before them) counted by
+    storage.stats' own query over their shards and rejects."""
+    if not done:
+        return "SELECT * FROM empty_shard_stats"
+    have = set(listed_files(layout.shard_stats_dir, ".parquet"))
+    with_file = [e for e in done if layout.shard_stats_path(e["shard_id"]) in have]
+    without = [e for e in done if layout.shard_stats_path(e["shard_id"]) not in have]
+    selects = []
+    if with_file:
+        selects.append(f"SELECT * FROM read_parquet({_listing([layout.shard_stats_path(e['shard_id']) for e in with_file])})")
+    if without:
+        selects.append("SELECT * FROM (" + statistics_sql(f"({_samples_source(layout, without)})",
+                                                          f"({_rejects_source(layout, without)})") + ")")
+    return selects[0] if len(selects) == 1 else " UNION ALL ".join(f"({select})" for select in selects)
 
 
 def _manifest_source(layout: OutputLayout, entries: list[dict]) -> str:
     if not entries:
-        return "empty_manifest"
-    listing = ", ".join(sql_string(layout.manifest_path(e["shard_id"])) for e in entries)
-    columns = ", ".join(f"{sql_string(f.name)}: {sql_string(_DUCKDB_TYPES[f.type])}" for f in MANIFEST_SCHEMA)
-    return f"read_json([{listing}], columns = {{{columns}}})"
+        return "SELECT * FROM empty_manifest"
+    listing = _listing([layout.manifest_path(e["shard_id"]) for e in entries])
+    columns = ", ".join(f"{sql_string(f.name)}: {sql_string(duckdb_type(f.type))}" for f in MANIFEST_SCHEMA)
+    return f"SELECT * FROM read_json({listing}, columns = {{{columns}}})"
 
 
 def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
@@ -94,7 +186,8 @@ def connect(path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnecti
     try:
         # The origin first: a copy whose original is gone would otherwise fail with DuckDB's "No files found".
         con.execute("SELECT root FROM catalog_origin").fetchone()
-        con.execute("SELECT count(*) FROM samples").fetchone()
+        # Binding opens one footer per read_parquet of the view: a catalog whose shards are gone fails here.
+        con.execute("SELECT * FROM samples LIMIT 0").fetchall()
     except duckdb.Error as exc:
         con.close()
         raise CatalogError(_open_failure(path, exc)) from None
@@ -122,7 +215,7 @@ def _open_failure(path: Path, exc: duckdb.Error) -> str:
 def run_records(layout: OutputLayout) -> list[dict]:
     """The run records of an output root (runs/*.json), sorted by file name."""
     records = []
-    for path in json_files(layout.runs_dir):
+    for path in listed_files(layout.runs_dir):
         fs, p = filesystem(path)
         with fs.open(p, "r") as f:
             try:
@@ -157,8 +250,6 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
     done = sorted(complete_shards(layout, check_sha256), key=lambda e: e["shard_id"])
     runs = run_records(layout)
     Path(catalog_path).parent.mkdir(parents=True, exist_ok=True)
-    shard_paths = [layout.shard_path(e["shard_id"]) for e in done]
-    reject_paths = [layout.rejects_path(e["shard_id"]) for e in done]
     thumbnail_paths = [p for p in (layout.reject_thumbnails_path(e["shard_id"]) for e in done) if exists(p)]
     try:
         con = duckdb.connect(catalog_path)
@@ -182,15 +273,21 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
         con.execute("CREATE OR REPLACE TABLE empty_reject_thumbnails AS SELECT * FROM empty_reject_thumbnails_arrow")
         con.register("empty_manifest_arrow", MANIFEST_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE empty_manifest AS SELECT * FROM empty_manifest_arrow")
-        for view, source in (("samples", _parquet_source(shard_paths, "empty_samples")),
-                             ("rejects", _parquet_source(reject_paths, "empty_rejects")),
-                             ("reject_thumbnails", _parquet_source(thumbnail_paths, "empty_reject_thumbnails")),
+        con.register("empty_shard_stats_arrow", SHARD_STATS_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE empty_shard_stats AS SELECT * FROM empty_shard_stats_arrow")
+        thumbnails = (f"SELECT * FROM read_parquet({_listing(thumbnail_paths)})" if thumbnail_paths
+                      else "SELECT * FROM empty_reject_thumbnails")
+        for view, source in (("samples", _samples_source(layout, done)),
+                             ("rejects", _rejects_source(layout, done)),
+                             ("reject_thumbnails", thumbnails),
+                             ("shard_stats", _shard_stats_source(layout, done)),
                              ("manifest", _manifest_source(layout, entries))):
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source} WHERE {ORIGIN_GUARD}")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM ({source}) WHERE {ORIGIN_GUARD}")
         con.execute(RUNS_TABLE_SQL)
         for record in runs:
             upsert_run(con, record)
-        con.execute("SELECT count(*) FROM samples").fetchone()
+        for view in ("samples", "rejects", "shard_stats"):  # each binds: a file that does not fit fails here
+            con.execute(f"SELECT * FROM {view} LIMIT 0").fetchall()
     except duckdb.Error as exc:
         raise CatalogError(f"{catalog_path}: refresh failed: {str(exc).splitlines()[0]}") from None
     finally:
@@ -200,7 +297,8 @@ def refresh(root: str, catalog_path: str | None = None, duckdb_settings: dict[st
 
 def memory_catalog(root: str, sample_columns: list[str]) -> duckdb.DuckDBPyConnection:
     """An in-memory catalog of `root` read through fsspec, so any root works without DuckDB's httpfs: the views
-    samples (only `sample_columns`), rejects and manifest over the complete shards, as `refresh` defines them."""
+    samples (only `sample_columns`), rejects, manifest and shard_stats (counted from samples and rejects, so
+    `sample_columns` holds what storage.stats counts) over the complete shards, as `refresh` defines them."""
     layout = OutputLayout(root)
     entries = manifest_entries(layout)
     done = complete_shards(layout)
@@ -212,6 +310,7 @@ def memory_catalog(root: str, sample_columns: list[str]) -> duckdb.DuckDBPyConne
     con.register("rejects", pa.concat_tables(rejects, promote_options="default") if rejects
                  else REJECT_SCHEMA.empty_table())
     con.register("manifest", pa.Table.from_pylist(entries, schema=MANIFEST_SCHEMA))
+    con.execute(f"CREATE VIEW shard_stats AS {statistics_sql('samples', 'rejects')}")
     return con
 
 

@@ -3,6 +3,7 @@
     <root>/shards/<shard_id>.parquet     samples (SHARD_SCHEMA), one shard per input chunk
     <root>/rejects/<shard_id>.parquet    rejects of that chunk (REJECT_SCHEMA)
     <root>/reject_thumbnails/<shard_id>.parquet  small JPEGs of a bounded sample of that chunk's rejects
+    <root>/shard_stats/<shard_id>.parquet  that shard's counts behind `gadms stats` (SHARD_STATS_SCHEMA)
     <root>/manifest/<shard_id>.json      manifest entry; written last, so it decides whether a shard is done
     <root>/runs/<run_id>.json            run records (config, counts, timings)
     <root>/work/                         stage state for resuming (crawl chunks, caption cache, ...)
@@ -33,6 +34,10 @@ class OutputLayout:
         return join(self.root, "reject_thumbnails")
 
     @property
+    def shard_stats_dir(self) -> str:
+        return join(self.root, "shard_stats")
+
+    @property
     def manifest_dir(self) -> str:
         return join(self.root, "manifest")
 
@@ -56,6 +61,9 @@ class OutputLayout:
 
     def reject_thumbnails_path(self, shard_id: str) -> str:
         return join(self.reject_thumbnails_dir, f"{shard_id}.parquet")
+
+    def shard_stats_path(self, shard_id: str) -> str:
+        return join(self.shard_stats_dir, f"{shard_id}.parquet")
 
     def manifest_path(self, shard_id: str) -> str:
         return join(self.manifest_dir, f"{shard_id}.json")

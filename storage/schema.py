@@ -1,6 +1,9 @@
 """The WebPerson storage contract: Parquet schemas of shards, rejects and manifests, defined once.
 
-Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata.
+Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata. Every
+version's shard columns stay defined in SHARD_SCHEMAS, so one root can hold shards of several versions: the
+manifest entry records each shard's version and the catalog reads each version's shards with that version's
+columns, filling the newer versions' columns with NULL (storage.catalog).
 """
 from __future__ import annotations
 
@@ -16,8 +19,7 @@ SCHEMA_VERSION_KEY = b"gadms.schema_version"
 
 NUM_KEYPOINTS = 17
 
-SHARD_SCHEMA = pa.schema(
-    [
+_SHARD_FIELDS_V1 = (
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),  # JPEG crop
         pa.field("width", pa.int32(), nullable=False),
@@ -41,9 +43,18 @@ SHARD_SCHEMA = pa.schema(
         pa.field("shard_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ],
-    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
+
+
+def _shard_schema(version: int, fields: tuple[pa.Field, ...]) -> pa.Schema:
+    return pa.schema(list(fields), metadata={SCHEMA_VERSION_KEY: str(version).encode()})
+
+
+# The shard columns of every schema version; a new version adds its entry here.
+SHARD_SCHEMAS: dict[int, pa.Schema] = {1: _shard_schema(1, _SHARD_FIELDS_V1)}
+SHARD_SCHEMA = SHARD_SCHEMAS[SCHEMA_VERSION]
+# A manifest entry that records no schema_version was written before entries recorded it: its shard is v1.
+UNRECORDED_SCHEMA_VERSION = 1
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -118,9 +129,22 @@ PUBLIC_SCHEMA = pa.schema(
 )
 PUBLIC_COLUMNS = tuple(PUBLIC_SCHEMA.names)
 
+# Per-shard counts behind `gadms stats` (storage.stats.STATISTICS_SQL says what each statistic's keys are),
+# written beside each shard at commit: they add up across shards, so statistics never rescan the captions.
+SHARD_STATS_SCHEMA = pa.schema(
+    [
+        pa.field("statistic", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("key2", pa.string()),
+        pa.field("count", pa.int64(), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
 # Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
-# so a shard without a "complete" manifest entry is never counted.
-MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
+# so a shard without a "complete" manifest entry is never counted. `schema_version` is the shard's.
+MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at",
+                   "schema_version")
 MANIFEST_STATUS_COMPLETE = "complete"
 
 # Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,

@@ -26,7 +26,10 @@ from storage.schema import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     SHARD_SCHEMA,
+    SHARD_SCHEMAS,
+    UNRECORDED_SCHEMA_VERSION,
 )
+from storage.stats import shard_statistics
 
 # Row groups small enough for streaming readers, large enough for zstd to work well on JPEG-heavy rows.
 ROW_GROUP_SIZE = 256
@@ -173,21 +176,22 @@ def read_manifest_entry(path: str) -> dict | None:
     return entry
 
 
-def json_files(directory: str) -> list[str]:
-    """The *.json files of a folder (local or fsspec), sorted, without in-progress temporary files."""
+def listed_files(directory: str, suffix: str = ".json") -> list[str]:
+    """The files of a folder (local or fsspec) whose names end in `suffix`, sorted, without in-progress temporary
+    files; one listing, however many files."""
     fs, path = filesystem(directory)
     if not fs.exists(path):
         return []
     names = sorted(fs.ls(path, detail=False))
     return [join(directory, n.rsplit("/", 1)[-1]) for n in names
-            if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+            if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
 
 
 def manifest_entries(layout: OutputLayout) -> list[dict]:
     """Every manifest entry of an output root (any status), sorted by shard id. A missing root is an error, not
     an empty dataset: a mistyped --root would otherwise "succeed" with nothing in it."""
     require_folder(layout.root, "output root")
-    entries = (read_manifest_entry(path) for path in json_files(layout.manifest_dir))
+    entries = (read_manifest_entry(path) for path in listed_files(layout.manifest_dir))
     return [e for e in entries if e is not None]
 
 
@@ -224,11 +228,21 @@ def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) 
         raise GadmsError(f"{path}: unreadable shard: {exc}: {fix}") from None
     if rows != entry["rows"]:
         raise GadmsError(f"{path}: {rows} rows, its manifest entry says {entry['rows']}: {fix}")
-    missing = [name for name in SHARD_SCHEMA.names if name not in names]
+    missing = [name for name in SHARD_SCHEMAS[shard_schema_version(entry)].names if name not in names]
     if missing:
         raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {fix}")
     if check_sha256 and file_sha256(path) != entry["sha256"]:
         raise GadmsError(f"{path}: sha256 differs from its manifest entry: {fix}")
+
+
+def shard_schema_version(entry: dict) -> int:
+    """The shard schema version a manifest entry records (UNRECORDED_SCHEMA_VERSION when it records none); a
+    GadmsError naming the shard for a version this code does not know."""
+    version = entry.get("schema_version", UNRECORDED_SCHEMA_VERSION)
+    if version not in SHARD_SCHEMAS:
+        raise GadmsError(f"shard {entry['shard_id']}: schema v{version}, this version reads "
+                         f"v{', v'.join(str(v) for v in sorted(SHARD_SCHEMAS))}")
+    return version
 
 
 def file_sha256(path: str) -> str:
@@ -261,6 +275,7 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
         "run_id": run_id,
         "rejects": rejects,
         "created_at": utc_now().isoformat(),
+        "schema_version": SCHEMA_VERSION,
     }
 
 
@@ -268,18 +283,27 @@ def commit_shard(
     layout: OutputLayout, shard_id: str, run_id: str, crops: Iterable[PersonCrop], captions: Iterable[Captions],
     rejects: Iterable[Reject], reject_thumbnails: pa.Table | None = None,
 ) -> dict:
-    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), then its shard, then (last) its
-    manifest entry; return the manifest entry.
+    """Join a chunk's kept crops with their captions and commit them with its rejects (commit_tables); return
+    the manifest entry."""
+    rejects = list(rejects)
+    created_at = utc_now()
+    return commit_tables(
+        layout, shard_id, run_id, shard_table(crops, {c.sample_id: c for c in captions}, shard_id, run_id, created_at),
+        rejects_table(rejects, shard_id, run_id, created_at), reject_thumbnails)
+
+
+def commit_tables(layout: OutputLayout, shard_id: str, run_id: str, samples: pa.Table, rejected: pa.Table,
+                  reject_thumbnails: pa.Table | None = None) -> dict:
+    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), its statistics
+    (storage.stats.shard_statistics), then its shard, then (last) its manifest entry; return the manifest entry.
 
     Re-running a chunk overwrites all of them with the same content, so a rerun after a kill is idempotent.
     """
-    rejects = list(rejects)
-    created_at = utc_now()
-    write_parquet_atomic(rejects_table(rejects, shard_id, run_id, created_at), layout.rejects_path(shard_id))
+    write_parquet_atomic(rejected, layout.rejects_path(shard_id))
     if reject_thumbnails is not None:
         write_parquet_atomic(reject_thumbnails, layout.reject_thumbnails_path(shard_id))
-    table = shard_table(crops, {c.sample_id: c for c in captions}, shard_id, run_id, created_at)
-    written = write_shard(table, layout.shard_path(shard_id))
-    entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, len(rejects))
+    write_parquet_atomic(shard_statistics(samples, rejected), layout.shard_stats_path(shard_id))
+    written = write_shard(samples, layout.shard_path(shard_id))
+    entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, rejected.num_rows)
     write_manifest_entry(layout.manifest_path(shard_id), entry)
     return entry
