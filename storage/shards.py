@@ -240,8 +240,8 @@ def shard_schema_version(entry: dict) -> int:
     GadmsError naming the shard for a version this code does not know."""
     version = entry.get("schema_version", UNRECORDED_SCHEMA_VERSION)
     if version not in SHARD_SCHEMAS:
-        raise GadmsError(f"shard {entry['shard_id']}: schema v{version}, this version reads "
-                         f"v{', v'.join(str(v) for v in sorted(SHARD_SCHEMAS))}")
+        raise GadmsError(f"manifest entry of {entry['shard_id']}: schema_version {version!r}, this version reads "
+                         f"{', '.join(str(v) for v in sorted(SHARD_SCHEMAS))}")
     return version
 
 
