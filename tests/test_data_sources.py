@@ -91,6 +91,33 @@ def test_sampler_covers_every_index_once_across_ranks_and_resumes():
     assert list(ranks[0]) == orders[0][4:] and len(ranks[0]) == 7
 
 
+def whole_epoch_order(sampler: BlockShuffleSampler) -> list[int]:
+    """The sampler's order as it was computed before it streamed: the whole epoch as one list (the oracle)."""
+    generator = torch.Generator().manual_seed(sampler.seed + 7919 * sampler.epoch)
+    block_order = torch.randperm(len(sampler.blocks), generator=generator).tolist()
+    order: list[int] = []
+    for first in range(0, len(block_order), sampler.window):
+        window = [i for b in block_order[first : first + sampler.window] for i in range(*sampler.blocks[b])]
+        order += [window[j] for j in torch.randperm(len(window), generator=generator).tolist()]
+    padded = order + order[: sampler.per_rank * sampler.num_replicas - len(order)]
+    return padded[sampler.rank :: sampler.num_replicas]
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_streamed_epoch_order_is_the_whole_epoch_order(seed, world):
+    blocks = [(0, 10), (10, 14), (14, 30), (30, 31), (31, 64), (64, 65), (65, 99)]
+    for window in (1, 2, 3, 8):
+        for rank in range(world):
+            sampler = BlockShuffleSampler(blocks, seed=seed, num_replicas=world, rank=rank, window=window)
+            for epoch, start in ((0, 0), (2, 0), (2, 5)):
+                sampler.set_epoch(epoch, start)
+                expected = whole_epoch_order(sampler)
+                assert len(expected) == sampler.per_rank
+                assert list(sampler.epoch_order()) == expected
+                assert list(sampler) == expected[start:] and len(sampler) == len(expected) - start
+
+
 def test_train_dataset_augmentation_depends_on_seed_epoch_and_index_only(tmp_path):
     write_root(tmp_path, {"s0001": [1, 2, 3]})
     dataset = TrainDataset(webperson_source(str(tmp_path)), train_transform((48, 16)), seed=5)

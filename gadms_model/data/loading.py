@@ -6,6 +6,7 @@ whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Iterator, Protocol
 
@@ -84,18 +85,27 @@ class BlockShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def epoch_order(self) -> list[int]:
+    def epoch_order(self) -> Iterator[int]:
+        """This rank's indices of the epoch, one shuffle window at a time (never the whole epoch in memory).
+
+        The epoch's order is the windows' shuffled indices one after another, then its first indices again so
+        that every rank gets `per_rank`; rank r takes positions r, r + num_replicas, ...
+        """
         generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
         block_order = torch.randperm(len(self.blocks), generator=generator).tolist()
-        order: list[int] = []
+        padding = self.per_rank * self.num_replicas - self.total
+        head: list[int] = []  # the epoch's first `padding` indices (fewer than num_replicas), dealt again at its end
+        position = 0  # of this window's first index in the epoch's order
         for first in range(0, len(block_order), self.window):
             window = [i for b in block_order[first : first + self.window] for i in range(*self.blocks[b])]
-            order += [window[j] for j in torch.randperm(len(window), generator=generator).tolist()]
-        padded = order + order[: self.per_rank * self.num_replicas - len(order)]
-        return padded[self.rank :: self.num_replicas]
+            shuffled = [window[j] for j in torch.randperm(len(window), generator=generator).tolist()]
+            head += shuffled[: padding - len(head)]
+            yield from shuffled[(self.rank - position) % self.num_replicas :: self.num_replicas]
+            position += len(shuffled)
+        yield from head[(self.rank - position) % self.num_replicas :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order()[self.start :])
+        return itertools.islice(self.epoch_order(), self.start, None)
 
     def __len__(self) -> int:
         return self.per_rank - self.start
