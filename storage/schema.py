@@ -142,9 +142,10 @@ SHARD_STATS_SCHEMA = pa.schema(
 )
 
 # Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
-# so a shard without a "complete" manifest entry is never counted. `schema_version` is the shard's.
-MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at",
-                   "schema_version")
+# so a shard without a "complete" manifest entry is never counted. `schema_version` is the shard's, `row_groups`
+# the rows of each of its row groups (both absent in entries written before they were recorded).
+MANIFEST_FIELDS = ("shard_id", "path", "rows", "row_groups", "bytes", "sha256", "status", "run_id", "rejects",
+                   "created_at", "schema_version")
 MANIFEST_STATUS_COMPLETE = "complete"
 
 # Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,

@@ -116,11 +116,17 @@ def write_parquet_atomic(table: pa.Table, path: str) -> dict:
 
 
 def write_shard(table: pa.Table, path: str) -> dict:
-    """Write a shard atomically. Returns {"rows", "bytes", "sha256"} for its manifest entry."""
+    """Write a shard atomically. Returns {"rows", "row_groups", "bytes", "sha256"} for its manifest entry
+    (`row_groups`: the rows of each row group, so a reader lays out its blocks without the footer)."""
     if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
         raise GadmsError(f"{path}: table does not match the shard schema v{SCHEMA_VERSION}")
     table = table.replace_schema_metadata(SHARD_SCHEMA.metadata)
-    return {"rows": table.num_rows, **write_parquet_atomic(table, path)}
+    data = _parquet_bytes(table)
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
+    with atomic_write(path) as f:
+        f.write(data)
+    return {"rows": table.num_rows, "row_groups": [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)],
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -195,14 +201,36 @@ def manifest_entries(layout: OutputLayout) -> list[dict]:
     return [e for e in entries if e is not None]
 
 
-def complete_shards(layout: OutputLayout, check_sha256: bool = False) -> list[dict]:
+def complete_shards(layout: OutputLayout, check_sha256: bool = False, read_footers: bool = True) -> list[dict]:
     """Manifest entries of the complete shards of an output root, sorted by shard id, each shard verified
     against its entry (see verify_shard): a damaged shard is an error naming it, never silently served or
-    skipped, since either would change what a dataset holds without anyone noticing."""
+    skipped, since either would change what a dataset holds without anyone noticing.
+
+    `read_footers=False` checks only the sizes, from one listing of shards/, for a reader that checks each
+    footer when it opens the file anyway (check_shard_footer): training starts without reading every footer.
+    """
     entries = [e for e in manifest_entries(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
+    if read_footers:
+        for entry in entries:
+            verify_shard(layout, entry, check_sha256)
+        return entries
+    sizes = listed_sizes(layout.shards_dir) if entries else {}
     for entry in entries:
-        verify_shard(layout, entry, check_sha256)
+        check_shard_size(layout, entry, sizes.get(f"{entry['shard_id']}.parquet"))
     return entries
+
+
+def listed_sizes(directory: str) -> dict[str, int]:
+    """File name -> size of every file in a folder (local or fsspec), from one listing."""
+    fs, path = filesystem(directory)
+    if not fs.exists(path):
+        return {}
+    return {info["name"].rstrip("/").rsplit("/", 1)[-1]: info["size"] for info in fs.ls(path, detail=True)
+            if info.get("type") == "file"}
+
+
+def _fix(layout: OutputLayout, entry: dict) -> str:
+    return f"delete {layout.manifest_path(entry['shard_id'])} and rerun gadms build to rewrite it"
 
 
 def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) -> None:
@@ -212,27 +240,46 @@ def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) 
     the sha256 reads the whole file, so only `gadms catalog refresh` (or a caller that asks) pays for it.
     """
     path = layout.shard_path(entry["shard_id"])
-    fix = f"delete {layout.manifest_path(entry['shard_id'])} and rerun gadms build to rewrite it"
     fs, p = filesystem(path)
     try:
         size = fs.size(p)
     except FileNotFoundError:
-        raise GadmsError(f"{path}: shard missing, its manifest entry says complete: {fix}") from None
-    if size != entry["bytes"]:
-        raise GadmsError(f"{path}: {size} bytes, its manifest entry says {entry['bytes']}: {fix}")
+        size = None
+    check_shard_size(layout, entry, size)
     try:
         with fs.open(p, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            rows, names = parquet.metadata.num_rows, set(parquet.schema_arrow.names)
+            check_shard_footer(layout, entry, pq.ParquetFile(f))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise GadmsError(f"{path}: unreadable shard: {exc}: {fix}") from None
-    if rows != entry["rows"]:
-        raise GadmsError(f"{path}: {rows} rows, its manifest entry says {entry['rows']}: {fix}")
+        raise GadmsError(f"{path}: unreadable shard: {exc}: {_fix(layout, entry)}") from None
+    if check_sha256 and file_sha256(path) != entry["sha256"]:
+        raise GadmsError(f"{path}: sha256 differs from its manifest entry: {_fix(layout, entry)}")
+
+
+def check_shard_size(layout: OutputLayout, entry: dict, size: int | None) -> None:
+    """GadmsError naming the shard when its file's `size` (None: no file) is not its manifest entry's."""
+    path = layout.shard_path(entry["shard_id"])
+    if size is None:
+        raise GadmsError(f"{path}: shard missing, its manifest entry says complete: {_fix(layout, entry)}")
+    if size != entry["bytes"]:
+        raise GadmsError(f"{path}: {size} bytes, its manifest entry says {entry['bytes']}: {_fix(layout, entry)}")
+
+
+def check_shard_footer(layout: OutputLayout, entry: dict, parquet: pq.ParquetFile) -> None:
+    """GadmsError naming the shard when its footer disagrees with its manifest entry: the row count, the rows of
+    each row group (where the entry records them) and the columns of the entry's schema version."""
+    path = layout.shard_path(entry["shard_id"])
+    metadata = parquet.metadata
+    if metadata.num_rows != entry["rows"]:
+        raise GadmsError(f"{path}: {metadata.num_rows} rows, its manifest entry says {entry['rows']}: "
+                         f"{_fix(layout, entry)}")
+    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    if "row_groups" in entry and groups != entry["row_groups"]:
+        raise GadmsError(f"{path}: row groups of {groups} rows, its manifest entry says {entry['row_groups']}: "
+                         f"{_fix(layout, entry)}")
+    names = set(parquet.schema_arrow.names)
     missing = [name for name in SHARD_SCHEMAS[shard_schema_version(entry)].names if name not in names]
     if missing:
-        raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {fix}")
-    if check_sha256 and file_sha256(path) != entry["sha256"]:
-        raise GadmsError(f"{path}: sha256 differs from its manifest entry: {fix}")
+        raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {_fix(layout, entry)}")
 
 
 def shard_schema_version(entry: dict) -> int:
@@ -269,6 +316,7 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
         "shard_id": shard_id,
         "path": path,
         "rows": written["rows"],
+        "row_groups": written["row_groups"],
         "bytes": written["bytes"],
         "sha256": written["sha256"],
         "status": MANIFEST_STATUS_COMPLETE,

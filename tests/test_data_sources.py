@@ -1,13 +1,15 @@
 """WebPerson shard sources, the public layouts, the block-shuffle sampler and deterministic augmentation."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from gadms_model.data import DataSourceError, JsonImageSource, public_parquet_source, webperson_source
+from gadms_model.data import DataSourceError, JsonImageSource, ShardSource, public_parquet_source, webperson_source
 from gadms_model.data.loading import BlockShuffleSampler, TrainDataset, collate_pairs
 from gadms_model.data.transforms import eval_transform, train_transform
+from storage.errors import GadmsError
 from storage.export import export_public
 from storage.layout import OutputLayout
 from storage.shards import commit_shard
@@ -43,6 +45,47 @@ def test_webperson_source_reads_complete_shards_only(tmp_path):
     assert source.sample_id(2) == crop(4).sample_id
     # The catalog path names the same root.
     assert webperson_source(str(tmp_path / "catalog.duckdb")).num_images == 4
+
+
+def _edit_entry(layout: OutputLayout, shard_id: str, **changes) -> None:
+    path = Path(layout.manifest_path(shard_id))
+    entry = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({k: v for k, v in entry.items() if v is not None}))
+
+
+def test_webperson_source_starts_from_the_manifest_and_checks_each_footer_when_it_reads_it(tmp_path, monkeypatch):
+    layout = write_root(tmp_path, {"s0001": [1, 2], "s0002": [3, 4]})
+    opened = []
+    original = ShardSource._open
+    monkeypatch.setattr(ShardSource, "_open", lambda self, path: opened.append(Path(path).name) or original(self, path))
+    source = webperson_source(str(tmp_path))
+    assert opened == [] and source.num_pairs == 8 and source.blocks() == [(0, 4), (4, 8)]
+    assert source[1].caption == "second caption of 1" and opened == ["s0001.parquet"]
+    # An entry that disagrees with its footer is an error naming the shard when it is read, never served.
+    _edit_entry(layout, "s0002", row_groups=[1, 1])
+    source = webperson_source(str(tmp_path))
+    assert source.blocks() == [(0, 4), (4, 6), (6, 8)]
+    with pytest.raises(GadmsError) as raised:
+        source[4]
+    assert str(raised.value) == (f"{layout.shard_path('s0002')}: row groups of [2] rows, its manifest entry says "
+                                 f"[1, 1]: delete {layout.manifest_path('s0002')} and rerun gadms build to rewrite it")
+    # An entry written before row groups were recorded: that shard's footer is read at start-up.
+    _edit_entry(layout, "s0002", row_groups=None)
+    opened.clear()
+    source = webperson_source(str(tmp_path))
+    assert opened == ["s0002.parquet"] and source.blocks() == [(0, 4), (4, 8)]
+    assert source[7].caption == "second caption of 4"
+    # Sizes are checked at start-up, from one listing.
+    shard = Path(layout.shard_path("s0001"))
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(GadmsError) as raised:
+        webperson_source(str(tmp_path))
+    assert str(raised.value) == (f"{shard}: 100 bytes, its manifest entry says {size}: delete "
+                                 f"{layout.manifest_path('s0001')} and rerun gadms build to rewrite it")
+    shard.unlink()
+    with pytest.raises(GadmsError, match=r"s0001.parquet: shard missing, its manifest entry says complete"):
+        webperson_source(str(tmp_path))
 
 
 def test_webperson_source_without_manifests_is_an_error(tmp_path):

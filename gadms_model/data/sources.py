@@ -26,7 +26,7 @@ from storage.errors import GadmsError
 from storage.fs import filesystem
 from storage.layout import OutputLayout
 from storage.public import check_columns, image_bytes, public_files
-from storage.shards import complete_shards
+from storage.shards import check_shard_footer, complete_shards
 
 
 class DataSourceError(GadmsError):
@@ -73,19 +73,26 @@ class ShardSource:
 
     captions_per_image = 2
 
-    def __init__(self, files: list[str], id_column: str, cached_row_groups: int = 8):
+    def __init__(self, files: list[str], id_column: str, cached_row_groups: int = 8,
+                 manifest: tuple[OutputLayout, dict[str, dict]] | None = None):
+        """`manifest`: the output root and the manifest entry of each of `files` (by path). A file whose entry
+        records its row groups is laid out from it without opening the file, and its footer is checked
+        against the entry (storage.shards.check_shard_footer) each time it is opened to read."""
         if not files:
             raise DataSourceError("no Parquet files to read")
         self.files = files
         self.id_column = id_column
+        self.manifest = manifest
         self.row_groups: list[_RowGroup] = []
         first_image = 0
         for path in files:
-            parquet = self._open(path)
-            check_columns(parquet.schema_arrow, path, ("image", "caption1", "caption2", id_column))
-            metadata = parquet.metadata
-            for index in range(metadata.num_row_groups):
-                rows = metadata.row_group(index).num_rows
+            entry = manifest[1][path] if manifest else {}
+            if "row_groups" in entry:
+                group_rows = entry["row_groups"]
+            else:
+                metadata = self._open(path).metadata
+                group_rows = [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
+            for index, rows in enumerate(group_rows):
                 if rows:
                     self.row_groups.append(_RowGroup(path, index, first_image, rows))
                     first_image += rows
@@ -94,15 +101,19 @@ class ShardSource:
         self.cached_row_groups = cached_row_groups
         self._cache: OrderedDict[_RowGroup, dict] = OrderedDict()
 
-    @staticmethod
-    def _open(path: str) -> pq.ParquetFile:
+    def _open(self, path: str) -> pq.ParquetFile:
         fs, fs_path = filesystem(path)
         try:
-            return pq.ParquetFile(fs.open(fs_path, "rb"))
+            parquet = pq.ParquetFile(fs.open(fs_path, "rb"))
         except FileNotFoundError:
             raise DataSourceError(f"{path}: shard file not found") from None
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise DataSourceError(f"{path}: not a readable Parquet file: {exc}") from None
+        if self.manifest:
+            layout, entries = self.manifest
+            check_shard_footer(layout, entries[path], parquet)
+        check_columns(parquet.schema_arrow, path, ("image", "caption1", "caption2", self.id_column))
+        return parquet
 
     @property
     def num_pairs(self) -> int:
@@ -151,13 +162,14 @@ class ShardSource:
         return {**self.__dict__, "_cache": OrderedDict()}
 
 
-def webperson_shard_files(root: str) -> list[str]:
-    """Shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order."""
+def webperson_shard_files(root: str, read_footers: bool = True) -> tuple[OutputLayout, dict[str, dict]]:
+    """The shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order, as
+    (layout, {shard path: manifest entry}); verified as storage.shards.complete_shards does."""
     layout = OutputLayout(str(root))
-    entries = complete_shards(layout)
+    entries = complete_shards(layout, read_footers=read_footers)
     if not entries:
         raise DataSourceError(f"{layout.manifest_dir}: no complete shards (not a WebPerson output root?)")
-    return [layout.shard_path(entry["shard_id"]) for entry in entries]
+    return layout, {layout.shard_path(entry["shard_id"]): entry for entry in entries}
 
 
 def webperson_source(root: str) -> ShardSource:
@@ -166,7 +178,10 @@ def webperson_source(root: str) -> ShardSource:
     root = str(root)
     if root.endswith(".duckdb"):
         root = catalog_root(root) if Path(root).exists() else str(Path(root).parent)
-    return ShardSource(webperson_shard_files(root), id_column="sample_id")
+    # Sizes checked now from one listing, each footer when its shard is first read: the manifest entries hold
+    # the row counts, so start-up opens no shard that records them.
+    layout, entries = webperson_shard_files(root, read_footers=False)
+    return ShardSource(list(entries), id_column="sample_id", manifest=(layout, entries))
 
 
 def public_parquet_source(path: str) -> ShardSource:
