@@ -46,6 +46,7 @@ from storage.schema import (
 )
 from storage.shards import (
     complete_shards,
+    current_shard_stats,
     listed_files,
     manifest_entries,
     read_parquet,
@@ -150,13 +151,13 @@ def _rejects_source(layout: OutputLayout, done: list[dict]) -> str:
 
 
 def _shard_stats_source(layout: OutputLayout, done: list[dict]) -> str:
-    """The statistics files of the shards that have one; the others (written before them) counted by
-    storage.stats' own query over their shards and rejects."""
+    """The statistics files of the shards that have a current one (storage.shards.current_shard_stats); the others
+    (written before them, or rewritten without them) counted by storage.stats' own query over their files."""
     if not done:
         return "SELECT * FROM empty_shard_stats"
-    have = set(listed_files(layout.shard_stats_dir, ".parquet"))
-    with_file = [e for e in done if layout.shard_stats_path(e["shard_id"]) in have]
-    without = [e for e in done if layout.shard_stats_path(e["shard_id"]) not in have]
+    current = current_shard_stats(layout, done)
+    with_file = [e for e in done if e["shard_id"] in current]
+    without = [e for e in done if e["shard_id"] not in current]
     selects = []
     if with_file:
         selects.append(f"SELECT * FROM read_parquet({_listing([layout.shard_stats_path(e['shard_id']) for e in with_file])})")

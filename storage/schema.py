@@ -140,12 +140,16 @@ SHARD_STATS_SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
+# The sha256 of the shard a statistics file was counted from (its Parquet metadata): the catalog uses the file only
+# while the manifest entry names that same shard.
+SHARD_STATS_SHA256_KEY = b"gadms.shard_sha256"
 
 # Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
-# so a shard without a "complete" manifest entry is never counted. `schema_version` is the shard's, `row_groups`
-# the rows of each of its row groups (both absent in entries written before they were recorded).
-MANIFEST_FIELDS = ("shard_id", "path", "rows", "row_groups", "bytes", "sha256", "status", "run_id", "rejects",
-                   "created_at", "schema_version")
+# so a shard without a "complete" manifest entry is never counted.
+MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
+# Written by commit, absent from entries written before they were recorded (readers fall back to the footer, v1):
+# `row_groups` the rows of each of the shard's row groups, `schema_version` the shard's.
+MANIFEST_RECORDED_FIELDS = ("row_groups", "schema_version")
 MANIFEST_STATUS_COMPLETE = "complete"
 
 # Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,

@@ -21,12 +21,14 @@ from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject
 from storage.schema import (
     MANIFEST_FIELDS,
+    MANIFEST_RECORDED_FIELDS,
     MANIFEST_STATUS_COMPLETE,
     REJECT_SCHEMA,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     SHARD_SCHEMA,
     SHARD_SCHEMAS,
+    SHARD_STATS_SHA256_KEY,
     UNRECORDED_SCHEMA_VERSION,
 )
 from storage.stats import shard_statistics
@@ -163,8 +165,9 @@ def write_manifest_entry(path: str, entry: dict) -> None:
     missing = [k for k in MANIFEST_FIELDS if k not in entry]
     if missing:
         raise GadmsError(f"{path}: manifest entry lacks {', '.join(missing)}")
+    fields = MANIFEST_FIELDS + tuple(k for k in MANIFEST_RECORDED_FIELDS if k in entry)
     with atomic_write(path, "w") as f:
-        f.write(json.dumps({k: entry[k] for k in MANIFEST_FIELDS}, default=str, sort_keys=True))
+        f.write(json.dumps({k: entry[k] for k in fields}, default=str, sort_keys=True))
 
 
 def read_manifest_entry(path: str) -> dict | None:
@@ -342,16 +345,37 @@ def commit_shard(
 
 def commit_tables(layout: OutputLayout, shard_id: str, run_id: str, samples: pa.Table, rejected: pa.Table,
                   reject_thumbnails: pa.Table | None = None) -> dict:
-    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), its statistics
-    (storage.stats.shard_statistics), then its shard, then (last) its manifest entry; return the manifest entry.
+    """Write a chunk's rejects (and their thumbnails, storage.reject_thumbnails), its shard, its statistics
+    (storage.stats.shard_statistics, marked with the shard's sha256), then (last) its manifest entry; return the
+    manifest entry.
 
     Re-running a chunk overwrites all of them with the same content, so a rerun after a kill is idempotent.
     """
     write_parquet_atomic(rejected, layout.rejects_path(shard_id))
     if reject_thumbnails is not None:
         write_parquet_atomic(reject_thumbnails, layout.reject_thumbnails_path(shard_id))
-    write_parquet_atomic(shard_statistics(samples, rejected), layout.shard_stats_path(shard_id))
     written = write_shard(samples, layout.shard_path(shard_id))
+    statistics = shard_statistics(samples, rejected)
+    statistics = statistics.replace_schema_metadata({**statistics.schema.metadata,
+                                                     SHARD_STATS_SHA256_KEY: written["sha256"].encode()})
+    write_parquet_atomic(statistics, layout.shard_stats_path(shard_id))
     entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, rejected.num_rows)
     write_manifest_entry(layout.manifest_path(shard_id), entry)
     return entry
+
+
+def current_shard_stats(layout: OutputLayout, entries: list[dict]) -> set[str]:
+    """The shard ids among `entries` whose statistics file was computed from the shard their entry describes
+    (its footer records that shard's sha256): a shard rewritten without its statistics is counted afresh."""
+    listed = set(listed_files(layout.shard_stats_dir, ".parquet"))
+    current = set()
+    for entry in entries:
+        path = layout.shard_stats_path(entry["shard_id"])
+        if path not in listed:
+            continue
+        fs, p = filesystem(path)
+        with fs.open(p, "rb") as f:
+            metadata = pq.ParquetFile(f).schema_arrow.metadata or {}
+        if metadata.get(SHARD_STATS_SHA256_KEY) == entry["sha256"].encode():
+            current.add(entry["shard_id"])
+    return current

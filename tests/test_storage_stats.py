@@ -4,6 +4,7 @@ The oracle is the previous implementation, kept here only as the reference: its 
 shard with union_by_name) and its queries (five scans of the caption text, exact quantiles over every length),
 run by plain DuckDB on the root's files.
 """
+import hashlib
 import json
 import random
 import re
@@ -180,3 +181,26 @@ def test_quantile_from_a_histogram_is_duckdbs_quantile_cont(seed):
         expected, = duckdb.execute("SELECT quantile_cont(v, ?) FROM (SELECT unnest(?::BIGINT[]) AS v)",
                                    [q, values]).fetchone()
         assert quantile_cont(histogram, q) == expected
+
+
+def test_a_shard_rewritten_without_its_statistics_is_counted_from_the_shard(tmp_path):
+    # As a rewrite that drops rows (a takedown) leaves it when it updates the manifest entry but not shard_stats/.
+    root = tmp_path / "root"
+    build_varied_root(root, shards=3)
+    layout = OutputLayout(str(root))
+    path = Path(layout.shard_path("shard-00001"))
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path, row_group_size=256)
+    data = path.read_bytes()
+    manifest = Path(layout.manifest_path("shard-00001"))
+    entry = json.loads(manifest.read_text())
+    entry.update(rows=table.num_rows - 1, row_groups=[table.num_rows - 1], bytes=len(data),
+                 sha256=hashlib.sha256(data).hexdigest())
+    manifest.write_text(json.dumps(entry))
+    con = connect(refresh(str(root)))
+    try:
+        stats = caption_stats(con, top=50)
+    finally:
+        con.close()
+    assert stats == oracle_stats(root, top=50)
+    assert stats["samples"] == sum(pq.read_metadata(p).num_rows for p in (root / "shards").glob("*.parquet"))
