@@ -110,11 +110,13 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> dict:
-    """Write `table` to `path` atomically; return its size and sha256."""
+    """Write `table` to `path` atomically; return its size, sha256 and the rows of each of its row groups."""
     data = _parquet_bytes(table)
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
     with atomic_write(path) as f:
         f.write(data)
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "row_groups": [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]}
 
 
 def write_shard(table: pa.Table, path: str) -> dict:
@@ -123,12 +125,7 @@ def write_shard(table: pa.Table, path: str) -> dict:
     if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
         raise GadmsError(f"{path}: table does not match the shard schema v{SCHEMA_VERSION}")
     table = table.replace_schema_metadata(SHARD_SCHEMA.metadata)
-    data = _parquet_bytes(table)
-    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
-    with atomic_write(path) as f:
-        f.write(data)
-    return {"rows": table.num_rows, "row_groups": [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)],
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"rows": table.num_rows, **write_parquet_atomic(table, path)}
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
