@@ -307,7 +307,7 @@ def memory_catalog(root: str, sample_columns: list[str]) -> duckdb.DuckDBPyConne
     rejects = [read_parquet(layout.rejects_path(e["shard_id"])) for e in done]
     con = duckdb.connect()
     con.register("samples", pa.concat_tables(samples) if samples else SHARD_SCHEMA.empty_table().select(sample_columns))
-    # Rejects files written before the bbox column lack it: promote, as refresh's union_by_name does.
+    # Rejects files written before the bbox column lack it: promote, as refresh reads those by name.
     con.register("rejects", pa.concat_tables(rejects, promote_options="default") if rejects
                  else REJECT_SCHEMA.empty_table())
     con.register("manifest", pa.Table.from_pylist(entries, schema=MANIFEST_SCHEMA))

@@ -162,11 +162,12 @@ class ShardSource:
         return {**self.__dict__, "_cache": OrderedDict()}
 
 
-def webperson_shard_files(root: str, read_footers: bool = True) -> tuple[OutputLayout, dict[str, dict]]:
+def webperson_shard_files(root: str) -> tuple[OutputLayout, dict[str, dict]]:
     """The shards of a WebPerson output root that have a `complete` manifest entry, in shard-id order, as
-    (layout, {shard path: manifest entry}); verified as storage.shards.complete_shards does."""
+    (layout, {shard path: manifest entry}); their sizes checked from one listing (storage.shards.complete_shards
+    without footers: ShardSource checks each footer when it opens the shard)."""
     layout = OutputLayout(str(root))
-    entries = complete_shards(layout, read_footers=read_footers)
+    entries = complete_shards(layout, read_footers=False)
     if not entries:
         raise DataSourceError(f"{layout.manifest_dir}: no complete shards (not a WebPerson output root?)")
     return layout, {layout.shard_path(entry["shard_id"]): entry for entry in entries}
@@ -180,7 +181,7 @@ def webperson_source(root: str) -> ShardSource:
         root = catalog_root(root) if Path(root).exists() else str(Path(root).parent)
     # Sizes checked now from one listing, each footer when its shard is first read: the manifest entries hold
     # the row counts, so start-up opens no shard that records them.
-    layout, entries = webperson_shard_files(root, read_footers=False)
+    layout, entries = webperson_shard_files(root)
     return ShardSource(list(entries), id_column="sample_id", manifest=(layout, entries))
 
 
