@@ -56,7 +56,7 @@ class BuildConfig(BaseModel):
     output_root: str = Field(description="local folder or fsspec URL (s3://bucket/prefix) for shards and catalog")
     shard_size: int = Field(default=1000, ge=1, description="input URLs per chunk; each chunk becomes one shard")
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
-    detect: DetectConfig = Field(default_factory=DetectConfig)
+    detect: DetectConfig = Field(default_factory=dict, validate_default=True)  # `weights` has no default
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from curation.synthweb import SiteServer, render_site, write_url_list
+from curation.synthweb.detector import DEMO_IMGSZ, DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
 from curation.synthweb.identities import Identity, clean_caption, identity_attributes
 from curation.synthweb.quality import curation_quality, format_quality_table, identities_of_samples
 from curation.synthweb.site import read_ground_truth
@@ -57,7 +58,7 @@ def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str) -> dict:
         "crawl": {"allow_private_addresses": ["127.0.0.1"], "contact_url": "https://example.org/gadms-demo",
                   "per_host_concurrency": 16, "per_host_min_delay_s": 0, "retries": 1, "backoff_base_s": 0.2,
                   "max_retry_after_s": 3, "read_timeout_s": 2, "total_timeout_s": 4},
-        "detect": {"imgsz": 384, "device": "cpu"},
+        "detect": {"weights": str(DEMO_DETECTOR_WEIGHTS), "imgsz": DEMO_IMGSZ, "device": "cpu"},
         "caption": {"backend": "openai", "endpoints": [vlm_base_url], "models": [SIMULATED_MODEL_NAME],
                     "in_flight_per_endpoint": 8},
         "runner": {"kind": "local", "max_workers": 2},

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.synthweb.detector import DEMO_WEIGHTS
 from gadms_model.cli import main
 from storage.layout import OutputLayout
 from tests.storage_fixtures import build_root
@@ -286,7 +287,7 @@ def test_bad_detect_inputs_are_one_line_errors_before_detection(setup, argv, mes
 
 def test_detect_imgsz_is_bounded(tmp_path, capsys):
     _downloads(tmp_path)
-    (tmp_path / "detect.yaml").write_text("detect:\n  imgsz: 1000000000\n")
+    (tmp_path / "detect.yaml").write_text("detect:\n  weights: x.pt\n  imgsz: 1000000000\n")
     status, err = _probe(tmp_path, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--config",
                                     "{tmp}/detect.yaml"], capsys)
     assert status == 2 and "\n" not in err
@@ -328,7 +329,7 @@ def _build_inputs(tmp: Path, url_column: str = "url", **detect) -> Path:
     (tmp / "out" / "keep.txt").write_text("finished work")
     return write_config(tmp / "build.yaml", {
         "inputs": {"url_lists": [str(tmp / "urls.csv")]}, "output_root": str(tmp / "out"),
-        "crawl": {"url_column": url_column}, "detect": {"device": "cpu", **detect},
+        "crawl": {"url_column": url_column}, "detect": {"weights": str(DEMO_WEIGHTS), "device": "cpu", **detect},
         "caption": {"backend": "alt-text"}, "runner": {"kind": "local", "max_workers": 1}})
 
 
@@ -411,10 +412,10 @@ EVAL = ["eval", "--checkpoint", "{tmp}/none.pt", "--dataset", "rstpreid", "--roo
 TRAIN = ["train", "--config", "{tmp}/in/train.yaml"]
 CUDA99 = "'cuda:99': "  # then "no GPU is available" or "this machine has N GPU(s) ...", by the machine
 INPUT_CASES = [
-    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "cuda:99"],
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--weights", "x.pt", "--device", "cuda:99"],
      f"detect.device {CUDA99}"),
-    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "tpu"],
-     "command line: field 'device'"),
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--weights", "x.pt", "--device", "tpu"],
+     "command line: field 'detect.device'"),
     (_caption_inputs, [*EVAL, "--device", "cuda:99"], f"--device {CUDA99}"),
     (_caption_inputs, [*EVAL, "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
     (_caption_inputs, [*SEARCH, "a man", "--device", "cuda:99"], f"--device {CUDA99}"),

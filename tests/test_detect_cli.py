@@ -130,7 +130,7 @@ def test_detect_cli_reads_a_single_file_and_a_config(crawl_dir, tmp_path, capsys
 
 def test_detect_cli_errors_are_one_line(crawl_dir, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text("detect:\n  min_confidence: 0.9\n")
+    config.write_text("detect:\n  weights: x.pt\n  min_confidence: 0.9\n")
     assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gadms detect: error: ") and "bad.yaml" in err and "detect.min_confidence" in err
@@ -144,5 +144,5 @@ def test_detect_cli_errors_are_one_line(crawl_dir, tmp_path, capsys):
     assert main(["detect", "--downloads", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--backend", "hog"]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
 
-    assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--device", "gpu"]) == 2
-    assert "field 'device'" in capsys.readouterr().err
+    assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--weights", "x.pt", "--device", "gpu"]) == 2
+    assert "field 'detect.device': Value error, must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from PIL import Image
 
 from curation.dedup import DedupIndex
 from curation.detect import DetectConfig, PersonDetector, detect_persons
-from curation.detect.config import DEMO_WEIGHTS
+from curation.synthweb.detector import DEMO_WEIGHTS
 from curation.synthweb.site import render_site
 from storage.records import Download
 
@@ -52,8 +52,7 @@ def site(tmp_path_factory):
 @pytest.fixture(scope="module")
 def detected(site):
     truth, downloads = site
-    detector = PersonDetector(DetectConfig(imgsz=384, device="cpu"))
-    assert detector.config.weights == str(DEMO_WEIGHTS)  # the default when present
+    detector = PersonDetector(DetectConfig(weights=str(DEMO_WEIGHTS), imgsz=384, device="cpu"))
     return detect_persons(downloads, detector)
 
 
@@ -115,7 +114,7 @@ def test_detected_crops_dedup_against_planted_copies_and_reencodes(site, detecte
         reencoded = io.BytesIO()
         Image.open(io.BytesIO(data)).save(reencoded, format="JPEG", quality=60)
         planted += [_download(url.replace("/img/", "/mirror/"), data), _download(url.replace(".jpg", "-q60.jpg"), reencoded.getvalue())]
-    detector = PersonDetector(DetectConfig(imgsz=384, device="cpu"))
+    detector = PersonDetector(DetectConfig(weights=str(DEMO_WEIGHTS), imgsz=384, device="cpu"))
     planted_crops, _ = detect_persons(planted, detector)
 
     index = DedupIndex.open(tmp_path / "dedup")

@@ -118,7 +118,7 @@ def built(tmp_path):
     write_run_record(str(root), {"run_id": "run-1", "flow": "build-webperson", "started_at": "2025-01-01T00:00:00",
                                  "config": {"inputs": {"url_lists": [str(urls)], "seed_pages": [], "limit": None},
                                             "crawl": {"url_column": "url", "caption_column": "caption"},
-                                            "detect": {"imgsz": 384}}})
+                                            "detect": {"weights": "yolo11n-pose.pt", "imgsz": 384}}})
     return site, root
 
 

@@ -10,18 +10,9 @@ The config is saved with every run, so it records which rules were used.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "synthweb" / "weights" / "synthweb-pose-demo.pt"
-FALLBACK_WEIGHTS = "yolo11n-pose.pt"
-
-
-def default_weights() -> str:
-    """The project's demo weights when they are there, else ultralytics' smallest pose model by name."""
-    return str(DEMO_WEIGHTS) if DEMO_WEIGHTS.is_file() else FALLBACK_WEIGHTS
 
 
 class DetectConfig(BaseModel):
@@ -29,7 +20,9 @@ class DetectConfig(BaseModel):
 
     # Detector
     backend: Literal["yolo", "hog"] = "yolo"
-    weights: str = Field(default_factory=default_weights)  # name, .pt path, or .yaml (random init, tests only)
+    # Name, .pt path, or .yaml (random init, tests only). No default: the yolo backend needs it named, so a real
+    # run cannot silently use the synthetic-only demo weights.
+    weights: str | None = Field(None, validate_default=True)
     pose_weights: str | None = None  # a separate pose model run on each box's crop; None: `weights` does both
     pose_check: bool = True  # the yolo backend needs pose keypoints for it; hog always skips it
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -60,6 +53,13 @@ class DetectConfig(BaseModel):
     crop_margin: float = Field(0.05, ge=0.0, le=1.0)  # each side grows by this share of the box size, clipped
     jpeg_quality: int = Field(90, ge=1, le=100)
     max_pixels: int = Field(89_478_485, ge=1)  # same default as the crawl stage (Pillow's bomb threshold)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_named(cls, value: str | None, info) -> str | None:
+        if value is None and info.data.get("backend", "yolo") == "yolo":
+            raise ValueError("required for the yolo backend: a .pt file or ultralytics name, e.g. yolo11x-pose.pt")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -27,7 +27,7 @@ from storage.shards import rejects_table, write_parquet_atomic
 class DetectJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detect: DetectConfig = Field(default_factory=DetectConfig)
+    detect: DetectConfig = Field(default_factory=dict, validate_default=True)  # `weights` has no default
     dedup: DedupConfig = Field(default_factory=DedupConfig)
 
 

@@ -19,8 +19,8 @@ from storage.records import Download, PersonCrop, Reject, make_sample_id
 class PersonDetector:
     """The configured detector (yolo or hog), loaded once and reused for every chunk."""
 
-    def __init__(self, config: DetectConfig | None = None):
-        self.config = config or DetectConfig()
+    def __init__(self, config: DetectConfig):
+        self.config = config
         self.backend = YoloBackend(self.config) if self.config.backend == "yolo" else HogBackend(self.config)
 
     @property
