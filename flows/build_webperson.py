@@ -59,7 +59,8 @@ class ChunkReport:
 
 @lru_cache(maxsize=2)
 def _detector(detect_config_json: str) -> PersonDetector:
-    """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s)."""
+    """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s), shared by the
+    task runner's threads: PersonDetector is thread-safe."""
     from curation.detect import DetectConfig
 
     return PersonDetector(DetectConfig.model_validate_json(detect_config_json))

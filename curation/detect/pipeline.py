@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,11 +18,19 @@ from storage.records import Download, PersonCrop, Reject, make_sample_id
 
 
 class PersonDetector:
-    """The configured detector (yolo or hog), loaded once and reused for every chunk."""
+    """The configured detector (yolo or hog), loaded once and reused for every chunk.
+
+    Safe to share between threads (the build flow's task runner shares one per process): calls into the backend
+    take turns. Ultralytics documents its models as not thread-safe; it locks the inference loop itself, but
+    `Model.predict` creates the predictor on first use and rewrites its args outside that lock. Detection already
+    uses every core through torch's own threads, so taking turns costs little; a loaded copy per thread would
+    cost its memory (GPU memory too) for no gain.
+    """
 
     def __init__(self, config: DetectConfig):
         self.config = config
         self.backend = YoloBackend(self.config) if self.config.backend == "yolo" else HogBackend(self.config)
+        self._turn = threading.Lock()
 
     @property
     def separate_pose_model(self) -> bool:
@@ -29,13 +38,15 @@ class PersonDetector:
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
         """Person candidates per RGB image (boxes in source pixels, keypoints when the detector has them)."""
-        return self.backend.detect(images)
+        with self._turn:
+            return self.backend.detect(images)
 
     def pose(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
         """Keypoints (crop pixels) from the separate pose model, batched."""
         found = []
         for start in range(0, len(crops), self.config.batch_size):
-            found += self.backend.pose(crops[start : start + self.config.batch_size])
+            with self._turn:
+                found += self.backend.pose(crops[start : start + self.config.batch_size])
         return found
 
 
