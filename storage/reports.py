@@ -79,18 +79,16 @@ def sample_contact_sheet_png(con: duckdb.DuckDBPyConnection, path: str | Path, s
 
 def loss_curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
     """Loss terms per step from a training run's JSONL metrics file (records with "step" and loss keys)."""
-    import json
+    from storage.jsonl import read_jsonl
 
     plt = _pyplot()
     series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_jsonl, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "step" not in record:
-                continue
-            for key, value in record.items():
-                if (key == "loss" or key.startswith("loss_") or key in ("sdm", "mtp", "id", "mlm")) and isinstance(value, (int, float)):
-                    series.setdefault(key, []).append((record["step"], value))
+    for _, record in read_jsonl(metrics_jsonl):
+        if "step" not in record:
+            continue
+        for key, value in record.items():
+            if (key == "loss" or key.startswith("loss_") or key in ("sdm", "mtp", "id", "mlm")) and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((record["step"], value))
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     for key, points in sorted(series.items()):
         ax.plot([p[0] for p in points], [p[1] for p in points], label=key)

@@ -12,7 +12,7 @@ import pytest
 
 from curation.crawl import read_url_list
 from curation.crawl.urllist import plan_ranges, read_range
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 from storage.records import UrlRecord
 
@@ -195,7 +195,7 @@ def test_folder_file_with_other_columns_is_refused(tmp_path):
 
 def test_url_list_errors_name_the_file_and_field(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"url": "http://x/1.jpg"}\nnot json\n')
-    with pytest.raises(GadmsError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(GadmsError, match=r"bad.jsonl:2: not valid JSON: Expecting value$"):
         list(read_url_list(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.json").write_text('{"url": "http://x/1.jpg"}')
     with pytest.raises(GadmsError, match=r"bad.json: expected a JSON array of objects, or an object of columns$"):

@@ -181,5 +181,5 @@ def test_bad_inputs_are_one_line_errors(built, tmp_path):
     with pytest.raises(GadmsError, match=f"^{tmp_path / 'nothing'}: no build-webperson run record"):
         curation_quality(site, tmp_path / "nothing")
     (site / "ground_truth.jsonl").write_text("[1]\n")
-    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: expected a JSON object$"):
+    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: expected a JSON object, got list$"):
         curation_quality(site, root)
