@@ -164,7 +164,7 @@ def run_ours(url_list: Path, out: Path, args, preexec) -> int:
         f"workers: {args.workers}\n"
         "contact_url: https://example.org/gadms-benchmark\n"
     )
-    command = [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(url_list), "--out", str(out),
+    command = [sys.executable, "-m", "flows.cli", "crawl", "--urls", str(url_list), "--out", str(out),
                "--config", str(config)]
     subprocess.run(command, check=True, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=preexec)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "downloads").glob("*.parquet"))

@@ -101,7 +101,7 @@ def _leave_the_running_chunks():
     """
     from prefect.server.api.server import SubprocessASGIServer
 
-    from gadms_model.cli import interrupted_line
+    from flows.cli import interrupted_line
 
     SubprocessASGIServer().stop()
     print(interrupted_line("build"), file=sys.stderr, flush=True)

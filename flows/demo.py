@@ -24,7 +24,7 @@ from curation.synthweb.site import read_ground_truth
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
 from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE, TINY_MODEL_ADAM_EPS
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate, evaluate_model, format_table
 from gadms_model.export.open_clip_dir import WEIGHTS_FILE
 from gadms_model.model import ModelConfig, build_model

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.synthweb.detector import DEMO_WEIGHTS
-from gadms_model.cli import main
+from flows.cli import main
 from storage.layout import OutputLayout
 from tests.storage_fixtures import build_root
 
@@ -346,7 +346,7 @@ def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
     before = _snapshot(tmp_path)
     # PREFECT_LOGGING_LEVEL is WARNING here (conftest): Prefect's progress lines are not failures.
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    done = subprocess.run([sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--config", str(config)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"gadms build: error: weights '{tmp_path / 'garbage.pt'}': refused: "
@@ -498,7 +498,7 @@ def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
     With ultralytics imported, as in the demo's process: its Image.open patch raises ModuleNotFoundError."""
     import torch
 
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
     from gadms_model.data.sources import DataSourceError, decode_image
 
     ensure_torchvision_ops()

@@ -15,7 +15,7 @@ from PIL import Image
 from curation.caption import CaptionConfig, caption_crops
 from curation.caption.client import ServerConfigError
 from curation.caption.prompts import VERDICT_SCHEMA, assign_templates, load_templates
-from gadms_model.cli import main as gadms
+from flows.cli import main as gadms
 from openai_server import VllmStandIn, fill_template
 from storage.errors import GadmsError
 from storage.records import Captions, PersonCrop, Reject, make_sample_id

@@ -21,7 +21,7 @@ from aiohttp import web
 from curation.crawl import CrawlConfig, crawl_chunk, discover_images, read_url_list
 from curation.crawl.state import load_segments, saved_rows
 from curation.synthweb import SiteServer, render_site, write_url_list
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 from storage.records import UrlRecord
 
@@ -196,7 +196,9 @@ def test_byte_and_pixel_caps(server, url_list, ground_truth, tmp_path):
 
 
 def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, tmp_path):
-    from curation.crawl.output import read_downloads, write_downloads
+    import pyarrow.parquet as pq
+
+    from curation.crawl.output import write_downloads
 
     plain = _plain_images(url_list, ground_truth)[:3]
     records = [dataclasses.replace(r, source_meta=json.dumps({"key": str(i)})) for i, r in enumerate(plain)]
@@ -205,7 +207,7 @@ def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, 
     path = str(tmp_path / "downloads.parquet")
     write_downloads(result.downloads_table, path, "part-00000", "run")
     meta = {r.url: r.source_meta for r in records}
-    assert {d.url: d.source_meta for d in read_downloads(path)} == meta
+    assert {row["url"]: row["source_meta"] for row in pq.read_table(path).to_pylist()} == meta
     assert {d.url: d.source_meta for d in result.downloads} == meta
 
 
@@ -343,7 +345,7 @@ def test_cli_forks_workers_from_a_single_threaded_process(server, url_list, grou
     config.write_text("per_host_min_delay_s: 0\nworkers: 2\nmin_urls_per_worker: 1\n"
                       "contact_url: https://example.org/contact\n")
     completed = subprocess.run(
-        [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "flows.cli", "crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"),
          "--config", str(config), "--allow-private", "127.0.0.1"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     table = pq.read_table(tmp_path / "out" / "downloads")

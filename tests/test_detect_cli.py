@@ -14,7 +14,7 @@ from PIL import Image
 from ultralytics.utils import ASSETS
 
 from curation.detect.parquet_io import read_crops
-from gadms_model.cli import main
+from flows.cli import main
 from storage.schema import CROP_SCHEMA, REJECT_SCHEMA
 
 BUS = (ASSETS / "bus.jpg").read_bytes()

@@ -167,7 +167,7 @@ def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
     killed = write_config(tmp_path / "killed.yaml", build_config(site["urls"], tmp_path / "killed", shard_size=8))
-    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config"]
+    gadms = [sys.executable, "-m", "flows.cli", "build", "--config"]
 
     with served(site):
         process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
@@ -219,7 +219,7 @@ def test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes(site, tmp_path
     config["crawl"].update(read_timeout_s=300, total_timeout_s=300)
     config_path = write_config(tmp_path / "build.yaml", config)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config_path), "--json"]
+    gadms = [sys.executable, "-m", "flows.cli", "build", "--config", str(config_path), "--json"]
     manifest = tmp_path / "out" / "manifest"
 
     with SiteServer(site["info"].root, port=site["port"], slow_seconds=300):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from curation.synthweb.identities import clean_caption, identity_attributes
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.retrieval import search
 from storage.layout import OutputLayout
 from storage.shards import commit_shard

@@ -16,7 +16,7 @@ from curation.synthweb.detector import (
     train_detector,
     write_yolo_dataset,
 )
-from gadms_model.cli import main
+from flows.cli import main
 
 
 def test_size_rules_are_the_papers_by_default_and_parameters():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.model import ModelConfig
 from gadms_model.training import TrainConfig, train
 from storage.configfile import ConfigError, load_config
@@ -101,7 +101,7 @@ def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_pat
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731",
-               "-m", "gadms_model.cli", "train", "--config", str(config_path)]
+               "-m", "flows.cli", "train", "--config", str(config_path)]
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     checkpoints = sorted((tmp_path / "ddp" / "checkpoints").glob("step-*.pt"))

@@ -26,7 +26,7 @@ class YoloBackend:
     """ultralytics YOLO: one pose model for boxes and keypoints, or a box model plus a pose model run on crops."""
 
     def __init__(self, config: DetectConfig):
-        from gadms_model.compat import ensure_torchvision_ops
+        from storage.compat import ensure_torchvision_ops
 
         ensure_torchvision_ops()
         self.config = config

@@ -127,7 +127,7 @@ def prepare_ultralytics(config_dir: str | Path | None = None):
     os.environ["YOLO_OFFLINE"] = "1"
     if config_dir is not None:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
 
     ensure_torchvision_ops()
     import matplotlib

@@ -23,7 +23,7 @@ class TextSearch:
                  index_path: str | None = None, batch_size: int = 128, progress: bool = True):
         from gadms_model.retrieval.gallery import Gallery
         from gadms_model.retrieval.index import load_or_build_index
-        from gadms_model.training.checkpoint import load_model
+        from gadms_model.checkpoint import load_model
 
         self.device = torch.device(device)
         self.model = load_model(checkpoint, self.device)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gadms_model.training import checkpoint as ckpt
+from gadms_model import checkpoint as ckpt
 from gadms_model.training.config import TrainConfig
 from gadms_model.training.distributed import (
     ProcessInfo,
@@ -40,6 +40,7 @@ from gadms_model.training.distributed import (
 )
 from gadms_model.training.schedule import lr_factor
 from storage.configfile import dump_config, load_config
+from storage.devices import default_device
 from storage.errors import GadmsError
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
@@ -84,9 +85,7 @@ def validation_split(config: TrainConfig):
 
 
 def select_device(config: TrainConfig, process: ProcessInfo) -> torch.device:
-    kind = config.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = default_device().type if config.device == "auto" else config.device
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise GadmsError("device: 'cuda' asked for, but no GPU is available")
