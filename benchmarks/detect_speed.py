@@ -25,7 +25,7 @@ import torch
 
 from curation.dedup import phash64
 from curation.detect import DetectConfig, PersonDetector, detect_persons
-from curation.detect.decode import decode_image
+from storage.images import DEFAULT_MAX_PIXELS, decode_image
 from curation.synthweb.detector import DEMO_WEIGHTS
 from curation.synthweb.site import render_site
 from storage.records import Download
@@ -75,7 +75,7 @@ def main() -> None:
 
     downloads = scenes(args.images, seed=3)
     n = len(downloads)
-    _, decode_cpu_s, decoded = timed(lambda: [decode_image(d.data, 89_478_485) for d in downloads])
+    _, decode_cpu_s, decoded = timed(lambda: [decode_image(d.data, DEFAULT_MAX_PIXELS) for d in downloads])
     crops = [image[: image.shape[0] // 2, : image.shape[1] // 2] for image in decoded]
     _, phash_cpu_s, _ = timed(lambda: [phash64(c) for c in crops])
     rows = []

@@ -41,23 +41,28 @@ def caption_length_histogram_png(con: duckdb.DuckDBPyConnection, path: str | Pat
     return _save_figure(fig, path)
 
 
+HEADING_HEIGHT = 24
+
+
 def contact_sheet(
-    images: list[bytes], captions: list[str], path: str | Path, columns: int = 4, thumb=(96, 192), text_width=30,
-    titles: list[str] | None = None,
+    images: list[bytes | Image.Image], captions: list[str], path: str | Path, columns: int = 4, thumb=(96, 192),
+    text_width=30, titles: list[str] | None = None, heading: str | None = None, lines_per_caption: int = 6,
 ) -> Path:
-    """Thumbnails in a grid with the caption (and an optional title line) under each; saved as PNG."""
+    """Thumbnails (encoded bytes or PIL images) in a grid, each with an optional title line and its caption
+    under it, below an optional heading line; saved as PNG. Crops, reject samples and search results use it."""
     font = ImageFont.load_default()
-    lines_per_caption = 6
     cell_w, cell_h = max(thumb[0], text_width * 6) + 10, thumb[1] + 12 * (lines_per_caption + 1) + 10
     rows = max(1, -(-len(images) // columns))
-    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), "white")
+    top = HEADING_HEIGHT if heading is not None else 0
+    sheet = Image.new("RGB", (cell_w * columns, top + cell_h * rows), "white")
     draw = ImageDraw.Draw(sheet)
+    if heading is not None:
+        draw.text((4, 6), heading[:120], fill="black", font=font)
     for i, (data, caption) in enumerate(zip(images, captions)):
-        x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            image.thumbnail(thumb)
-            sheet.paste(image, (x, y))
+        x, y = (i % columns) * cell_w + 5, top + (i // columns) * cell_h + 5
+        image = data.convert("RGB") if isinstance(data, Image.Image) else _decoded(data)
+        image.thumbnail(thumb)
+        sheet.paste(image, (x + (thumb[0] - image.width) // 2, y))
         text_y = y + thumb[1] + 4
         if titles:
             draw.text((x, text_y), titles[i], fill=(160, 0, 0), font=font)
@@ -69,6 +74,11 @@ def contact_sheet(
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
+
+
+def _decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 def sample_contact_sheet_png(con: duckdb.DuckDBPyConnection, path: str | Path, samples: int = 12) -> Path:

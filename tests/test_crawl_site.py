@@ -28,7 +28,7 @@ from storage.records import UrlRecord
 FAULT_REASON = {
     "truncated_jpeg": "truncated",
     "html_as_jpeg": "not_an_image",
-    "decompression_bomb": "bomb",
+    "decompression_bomb": "too_many_pixels",
     "http_404": "http_404",
     "noai": "opt_out",
     "slow": "timeout",
@@ -192,7 +192,7 @@ def test_byte_and_pixel_caps(server, url_list, ground_truth, tmp_path):
     assert [r.reason for r in small.rejects] == ["too_large"] * 4
     assert all(r.detail.startswith("Content-Length ") for r in small.rejects)
     pixels = crawl_chunk(plain, fast_config(max_pixels=1000), str(tmp_path / "pixels"))
-    assert [r.reason for r in pixels.rejects] == ["bomb"] * 4
+    assert [r.reason for r in pixels.rejects] == ["too_many_pixels"] * 4
 
 
 def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, tmp_path):
@@ -315,7 +315,7 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "downloads").iterdir()) == [
         f"part-{i:05d}.parquet" for i in range((rows + 19) // 20)]
     assert not list((tmp_path / "out" / "work" / "crawl").iterdir())  # finished chunks leave no state
-    assert {r["stage"] for r in rejects} == {"crawl"} and {"http_404", "bomb"} <= {r["reason"] for r in rejects}
+    assert {r["stage"] for r in rejects} == {"crawl"} and {"http_404", "too_many_pixels"} <= {r["reason"] for r in rejects}
     assert all(len(d["image"]) > 0 and d["sha256"] for d in downloads)
     before = len(server.requests)
     assert main(args) == 0  # rerun: every chunk is done already

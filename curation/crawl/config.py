@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from storage.images import DEFAULT_MAX_PIXELS
+
 ImageFormat = Literal["jpeg", "png", "gif", "webp", "bmp"]
 
 # X-Robots-Tag / <meta name="robots"> directives that opt a resource out of AI training or indexing.
@@ -45,7 +47,7 @@ class CrawlConfig(BaseModel):
     # Safety.
     allow_private_addresses: list[str] = Field(default_factory=list)  # CIDRs / IPs / host names
     max_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(89_478_485, ge=1)  # Pillow's own decompression-bomb threshold
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # Pillow's own decompression-bomb threshold
     image_formats: list[ImageFormat] = Field(default_factory=lambda: ["jpeg", "png", "gif", "webp", "bmp"])
 
     # URL lists.

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from storage.images import DEFAULT_MAX_PIXELS
+
 
 class DetectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -52,7 +54,7 @@ class DetectConfig(BaseModel):
     # Cropping and decoding
     crop_margin: float = Field(0.05, ge=0.0, le=1.0)  # each side grows by this share of the box size, clipped
     jpeg_quality: int = Field(90, ge=1, le=100)
-    max_pixels: int = Field(89_478_485, ge=1)  # same default as the crawl stage (Pillow's bomb threshold)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # same default as the crawl stage
 
     @field_validator("weights")
     @classmethod

@@ -12,7 +12,7 @@ from curation.dedup.phash import phash64
 from curation.detect.backends import Candidate, HogBackend, YoloBackend
 from curation.detect.config import DetectConfig
 from curation.detect.crop import crop_region, encode_jpeg
-from curation.detect.decode import DecodeError, decode_image
+from storage.images import DecodeError, decode_image
 from curation.detect.rules import box_reject, crowd_reject, pose_reject, score_reject
 from storage.records import Download, PersonCrop, Reject, make_sample_id
 
