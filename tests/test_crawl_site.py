@@ -302,10 +302,9 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     list_path = tmp_path / "urls.jsonl"
     write_url_list(site.root, server.base_url, list_path)
     config = tmp_path / "crawl.yaml"
-    config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n"
-                      "chunk_size: 20\n")
+    config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n")
     args = ["crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--allow-private", "127.0.0.1", "--extra-columns", "page_url"]
+            "--allow-private", "127.0.0.1", "--extra-columns", "page_url", "--shard-size", "20"]
     assert main(args) == 0
     rows = sum(1 for _ in read_url_list(list_path))
     downloads = pq.read_table(tmp_path / "out" / "downloads").to_pylist()

@@ -54,7 +54,6 @@ class CrawlConfig(BaseModel):
     url_column: str = "url"
     caption_column: str = "caption"
     extra_columns: list[str] = Field(default_factory=list)  # kept as source_meta (save_additional_columns)
-    chunk_size: int = Field(10_000, ge=1)  # URLs per chunk (one state folder and one output file each)
 
     # Seed-page crawl.
     seed_max_depth: int = Field(2, ge=0)  # 0 = only the seed pages
