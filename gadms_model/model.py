@@ -20,7 +20,7 @@ from gadms_model.activation import resolve_quick_gelu
 from gadms_model.gass import gass_scores
 from gadms_model.heads import IdentityClassifier, MaskedTokenHead
 from gadms_model.losses import clip_loss, id_loss, mlm_loss, sdm_loss
-from gadms_model.masking import IGNORE_LABEL, bert_corrupt, dual_selection, mask_candidates, random_mask
+from gadms_model.masking import IGNORE_LABEL, dual_mask, mask_candidates, random_mask
 from gadms_model.score_store import ScoreStore
 from gadms_model.tokenizer import VOCAB_SIZE, Tokenizer
 from gadms_model.towers import (ClipTowers, build_clip, load_clip_weights, load_model_config,
@@ -136,11 +136,9 @@ class GADMS(nn.Module):
         mask_ids = mask_labels = None
         if c.mode == "gadms":
             scores = self.mask_scores(text_ids, image_global, caption_ids, score_store)
-            noise, informative = dual_selection(text_ids, scores, generator, self.tokenizer.mask_token_id,
-                                                **self._probability_kwargs())
-            align_ids, _ = bert_corrupt(text_ids, noise, generator, self.tokenizer.mask_token_id)
-            mask_ids, mask_labels = bert_corrupt(text_ids, informative, generator, self.tokenizer.mask_token_id)
-            out.update(_masking_stats(text_ids, scores, noise, informative))
+            masks = dual_mask(text_ids, scores, generator, self.tokenizer.mask_token_id, **self._probability_kwargs())
+            align_ids, mask_ids, mask_labels = masks.noise_ids, masks.mtp_ids, masks.mtp_labels
+            out.update(_masking_stats(text_ids, scores, masks.noise, masks.informative))
         else:
             align_ids = text_ids
             if c.mode == "irra":
