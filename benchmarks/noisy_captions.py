@@ -62,7 +62,7 @@ ARMS: dict[str, tuple[str, dict, bool]] = {
     "gadms": ("gadms", {}, False),
     "gadms-oracle": ("gadms", {"mask_from": "fixed"}, True),
     "gadms-oracle-full": ("gadms", {"mask_from": "fixed", "alpha_noise": 1.0}, True),
-    "gadms-constant": ("gadms", {"mask_from": "fixed"}, False),
+    "gadms-constant": ("gadms", {"mask_from": "constant"}, False),
 }
 GASS_KEYS = ("mean_gass_noise_tokens", "mean_gass_description_tokens", "batch_normalised_mean_gass_noise_tokens",
              "batch_normalised_mean_gass_description_tokens", "mean_gass_wrong_colour_words",

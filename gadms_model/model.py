@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from gadms_model.activation import resolve_quick_gelu
@@ -54,11 +54,12 @@ class ModelConfig(BaseModel):
     mask_lambda: float = 20.0
     gamma_noise: float = 0.9
     gamma_informative: float = 0.1
-    mask_from: Literal["current", "stored", "fixed"] = Field(
+    mask_from: Literal["current", "stored", "fixed", "constant"] = Field(
         "current", description="current: masks use this step's scores (written to the store first); stored: "
                                "the scores stored before this step (initial 0.85 until a caption is scored); "
-                               "fixed: the store's scores as loaded (the run's token_scores file, else 0.85), "
-                               "never updated and GASS never computed (ablations: precomputed or oracle scores)")
+                               "fixed: the run's token_scores file, never updated and GASS never computed "
+                               "(ablations: precomputed or oracle scores); constant: every score the initial "
+                               "0.85, never updated, no GASS (the MTP-alone ablation)")
     # Heads and loss weights
     mtp_weight: float = Field(0.4, ge=0, description="β of L_mtp in 'gadms' mode")
     mlm_weight: float = Field(1.0, ge=0, description="weight of L_mlm in 'irra' mode")
@@ -67,6 +68,14 @@ class ModelConfig(BaseModel):
     mtp_layers: int = Field(4, ge=1, description="transformer layers of the cross-modal MTP/MLM head")
     compile_blocks: bool = Field(False, description="torch.compile the transformer blocks (GPU training: "
                                                     "faster steps after a compile of about a minute)")
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_in_memory(cls, size: tuple[int, int]) -> tuple[int, int]:
+        """[100000, 100000] would be killed for memory with no message."""
+        if not all(16 <= side <= 4096 for side in size):
+            raise ValueError(f"each side must lie in 16..4096, got {list(size)}")
+        return size
 
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":
@@ -106,9 +115,9 @@ class GADMS(nn.Module):
                     caption_ids: torch.Tensor | None, score_store: ScoreStore | None) -> torch.Tensor:
         """The scores the masks are drawn from: this step's GASS, through the score store when one is given."""
         c = self.config
-        if c.mask_from == "fixed":
+        if c.mask_from in ("fixed", "constant"):
             if score_store is None or caption_ids is None:
-                raise ValueError("mask_from 'fixed' needs a score store and the batch's caption_ids")
+                raise ValueError(f"mask_from {c.mask_from!r} needs a score store and the batch's caption_ids")
             return score_store.gather(caption_ids)
         scores = gass_scores(self.towers, text_ids, image_features, c.gass_layers, c.gass_normalisation)
         if score_store is None:

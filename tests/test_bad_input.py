@@ -426,7 +426,7 @@ INPUT_CASES = [
     (lambda tmp: _train_config(tmp, "num_workers: -1"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
     (lambda tmp: _train_config(tmp, "num_workers: 1000000000"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
     (lambda tmp: _train_config(tmp, "model: {image_size: [100000, 100000]}"), TRAIN,
-     "{tmp}/in/train.yaml: field 'model': Value error, image_size: each side must lie in 16..4096, got [100000, 100000]"),
+     "{tmp}/in/train.yaml: field 'model.image_size': Value error, each side must lie in 16..4096, got [100000, 100000]"),
     (_caption_inputs, [*CROPS, "{tmp}/in/int_id.parquet"], "{tmp}/in/int_id.parquet: column 'sample_id' is int64, expected string"),
     (_caption_inputs, [*CROPS, "{tmp}/in/null_id.parquet"], "{tmp}/in/null_id.parquet: row 0: sample_id is NULL"),
     (_caption_inputs, [*CROPS, "{tmp}/in/duplicate_id.parquet"], "{tmp}/in/duplicate_id.parquet: sample_id 'a' appears 2 times"),

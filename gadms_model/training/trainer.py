@@ -183,8 +183,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         dump_config(config, config_path)
     barrier()
 
-    model_fields = dict(config.model)
-    if model_fields.get("mode") == "irra":
+    model_fields = config.model.model_dump()
+    if config.model.mode == "irra":
         model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities
     initial = ckpt.load(config.init_from) if config.init_from and latest is None else None
     if initial is not None:
