@@ -9,7 +9,7 @@ import json
 
 import pyarrow as pa
 
-from storage.records import PersonCrop
+from storage.records import Captions, PersonCrop
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = b"gadms.schema_version"
@@ -123,6 +123,7 @@ PUBLIC_COLUMNS = tuple(PUBLIC_SCHEMA.names)
 MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
 MANIFEST_STATUS_COMPLETE = "complete"
 
-# Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,
-# so the two cannot drift apart.
+# Person crops of the detection stage and the captioning stage's output: the fields of storage.records.PersonCrop
+# and Captions, typed as in the shard schema, so they cannot drift apart.
 CROP_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(PersonCrop)])
+CAPTION_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(Captions)])
