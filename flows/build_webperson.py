@@ -26,7 +26,7 @@ from curation.caption import caption_crops
 from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
 from curation.crawl import crawl_chunk, discover_images
 from curation.crawl.urllist import write_url_records
-from curation.dedup import DedupIndex
+from curation.dedup import DedupIndex, in_source_order
 from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
@@ -101,6 +101,7 @@ def detect_stage(downloads: list, cfg: BuildConfig):
 
 @task(name="dedup", cache_policy=NO_CACHE)
 def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig):
+    crops = in_source_order(crops)
     if not cfg.dedup.enabled:
         return crops, []
     return _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)

@@ -44,11 +44,13 @@ class YoloBackend:
             )
 
     def _predict(self, model, images: list[np.ndarray]) -> list:
-        # ultralytics reads numpy arrays as BGR (OpenCV order).
+        # ultralytics reads numpy arrays as BGR (OpenCV order). rect=False: every image is letterboxed to the
+        # same square whatever its batch mates, so its boxes (and sample id) do not depend on which images share
+        # its batch; ultralytics pads to the square anyway whenever a batch mixes shapes, as web batches do.
         bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
         return model.predict(
             bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
-            classes=[self.config.person_class], device=self.device, verbose=False,
+            classes=[self.config.person_class], device=self.device, verbose=False, rect=False,
         )
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
