@@ -303,7 +303,8 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
                     report = future.result()
                     reports.append(report)
                     state = "skipped (complete)" if report.skipped else (
-                        f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept")
+                        f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept ("
+                        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()) + ")")
                     if report.retried:
                         state += f"; {report.retried} failed URLs retried"
                     logger.info("chunk %d/%d %s: %s", done, len(futures), report.shard_id, state)

@@ -6,6 +6,8 @@ import json
 import re
 import threading
 import time
+import uuid
+from collections import Counter
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -114,6 +116,19 @@ def _catalog(out: Path) -> dict:
         con.close()
 
 
+def _task_runs(out: Path) -> list[Counter]:
+    """The Prefect task runs of each build of a root (oldest first), counted by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
+    run_ids = [uuid.UUID(r) for (r,) in con.execute("SELECT run_id FROM runs ORDER BY started_at").fetchall()]
+    con.close()
+    with get_client(sync_client=True) as client:
+        return [Counter(t.name.rsplit("-", 1)[0] for t in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))) for run_id in run_ids]
+
+
 @pytest.mark.slow
 def test_retry_failed_refetches_only_transient_failures_and_counts_each_url_once(tmp_path):
     info = render_site(tmp_path / "site", images=40, seed=5)
@@ -166,6 +181,14 @@ def test_retry_failed_refetches_only_transient_failures_and_counts_each_url_once
     assert after["manifest_rejects"] == len(after["rejects"])
     # Nothing left to retry: the third run fetched nothing and wrote no shard.
     assert (again["retried"], again["kept"]) == (0, 0) and _catalog(tmp_path / "out") == after
+    # What Prefect tracks: one task run per chunk (the third run also plans the two retry lists as chunks), each
+    # with its stages' seconds in its result; no task run per stage.
+    assert _task_runs(tmp_path / "out") == [
+        Counter({"plan-chunks": 1, "process-chunk": 2}),
+        Counter({"plan-chunks": 1, "plan-retry-lists": 1, "process-chunk": 2}),
+        Counter({"plan-chunks": 1, "plan-retry-lists": 1, "process-chunk": 4}),
+    ]
+    assert set(first["stage_seconds"]) == {"crawl", "detect", "dedup", "caption", "thumbnails", "write"}
 
 
 def test_retry_failed_names_an_unknown_reason_in_one_line(tmp_path, capsys):
