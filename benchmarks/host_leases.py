@@ -11,6 +11,8 @@
    - `per_chunk_same_total`: no server, per_host_concurrency 1 in each chunk (also 4 per host in all): the
      difference to `leases` is the lease server's own cost;
    - `per_chunk_4`: no server, per_host_concurrency 4 in each chunk (16 per host: the limit broken 4×).
+   Also images per CPU-second of the crawling process and the lease server (not the image server), which the
+   load of other jobs on the machine moves far less than wall time.
 
 Saves benchmarks/results/host_leases.json.
 """
@@ -22,6 +24,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,6 +70,11 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def lease_client(address: str, lanes: int, seconds: float, results: multiprocessing.Queue) -> None:
@@ -137,13 +145,17 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.urls), str(args.hosts)],
                               stdout=subprocess.PIPE, text=True)
     rates: dict[str, list[float]] = {name: [] for name in SETUPS}
+    per_cpu_second: dict[str, list[float]] = {name: [] for name in SETUPS}
     try:
         ports = [int(p) for p in server.stdout.readline().split()]
         for round_number in range(args.rounds):
             for name, (per_host_concurrency, shared) in SETUPS.items():
+                used = cpu_seconds()
                 with tempfile.TemporaryDirectory() as state, HostLeaseServer(4, 0.0) as leases:
                     rates[name].append(crawl_once(ports, args.urls, Path(state), per_host_concurrency,
                                                   leases.address if shared else None))
+                # This process and the lease server (a child, waited for on leaving the block); not the image server.
+                per_cpu_second[name].append(args.urls / (cpu_seconds() - used))
                 print(f"round {round_number}: {name}: {rates[name][-1]:,.0f} images/s")
     finally:
         server.terminate()
@@ -157,6 +169,8 @@ def main() -> None:
         "crawl_images_per_s": {name: [round(v, 1) for v in values] for name, values in rates.items()},
         "crawl_median_images_per_s": {name: round(v, 1) for name, v in medians.items()},
         "ratio_leases_over_same_total": round(medians["leases"] / medians["per_chunk_same_total"], 3),
+        "crawl_images_per_cpu_second": {name: [round(v, 1) for v in values] for name, values in per_cpu_second.items()},
+        "median_images_per_cpu_second": {name: round(statistics.median(v), 1) for name, v in per_cpu_second.items()},
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "python": platform.python_version(),

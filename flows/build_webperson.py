@@ -12,10 +12,12 @@ import hashlib
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -206,6 +208,18 @@ def _worth_retrying(task, task_run, state) -> bool:
     return not isinstance(state.data, GadmsError)
 
 
+@contextmanager
+def _host_leases(cfg: BuildConfig) -> Iterator[str | None]:
+    """The run's host lease server's address, when chunks crawl at once; one chunk at a time keeps the per-host
+    limits within itself (its worker processes split a host only when that keeps them exact), for free."""
+    if cfg.runner.kind == "local" and cfg.runner.max_workers == 1:
+        yield None
+        return
+    with HostLeaseServer(cfg.crawl.per_host_concurrency, cfg.crawl.per_host_min_delay_s,
+                         cfg.runner.host_lease_address) as server:
+        yield server.address
+
+
 def make_task_runner(runner: RunnerConfig):
     if runner.kind == "ray":
         from prefect_ray import RayTaskRunner
@@ -291,10 +305,9 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
         process = process_chunk.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds,
                                              retry_condition_fn=_worth_retrying)
         reports = []
-        with HostLeaseServer(cfg.crawl.per_host_concurrency, cfg.crawl.per_host_min_delay_s,
-                             cfg.runner.host_lease_address) as leases, make_task_runner(cfg.runner) as runner:
+        with _host_leases(cfg) as host_leases, make_task_runner(cfg.runner) as runner:
             futures = [runner.submit(process, {"chunk": c, "cfg": cfg, "run_id": run_id,
-                                               "host_leases": leases.address, "retry_reasons": retry_reasons,
+                                               "host_leases": host_leases, "retry_reasons": retry_reasons,
                                                "retry_list": retry_list})
                        for c, retry_list in submissions]
             # The bar shows on a terminal (`gadms build`); workers' logs get the per-chunk lines.

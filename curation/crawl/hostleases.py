@@ -1,6 +1,6 @@
 """Per-host politeness across every chunk, thread, process and Ray worker of a build: a host lease server.
 
-The build flow starts one `HostLeaseServer` per run; every event loop that crawls (a chunk's loop, each of its
+The build flow starts one `HostLeaseServer` (a child process) per run; every event loop that crawls (a chunk's loop, each of its
 worker processes, a Ray task on another machine) holds one TCP connection to it through a `HostLeaseClient`, and
 asks it for a slot before each request. The server grants a host's slot only while fewer than
 `per_host_concurrency` of that host's requests are in flight anywhere, no sooner than the host's delay after the
@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
-import threading
+import os
+import signal
+import subprocess
+import sys
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 from urllib.parse import quote, unquote
 
 from storage.errors import GadmsError
-
-log = logging.getLogger(__name__)
 
 MAX_LINE = 4096  # a host name is at most 253 characters; anything longer is not our client
 
@@ -43,9 +44,39 @@ class HostLeaseError(GadmsError):
     pass
 
 
+class _Lines:
+    """Lines to one socket, sent together once per event-loop turn: under load one send carries hundreds of
+    them, which is what keeps a slot's cost at a few microseconds on each side."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self._pending: list[bytes] = []
+
+    def send(self, line: bytes) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(line)
+
+    def _flush(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(self._pending))
+        self._pending.clear()
+
+
+async def _read_lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The lines a peer sends, read in large pieces; a line longer than MAX_LINE is a ValueError."""
+    rest = b""
+    while data := await reader.read(1 << 16):
+        *lines, rest = (rest + data).split(b"\n")
+        if len(rest) > MAX_LINE:
+            raise ValueError("line too long")
+        for line in lines:
+            yield line
+
+
 @dataclass
 class _Connection:
-    writer: asyncio.StreamWriter
+    lines: _Lines
     waiting: dict[int, str] = field(default_factory=dict)  # lease id → host, asked and not yet granted
     granted: dict[int, str] = field(default_factory=dict)  # lease id → host, in flight
 
@@ -115,7 +146,7 @@ class _LeaseTable:
             connection.granted[lease_id] = host
             state.in_flight += 1
             state.next_start = now + max(self.min_delay_s, delay_s)
-            connection.writer.write(b"G %d\n" % lease_id)
+            connection.lines.send(b"G %d\n" % lease_id)
         if not state.waiting and state.in_flight == 0:
             forget_at = max(state.next_start, state.paused_until)
             if forget_at <= now:
@@ -125,7 +156,9 @@ class _LeaseTable:
 
 
 class HostLeaseServer:
-    """The run's lease server on `bind_host` (a free port), served from a thread of the calling process.
+    """The run's lease server on `bind_host` (a free port), in a child process of its own: it shares no
+    interpreter lock with the crawl threads of the process that starts it, and it ends when that process does
+    (its stdin closes).
 
         with HostLeaseServer(per_host_concurrency=4, min_delay_s=0.1) as server:
             crawl_chunk(..., host_leases=server.address)   # from any thread, process or machine that reaches it
@@ -137,68 +170,71 @@ class HostLeaseServer:
         self.bind_host = bind_host
         self.port = port
         self.address = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._table: _LeaseTable | None = None
+        self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> HostLeaseServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            try:
-                self._table = _LeaseTable(loop, self.per_host_concurrency, self.min_delay_s)
-                server = loop.run_until_complete(
-                    asyncio.start_server(self._serve, self.bind_host, self.port, limit=MAX_LINE))
-                self.port = server.sockets[0].getsockname()[1]
-                self.address = f"{self.bind_host}:{self.port}"
-            except BaseException as exc:  # reported in the caller's thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                server.close()
-                loop.run_until_complete(server.wait_closed())
-                loop.close()
-
-        self._thread = threading.Thread(target=serve, name="host-lease-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            raise HostLeaseError(f"host lease server: cannot listen on {self.bind_host}:{self.port}: {failure[0]}")
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(self.per_host_concurrency), repr(float(self.min_delay_s)),
+             self.bind_host, str(self.port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        )
+        line = self._process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            self._process.stdin.close()
+            error = self._process.stderr.read().strip().splitlines()
+            self._process.wait()
+            raise HostLeaseError(f"host lease server: cannot listen on {self.bind_host}:{self.port}: "
+                                 f"{error[-1] if error else 'it exited'}")
+        self.address = line[1]
+        self.port = int(self.address.rpartition(":")[2])
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+        if self._process is not None:
+            self._process.stdin.close()  # the server's signal to leave
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process.stdout.close()
+            self._process.stderr.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        table = self._table
-        connection = _Connection(writer)
-        try:
-            while line := await reader.readline():
-                parts = line.decode("ascii").split()
-                if parts[0] == "A" and len(parts) == 4:
-                    table.ask(connection, int(parts[1]), unquote(parts[2]), float(parts[3]))
-                elif parts[0] == "R" and len(parts) == 2:
-                    table.release(connection, int(parts[1]))
-                elif parts[0] == "P" and len(parts) == 3:
-                    table.pause(unquote(parts[1]), float(parts[2]))
-                else:
-                    raise ValueError(f"unknown message {line[:80]!r}")
-        except (ValueError, IndexError, UnicodeDecodeError, asyncio.LimitOverrunError) as exc:
-            log.warning("host lease server: closing a connection that sent %s", exc)
-        except ConnectionError:
-            pass
-        finally:
-            table.drop(connection)
-            writer.close()
+
+async def serve(per_host_concurrency: int, min_delay_s: float, bind_host: str, port: int) -> None:
+    """Serve leases until stdin closes; the first line on stdout says `listening host:port`."""
+    loop = asyncio.get_running_loop()
+    table = _LeaseTable(loop, per_host_concurrency, min_delay_s)
+    server = await asyncio.start_server(lambda r, w: _serve_connection(table, r, w), bind_host, port, limit=MAX_LINE)
+    print(f"listening {bind_host}:{server.sockets[0].getsockname()[1]}", flush=True)
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    await stdin.read()  # EOF: the process that started us closed the pipe, or is gone
+    server.close()
+
+
+async def _serve_connection(table: _LeaseTable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    connection = _Connection(_Lines(writer))
+    try:
+        async for line in _read_lines(reader):
+            parts = line.decode("ascii").split()
+            if parts[0] == "A" and len(parts) == 4:
+                table.ask(connection, int(parts[1]), unquote(parts[2]), float(parts[3]))
+            elif parts[0] == "R" and len(parts) == 2:
+                table.release(connection, int(parts[1]))
+            elif parts[0] == "P" and len(parts) == 3:
+                table.pause(unquote(parts[1]), float(parts[2]))
+            else:
+                raise ValueError(f"unknown message {line[:80]!r}")
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        print(f"host lease server: closing a connection that sent {exc}", file=sys.stderr, flush=True)
+    except ConnectionError:
+        pass
+    finally:
+        table.drop(connection)
+        writer.close()
 
 
 class HostLeaseClient:
@@ -208,11 +244,13 @@ class HostLeaseClient:
         self.address = address
         self._ids = itertools.count()
         self._granted: dict[int, asyncio.Future] = {}
+        self._quoted: dict[str, str] = {}  # host → its percent-encoded form (a chunk has at most shard_size hosts)
         self._writer: asyncio.StreamWriter | None = None
+        self._lines: _Lines | None = None
         self._reading: asyncio.Task | None = None
         self._opening = asyncio.Lock()
 
-    async def _open(self) -> asyncio.StreamWriter:
+    async def _open(self) -> _Lines:
         async with self._opening:
             if self._writer is None:
                 host, _, port = self.address.rpartition(":")
@@ -220,12 +258,13 @@ class HostLeaseClient:
                     reader, self._writer = await asyncio.open_connection(host, int(port))
                 except (OSError, ValueError) as exc:
                     raise HostLeaseError(f"host lease server {self.address}: cannot connect: {exc}") from None
+                self._lines = _Lines(self._writer)
                 self._reading = asyncio.ensure_future(self._read(reader))
-        return self._writer
+        return self._lines
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while line := await reader.readline():
+            async for line in _read_lines(reader):
                 future = self._granted.get(int(line.split()[1]))
                 if future is not None and not future.done():
                     future.set_result(None)
@@ -239,24 +278,24 @@ class HostLeaseClient:
     @asynccontextmanager
     async def lease(self, host: str, delay_s: float) -> AsyncIterator[None]:
         """Hold one of `host`'s slots of the run; `delay_s` (robots.txt's Crawl-delay) can raise its delay."""
-        writer = await self._open()
+        lines = await self._open()
         if self._reading.done():
             raise HostLeaseError(f"host lease server {self.address}: connection lost")
         lease_id = next(self._ids)
         granted = self._granted[lease_id] = asyncio.get_running_loop().create_future()
-        writer.write(f"A {lease_id} {quote(host, safe='')} {delay_s!r}\n".encode("ascii"))
+        quoted = self._quoted.get(host) or self._quoted.setdefault(host, quote(host, safe=""))
+        lines.send(f"A {lease_id} {quoted} {delay_s!r}\n".encode("ascii"))
         try:
             await granted
             yield
         finally:
             del self._granted[lease_id]
-            if not writer.is_closing():
-                writer.write(b"R %d\n" % lease_id)  # frees the slot, or withdraws an ask not granted
+            lines.send(b"R %d\n" % lease_id)  # frees the slot, or withdraws an ask not granted
 
     def pause(self, host: str, seconds: float) -> None:
         """Every worker of the run waits `seconds` before its next request to `host` (429/503 Retry-After)."""
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(f"P {quote(host, safe='')} {float(seconds)!r}\n".encode("ascii"))
+        if self._lines is not None:
+            self._lines.send(f"P {quote(host, safe='')} {float(seconds)!r}\n".encode("ascii"))
 
     async def aclose(self) -> None:
         if self._writer is not None:
@@ -267,3 +306,13 @@ class HostLeaseClient:
                 pass
         if self._reading is not None:
             await self._reading
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the build's to handle; stdin ends us
+    concurrency, delay, bind, listen_port = sys.argv[1:5]
+    try:
+        asyncio.run(serve(int(concurrency), float(delay), bind, int(listen_port)))
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
