@@ -25,10 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from curation.crawl.reasons import parse_retry_reasons
     from flows.build_webperson import build_webperson
     from flows.config import resolve_build_config
-
-    from curation.crawl.reasons import parse_retry_reasons
 
     resolve_build_config(args.config)  # a bad config or reason fails here, in one line, before Prefect starts
     if args.retry_failed is not None:

@@ -178,8 +178,11 @@ def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str 
     retried from its retry shard: each URL's one current outcome is always in one place."""
     layout = OutputLayout(cfg.output_root)
     rejects = read_parquet(layout.rejects_path(chunk.shard_id))
-    failed = {url for url, stage, reason in zip(*(rejects.column(c).to_pylist() for c in ("url", "stage", "reason")))
-              if stage == CRAWL_STAGE and url and reason_selected(reason, reasons)}
+    # Exactly the failed rows are superseded, whatever other rows the same URL has.
+    superseded = {(stage, url, reason) for stage, url, reason in zip(
+        *(rejects.column(c).to_pylist() for c in ("stage", "url", "reason")))
+        if stage == CRAWL_STAGE and url and reason_selected(reason, reasons)}
+    failed = {url for _, url, _ in superseded}
     if not failed:
         return ChunkReport(shard_id=chunk.shard_id, skipped=True)
     records = [r for r in chunk_urls(chunk) if r.url in failed]
@@ -195,7 +198,7 @@ def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str 
     else:
         report = _process(retry_chunk, cfg, run_id, host_leases)
     report.retried = len(records)
-    report.superseded = supersede_rejects(layout, chunk.shard_id, CRAWL_STAGE, failed)
+    report.superseded = supersede_rejects(layout, chunk.shard_id, superseded)
     return report
 
 

@@ -265,14 +265,14 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
     }
 
 
-def supersede_rejects(layout: OutputLayout, shard_id: str, stage: str, urls: set[str]) -> int:
-    """Drop the `stage` rejects of `urls` from a complete shard's rejects file, atomically, because another shard
-    now holds what those URLs became (`gadms build --retry-failed`); the manifest entry's count follows. Returns
-    the rows dropped. Idempotent: a rerun after a kill between the two writes puts the count right."""
+def supersede_rejects(layout: OutputLayout, shard_id: str, rows: set[tuple[str, str, str]]) -> int:
+    """Drop the rejects matching `rows` ((stage, url, reason) triples) from a complete shard's rejects file,
+    atomically, because another shard now holds what those URLs became (`gadms build --retry-failed`); the
+    manifest entry's count follows. Returns the rows dropped. Idempotent: a rerun after a kill between the two
+    writes puts the count right."""
     path = layout.rejects_path(shard_id)
     table = read_parquet(path)
-    superseded = [row_stage == stage and url in urls
-                  for row_stage, url in zip(table.column("stage").to_pylist(), table.column("url").to_pylist())]
+    superseded = [row in rows for row in zip(*(table.column(c).to_pylist() for c in ("stage", "url", "reason")))]
     if any(superseded):
         table = table.filter(pa.array([not s for s in superseded], pa.bool_()))
         write_parquet_atomic(table, path)

@@ -107,6 +107,7 @@ def _catalog(out: Path) -> dict:
                                               "GROUP BY ALL").fetchall()),
             "shards": con.execute("SELECT count(*) FROM manifest WHERE status = 'complete'").fetchone()[0],
             "manifest_rejects": con.execute("SELECT sum(rejects) FROM manifest").fetchone()[0],
+            # URLs whose outcome (their samples, or their rejects at any stage) is in more than one shard.
             "urls_counted_twice": con.execute("""
                 SELECT count(*) FROM (SELECT url, count(DISTINCT shard_id) AS shards FROM (
                     SELECT source_url AS url, shard_id FROM samples UNION ALL SELECT url, shard_id FROM rejects)
