@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from curation.crawl import CrawlConfig, crawl_chunk
-from curation.crawl.hostleases import HostLeaseClient, HostLeaseServer
+from curation.crawl.hostleases import HostLeaseClient, HostLeaseError, HostLeaseServer
 from storage.records import UrlRecord
 
 # The lease server spaces grants; a request reaches the host a little after its grant (the client's loop, the
@@ -186,12 +186,13 @@ def test_lease_server_frees_the_slots_of_a_closed_connection_and_obeys_pauses():
     assert events == ["first granted", "first closes", "second granted", "after pause True"]
 
 
-def test_a_client_that_cannot_reach_the_lease_server_fails_in_one_line():
-    from curation.crawl.hostleases import HostLeaseError
-
-    async def ask() -> None:
-        async with HostLeaseClient("127.0.0.1:1").lease("h:80", 0.0):
-            pass
-
-    with pytest.raises(HostLeaseError, match=r"^host lease server 127.0.0.1:1: cannot connect"):
-        asyncio.run(ask())
+def test_a_chunk_that_cannot_reach_the_lease_server_fails_and_rejects_nothing(tmp_path):
+    with CountingHost() as host:
+        urls = [UrlRecord(f"{host.url}/{i}.png") for i in range(3)]
+        with pytest.raises(HostLeaseError, match=r"^host lease server 127.0.0.1:1: cannot connect"):
+            crawl_chunk(urls, config(robots=False), str(tmp_path / "state"), host_leases="127.0.0.1:1")
+        assert host.requests == []
+        # Nothing was saved as an outcome, so a rerun with the server up fetches every URL.
+        with HostLeaseServer(2, 0.0) as leases:
+            result = crawl_chunk(urls, config(robots=False), str(tmp_path / "state"), host_leases=leases.address)
+    assert (len(result.downloads), result.rejects) == (3, [])

@@ -32,6 +32,7 @@ from yarl import URL
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.fetcher import IMAGE_ACCEPT, Fetcher, FetchFailure, host_key, parse_url
+from curation.crawl.hostleases import HostLeaseError
 from curation.crawl.imageinfo import ImageCheckError, inspect_image
 from curation.crawl.loop import run_sync
 from curation.crawl.robots import RobotsCache
@@ -252,6 +253,8 @@ async def fetch_image(fetcher: Fetcher, index: int, url: URL, config: CrawlConfi
         info = inspect_image(response.body, config.image_formats, config.max_pixels)
     except (FetchFailure, ImageCheckError) as failure:
         return Outcome(index, failure.reason, failure.detail)
+    except HostLeaseError:
+        raise  # the run's lease server is gone: the chunk fails (and is retried), its URLs are not rejected
     except Exception as exc:  # hostile input must not stop the chunk; the reject keeps what happened
         log.warning("crawl: unexpected error on %s", url, exc_info=True)
         return Outcome(index, "internal_error", f"{type(exc).__name__}: {exc}")
