@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/host_leases.py [--urls 6000] [--hosts 64] [--rounds 2]
 
-1. Lease throughput: one HostLeaseServer (a thread of this process, as in a build), `--clients` client processes,
+1. Lease throughput: one HostLeaseServer (a child process, as in a build), `--clients` client processes,
    each with 256 concurrent lanes over distinct hosts, taking and returning slots as fast as they can.
 2. Crawl with and without it: 4 chunks crawled at once from threads (as the build's thread pool runs them),
    `--urls` URLs in all over `--hosts` loopback hosts (one aiohttp server process listening on that many ports;
