@@ -37,6 +37,9 @@ class RunnerConfig(BaseModel):
     kind: Literal["local", "ray"] = "local"
     max_workers: int = Field(default=2, ge=1, description="chunks processed at once by the local runner")
     ray_address: str | None = Field(default=None, description="ray://host:10001 or 'auto'; None starts a local Ray")
+    host_lease_address: str = Field(default="127.0.0.1", description="where the run's per-host lease server "
+                                    "listens (curation.crawl.hostleases); on a Ray cluster, an address of the flow's "
+                                    "host that every worker reaches")
 
 
 class RejectThumbnailsConfig(BaseModel):

@@ -5,6 +5,7 @@
     <root>/reject_thumbnails/<shard_id>.parquet  small JPEGs of a bounded sample of that chunk's rejects
     <root>/manifest/<shard_id>.json      manifest entry; written last, so it decides whether a shard is done
     <root>/runs/<run_id>.json            run records (config, counts, timings)
+    <root>/retries/<shard_id>-retry-<digest>.jsonl  rows of a shard refetched by `gadms build --retry-failed`
     <root>/work/                         stage state for resuming (crawl chunks, caption cache, ...)
     <root>/dedup/                        global near-duplicate hash index
     <root>/catalog.duckdb                DuckDB views over all of the above (local roots; configurable)
@@ -39,6 +40,10 @@ class OutputLayout:
     @property
     def runs_dir(self) -> str:
         return join(self.root, "runs")
+
+    @property
+    def retries_dir(self) -> str:
+        return join(self.root, "retries")
 
     @property
     def work_dir(self) -> str:

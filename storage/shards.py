@@ -173,14 +173,15 @@ def read_manifest_entry(path: str) -> dict | None:
     return entry
 
 
-def json_files(directory: str) -> list[str]:
-    """The *.json files of a folder (local or fsspec), sorted, without in-progress temporary files."""
+def json_files(directory: str, suffix: str = ".json") -> list[str]:
+    """The *.json (or other `suffix`) files of a folder (local or fsspec), sorted, without in-progress temporary
+    files."""
     fs, path = filesystem(directory)
     if not fs.exists(path):
         return []
     names = sorted(fs.ls(path, detail=False))
     return [join(directory, n.rsplit("/", 1)[-1]) for n in names
-            if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+            if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
 
 
 def manifest_entries(layout: OutputLayout) -> list[dict]:
@@ -262,6 +263,24 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
         "rejects": rejects,
         "created_at": utc_now().isoformat(),
     }
+
+
+def supersede_rejects(layout: OutputLayout, shard_id: str, rows: set[tuple[str, str, str]]) -> int:
+    """Drop the rejects matching `rows` ((stage, url, reason) triples) from a complete shard's rejects file,
+    atomically, because another shard now holds what those URLs became (`gadms build --retry-failed`); the
+    manifest entry's count follows. Returns the rows dropped. Idempotent: a rerun after a kill between the two
+    writes puts the count right."""
+    path = layout.rejects_path(shard_id)
+    table = read_parquet(path)
+    superseded = [row in rows for row in zip(*(table.column(c).to_pylist() for c in ("stage", "url", "reason")))]
+    if any(superseded):
+        table = table.filter(pa.array([not s for s in superseded], pa.bool_()))
+        write_parquet_atomic(table, path)
+    manifest_path = layout.manifest_path(shard_id)
+    entry = read_manifest_entry(manifest_path)
+    if entry is not None and entry.get("rejects") != table.num_rows:
+        write_manifest_entry(manifest_path, {**entry, "rejects": table.num_rows})
+    return sum(superseded)
 
 
 def commit_shard(

@@ -16,6 +16,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from curation.crawl.config import CrawlConfig
+from curation.crawl.hostleases import HostLeaseClient
 from curation.crawl.limiter import HostLimiter
 from curation.crawl.robots import RobotsCache, RobotsRules, parse_robots
 from curation.crawl.safety import AddressPolicy, PrivateAddressError, SafeResolver
@@ -118,10 +119,13 @@ def _backoff(config: CrawlConfig, attempt: int) -> float:
 
 
 class Fetcher:
-    """An aiohttp session with the crawl's limits. Use as `async with Fetcher(config, robots_cache) as f:`."""
+    """An aiohttp session with the crawl's limits. Use as `async with Fetcher(config, robots_cache) as f:`.
+
+    `host_leases` (the run's lease server, `host:port`) makes the per-host limits hold across every loop of the run
+    (curation.crawl.hostleases); without it they hold within this loop."""
 
     def __init__(self, config: CrawlConfig, robots_cache: RobotsCache, concurrency: int | None = None,
-                 per_host_concurrency: int | None = None, delay_scale: float = 1.0):
+                 per_host_concurrency: int | None = None, delay_scale: float = 1.0, host_leases: str | None = None):
         self.config = config
         self.robots_cache = robots_cache
         self.policy = AddressPolicy(config.allow_private_addresses)
@@ -130,6 +134,7 @@ class Fetcher:
             per_host_concurrency or config.per_host_concurrency,
             config.per_host_min_delay_s * delay_scale,
             config.max_crawl_delay_s * delay_scale,
+            shared=HostLeaseClient(host_leases) if host_leases else None,
         )
         self.delay_scale = delay_scale
         self._robots_pending: dict[str, asyncio.Future] = {}
@@ -156,6 +161,8 @@ class Fetcher:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.session.close()
+        if self.limiter.shared is not None:
+            await self.limiter.shared.aclose()
 
     async def get(self, url: URL, *, max_bytes: int, accept: str, check_opt_out: bool,
                   check_robots: bool = True, truncate: bool = False) -> Response:

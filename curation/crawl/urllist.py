@@ -191,10 +191,12 @@ def read_range(part: ListRange) -> list[UrlRecord]:
 
 
 def write_url_records(records: list[UrlRecord], path: str) -> None:
-    """A jsonl list of `records` (url, caption, page_url), as read_url_list and plan_ranges read it back."""
+    """A jsonl list of `records` (url, caption, page_url and the extra columns of `source_meta`), as read_url_list
+    and plan_ranges read it back: with the same extra_columns, the records read back equal these."""
     with atomic_write(path, "w") as f:
         for r in records:
-            f.write(json.dumps({"url": r.url, "caption": r.alt_text, PAGE_URL_COLUMN: r.page_url}) + "\n")
+            extra = json.loads(r.source_meta) if r.source_meta else {}
+            f.write(json.dumps({**extra, "url": r.url, "caption": r.alt_text, PAGE_URL_COLUMN: r.page_url}) + "\n")
 
 
 def _columns_to_read(list_file: ListFile, source: str, url_column: str, caption_column: str,
