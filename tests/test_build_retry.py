@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 
-from curation.detect.config import DEMO_WEIGHTS
+from curation.synthweb.detector import DEMO_WEIGHTS
 from curation.synthweb import render_site, write_url_list
 from flows.build_webperson import build_webperson
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 from tests.flow_helpers import build_config, write_config
 
