@@ -2,8 +2,8 @@
 
     gadms caption --crops crops.parquet --out captions/ [--config caption.yaml] [--backend alt-text]
 
-Writes <out>/captions.parquet (sample_id, caption1, caption2, caption_model, caption_backend, template_id,
-prompt_version), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
+Writes <out>/captions.parquet (storage.schema.CAPTIONS_SCHEMA: sample_id, caption1, caption2, caption_model,
+caption_backend, template_id, prompt_version, filter_keep, filter_reason, filter_model), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
 model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from curation.caption.pipeline import caption_crops
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import GadmsError, check_range
-    from storage.schema import REJECT_SCHEMA
+    from storage.schema import CAPTIONS_SCHEMA, REJECT_SCHEMA
 
     overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
                                                ("models", args.model)) if value}
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                             for r in rejects]
             done += len(crops)
 
-    _write_atomically(pa.Table.from_pylist(caption_rows, schema=_captions_schema()), out / "captions.parquet")
+    _write_atomically(pa.Table.from_pylist(caption_rows, schema=CAPTIONS_SCHEMA), out / "captions.parquet")
     _write_atomically(pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA), out / "rejects.parquet")
     print(f"{done} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
     if reject_rows:
@@ -149,12 +149,3 @@ def _write_atomically(table, path) -> None:
     partial = path.with_name(path.name + ".partial")
     pq.write_table(table, partial)
     os.replace(partial, path)
-
-
-def _captions_schema():
-    """Column for column the caption fields of storage.schema.SHARD_SCHEMA (all strings)."""
-    import pyarrow as pa
-
-    return pa.schema([(name, pa.string()) for name in (
-        "sample_id", "caption1", "caption2", "caption_model", "caption_backend", "template_id", "prompt_version")])
-

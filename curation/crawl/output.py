@@ -80,4 +80,6 @@ def read_downloads(path: str) -> Iterator[Download]:
                     url=row["url"], page_url=row["page_url"] or "", alt_text=row["alt_text"] or "",
                     data=row["image"], sha256=row["sha256"], mime=row["mime"], width=row["width"],
                     height=row["height"], source_meta=row.get("source_meta"),  # absent from older outputs
+                    fetched_at=row.get("fetched_at"), http_status=row.get("http_status"),
+                    x_robots_tag=row.get("x_robots_tag"),
                 )
