@@ -2,10 +2,10 @@
 
 Why this detector: the weights must ship with an installed package (nothing is downloaded at run time). What
 ships here: opencv-python's Haar cascades (frontal face default / alt / alt2 / alt_tree, profile face) and
-scikit-image's LBP frontal-face cascade (its copy does not load in OpenCV; skimage's own detector is slower and
-found more false faces on the test photos). No DNN face model (YuNet, RetinaFace) ships with any installed
-package. Of the Haar cascades, alt2 found every visible frontal face of ultralytics' bus.jpg and zidane.jpg and
-scikit-image's astronaut with no false hit (tests/test_faces.py); `default` found false faces in zidane.jpg.
+scikit-image's LBP frontal-face cascade (its copy does not load in OpenCV; skimage's own detector took 30–130 ms
+a crop). No DNN face model (YuNet, RetinaFace) ships with any installed package. Of the Haar cascades, alt2
+found every clear face of ultralytics' bus.jpg and zidane.jpg and scikit-image's astronaut with no false hit;
+`default` found false faces in zidane.jpg, `alt` and `alt_tree` missed some (README, "Faces").
 
 Cheap by construction: the cascade runs on the upper `face_search_share` of the crop only (the person rules keep
 upright persons: the head is in the upper half), downscaled so its longer side is at most `face_max_side` px. So
