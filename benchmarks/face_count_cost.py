@@ -1,9 +1,10 @@
 """What face counting adds to the detection stage: `detect_persons` with `face_count` off and on, alternating in
 one run over the same rendered synthetic-web scenes, with the demo weights at the demo build's settings (imgsz
-384, CPU); and the face counter alone on the kept crops (ms per crop).
+384, CPU); and the face counter alone on the kept crops (ms per crop). With --build-images N, also whole builds
+as the demo builds (curation_quality.build_like_the_demo's site, server and simulated VLM), off and on alternating.
 
     nice -n 10 .venv/bin/python benchmarks/face_count_cost.py [--images 96] [--rounds 3] [--imgsz 384]
-        [--out benchmarks/results/face_count_cost.json]
+        [--build-images 400 --build-rounds 2] [--out benchmarks/results/face_count_cost.json]
 
 CPU seconds per image (all threads) are the figure to read on a shared machine; wall-clock rates drop with load.
 """
@@ -34,11 +35,45 @@ def run(detector: PersonDetector, downloads) -> tuple[float, float, list]:
     return time.perf_counter() - started, time.process_time() - started_cpu, crops
 
 
+def builds(images: int, rounds: int) -> dict:
+    """Demo builds of one site with face counting off and on, alternating: images/s and detect-stage seconds."""
+    import tempfile
+
+    from curation.synthweb import SiteServer, render_site, write_url_list
+    from curation.synthweb.vlm import SimulatedVlm, SimulatedVlmServer
+    from flows.build_webperson import build_webperson
+    from flows.demo import demo_build_config
+
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        site = render_site(work / "site", images=images, seed=0)
+        with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(SimulatedVlm(site.root)) as vlm:
+            urls = work / "urls.parquet"
+            write_url_list(site.root, server.base_url, urls)
+            # One build first, not counted: the first in a process pays for Prefect's start and torch's warm-up.
+            plan = [("warm-up", False)] + [(label, faces) for _ in range(rounds) for label, faces in
+                                           (("off", False), ("on", True))]
+            for number, (label, faces) in enumerate(plan):
+                config = demo_build_config(urls, work / f"root-{number}-{label}", vlm.base_url)
+                config["detect"].update(weights=str(DEMO_WEIGHTS), face_count=faces)
+                summary = build_webperson(config)
+                if label != "warm-up":
+                    runs[label].append({"images_per_second": summary["images_per_second"], "kept": summary["kept"],
+                                        "detect_s": summary["stage_seconds"]["detect"], "seconds": summary["seconds"]})
+    medians = {label: statistics.median(r["images_per_second"] for r in rows) for label, rows in runs.items()}
+    detect = {label: statistics.median(r["detect_s"] for r in rows) for label, rows in runs.items()}
+    return {"images": images, "rounds": runs, "images_per_second_median": medians, "detect_s_median": detect,
+            "throughput_change": round(medians["on"] / medians["off"] - 1, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=384)
+    parser.add_argument("--build-images", type=int, default=0, help="also build a site of this many scenes")
+    parser.add_argument("--build-rounds", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/face_count_cost.json")
     args = parser.parse_args()
 
@@ -86,6 +121,9 @@ def main() -> None:
         "crops_with_faces": sum(1 for c in counted if c.num_faces),
         "faces_found": sum(c.num_faces for c in counted),
     }
+    if args.build_images:
+        result["builds"] = builds(args.build_images, args.build_rounds)
+        result["command"] += f" --build-images {args.build_images} --build-rounds {args.build_rounds}"
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
