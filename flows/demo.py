@@ -154,8 +154,12 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     try:
         stats = caption_stats(con)
         print(format_stats(stats))
+        faces, with_faces = con.execute("SELECT coalesce(sum(num_faces), 0), count(*) FILTER (WHERE num_faces > 0) "
+                                        "FROM samples").fetchone()
     finally:
         con.close()
+    _say("5/5 faces", f"{faces} face(s) found in {with_faces} of {stats['samples']} kept crops (blurred by "
+         "`gadms export --blur-faces`)")
     hits = search(result.checkpoint_path, str(out / "webperson"), DEMO_QUERY, k=5,
                   sheet_path=out / "retrieval.png", progress=False)
     _say("5/5 search", f"{DEMO_QUERY!r} → top-5 crops in {hits.sheet_path}")
@@ -167,6 +171,7 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
              f"{'what the query asks' if hit['matches_query'] else 'not what the query asks'}")
     report = {"build": summary, "curation_quality": quality, "zero_shot_metrics": zero_shot, "metrics": trained,
               "stats": {k: stats[k] for k in ("samples", "vocabulary_size")},
+              "faces": {"faces": faces, "samples_with_faces": with_faces},
               "search": {"query": DEMO_QUERY, "web_identities_matching": answers, "top5": top5},
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2, default=str))

@@ -1,6 +1,9 @@
 """The WebPerson storage contract: Parquet schemas of shards, rejects and manifests, defined once.
 
 Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata.
+
+v2 added the provenance, face and filter-verdict columns (ADDED_IN_V2); a v1 shard lacks them, and readers give
+them as NULL there.
 """
 from __future__ import annotations
 
@@ -11,10 +14,19 @@ import pyarrow as pa
 
 from storage.records import Captions, PersonCrop
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 SCHEMA_VERSION_KEY = b"gadms.schema_version"
 
 NUM_KEYPOINTS = 17
+
+# Columns shared by downloads, crops and shards: how the source image was fetched (null in files before v2).
+_FETCH_FIELDS = [
+    pa.field("fetched_at", pa.timestamp("us", tz="UTC")),  # when the crawl got the response
+    pa.field("http_status", pa.int16()),  # of the final response, after redirects
+    pa.field("x_robots_tag", pa.string()),  # X-Robots-Tag values served with the image, ", "-joined; null if none
+]
+FACE_BOX_TYPE = pa.list_(pa.list_(pa.float32(), 4))  # [x1, y1, x2, y2] per face, crop pixels
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -32,12 +44,19 @@ SHARD_SCHEMA = pa.schema(
         pa.field("det_score", pa.float32(), nullable=False),
         pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),  # (x, y, conf) × 17; null if no pose
         pa.field("phash", pa.uint64(), nullable=False),
+        *_FETCH_FIELDS,
+        pa.field("num_faces", pa.int32()),  # faces the detect stage found in the crop; null: not counted
+        pa.field("face_boxes", FACE_BOX_TYPE),  # their boxes; `gadms export --blur-faces` blurs them
         pa.field("caption1", pa.string(), nullable=False),
         pa.field("caption2", pa.string(), nullable=False),
         pa.field("caption_model", pa.string(), nullable=False),
         pa.field("caption_backend", pa.string(), nullable=False),
         pa.field("template_id", pa.string()),
         pa.field("prompt_version", pa.string()),
+        # The MLLM filter's verdict (true for every stored sample it screened), reason and model; null: no filter.
+        pa.field("filter_keep", pa.bool_()),
+        pa.field("filter_reason", pa.string()),
+        pa.field("filter_model", pa.string()),
         pa.field("shard_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -89,6 +108,7 @@ DOWNLOAD_SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("source_meta", pa.string()),  # the URL list's extra columns as a JSON object; null if none
+        *_FETCH_FIELDS,
         pa.field("chunk_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -123,7 +143,13 @@ PUBLIC_COLUMNS = tuple(PUBLIC_SCHEMA.names)
 MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
 MANIFEST_STATUS_COMPLETE = "complete"
 
-# Person crops of the detection stage and the captioning stage's output: the fields of storage.records.PersonCrop
-# and Captions, typed as in the shard schema, so they cannot drift apart.
+# Shard columns a v1 shard lacks.
+ADDED_IN_V2 = ("fetched_at", "http_status", "x_robots_tag", "num_faces", "face_boxes", "filter_keep",
+               "filter_reason", "filter_model")
+
+# Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,
+# so the two cannot drift apart.
 CROP_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(PersonCrop)])
-CAPTION_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(Captions)])
+
+# Captions of the caption stage (`gadms caption` writes them; the build joins them into shards), likewise.
+CAPTIONS_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(Captions)])

@@ -20,7 +20,9 @@ from storage.fs import atomic_write, filesystem, join, require_folder
 from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject
 from storage.schema import (
+    ADDED_IN_V2,
     MANIFEST_FIELDS,
+    READABLE_SCHEMA_VERSIONS,
     MANIFEST_STATUS_COMPLETE,
     REJECT_SCHEMA,
     SCHEMA_VERSION,
@@ -62,12 +64,20 @@ def shard_table(
             "det_score": float(crop.det_score),
             "keypoints": None if crop.keypoints is None else [float(v) for v in crop.keypoints],
             "phash": int(crop.phash),
+            "fetched_at": crop.fetched_at,
+            "http_status": crop.http_status,
+            "x_robots_tag": crop.x_robots_tag,
+            "num_faces": crop.num_faces,
+            "face_boxes": crop.face_boxes,
             "caption1": caption.caption1,
             "caption2": caption.caption2,
             "caption_model": caption.caption_model,
             "caption_backend": caption.caption_backend,
             "template_id": caption.template_id,
             "prompt_version": caption.prompt_version,
+            "filter_keep": caption.filter_keep,
+            "filter_reason": caption.filter_reason,
+            "filter_model": caption.filter_model,
             "shard_id": shard_id,
             "run_id": run_id,
             "created_at": created_at,
@@ -121,7 +131,10 @@ def write_shard(table: pa.Table, path: str) -> dict:
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a shard, checking its schema version. Raises GadmsError naming the file when it is not one."""
+    """Read a shard, checking its schema version. Raises GadmsError naming the file when it is not one.
+
+    A shard of an older readable version gives the columns it lacks (ADDED_IN_V2) as NULL, typed as in
+    SHARD_SCHEMA, so callers see one schema whatever version wrote the file."""
     fs, p = filesystem(path)
     try:
         with fs.open(p, "rb") as f:
@@ -129,13 +142,21 @@ def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
             version = (parquet.schema_arrow.metadata or {}).get(SCHEMA_VERSION_KEY)
             if version is None:
                 raise GadmsError(f"{path}: not a WebPerson shard (no {SCHEMA_VERSION_KEY.decode()} metadata)")
-            if int(version) != SCHEMA_VERSION:
-                raise GadmsError(f"{path}: shard schema v{int(version)}, this version reads v{SCHEMA_VERSION}")
-            return parquet.read(columns=columns)
+            if int(version) not in READABLE_SCHEMA_VERSIONS:
+                raise GadmsError(f"{path}: shard schema v{int(version)}, this version reads "
+                                 f"v{', v'.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+            wanted = columns if columns is not None else SHARD_SCHEMA.names
+            present = set(parquet.schema_arrow.names)
+            table = parquet.read(columns=[c for c in wanted if c in present or c not in ADDED_IN_V2])
     except FileNotFoundError:
         raise GadmsError(f"{path}: shard not found") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise GadmsError(f"{path}: unreadable shard: {exc}") from None
+    for index, name in enumerate(wanted):
+        if name not in present and name in ADDED_IN_V2:
+            kind = SHARD_SCHEMA.field(name).type
+            table = table.add_column(index, pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table
 
 
 def read_parquet(path: str) -> pa.Table:
@@ -225,7 +246,7 @@ def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) 
         raise GadmsError(f"{path}: unreadable shard: {exc}: {fix}") from None
     if rows != entry["rows"]:
         raise GadmsError(f"{path}: {rows} rows, its manifest entry says {entry['rows']}: {fix}")
-    missing = [name for name in SHARD_SCHEMA.names if name not in names]
+    missing = [name for name in SHARD_SCHEMA.names if name not in names and name not in ADDED_IN_V2]
     if missing:
         raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {fix}")
     if check_sha256 and file_sha256(path) != entry["sha256"]:

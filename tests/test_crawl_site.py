@@ -372,6 +372,8 @@ class HostileServer:
         app.router.add_get("/ours-only/{n}.jpg", self.image)
         app.router.add_get("/noimageai.jpg", self.opted_out)
         app.router.add_get("/hop/{n}", self.hop)
+        app.router.add_get("/tagged.jpg", self.tagged)
+        app.router.add_get("/to-tagged.jpg", self.redirect_tagged)
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -390,6 +392,14 @@ class HostileServer:
     async def opted_out(self, request):
         return web.Response(body=_tiny_gif(), content_type="image/gif",
                             headers={"X-Robots-Tag": "otherbot: noindex, gadms-crawler: noimageai"})
+
+    async def tagged(self, request):
+        # Two header lines, neither an opt-out for us: the image is kept, and what it said is recorded.
+        headers = [("X-Robots-Tag", "otherbot: noimageai"), ("X-Robots-Tag", "noarchive")]
+        return web.Response(body=_tiny_gif(9), content_type="image/gif", status=203, headers=headers)
+
+    async def redirect_tagged(self, request):
+        raise web.HTTPFound("/tagged.jpg")
 
     async def stream(self, request):
         response = web.StreamResponse()  # chunked: no Content-Length to check up front
@@ -477,6 +487,42 @@ def test_robots_group_for_our_token_crawl_delay_and_scoped_opt_out(hostile, tmp_
     starts = sorted(t for p, t in hostile.hits if p.startswith("/delayed/"))
     assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.24  # Crawl-delay: 0.25 beats per_host_min_delay 0
     assert sorted(d.width for d in result.downloads) == [1, 2, 3, 4] and result.downloads[0].mime == "image/gif"
+
+
+def test_fetch_provenance_reaches_downloads_and_resumes_from_old_state(hostile, tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from curation.crawl.output import write_downloads
+    from curation.crawl.state import OUTCOME_SCHEMA
+    from curation.detect.parquet_io import iter_downloads
+
+    urls = [hostile.base_url + "/to-tagged.jpg", f"{hostile.base_url}/delayed/5.jpg"]
+    before = datetime.now(timezone.utc)
+    result = crawl_chunk([UrlRecord(u) for u in urls], fast_config(), str(tmp_path / "s"))
+    after = datetime.now(timezone.utc)
+    path = str(tmp_path / "downloads.parquet")
+    write_downloads(result.downloads_table, path, "part-00000", "run")
+    read_back = [d for batch, _ in iter_downloads(Path(path), batch_rows=256) for d in batch]  # as `gadms detect` reads
+    for downloads in (result.downloads, read_back):
+        got = {d.url: (d.http_status, d.x_robots_tag) for d in downloads}
+        assert got == {urls[0]: (203, "otherbot: noimageai, noarchive"), urls[1]: (200, None)}
+        assert all(before <= d.fetched_at <= after for d in downloads)
+    # A state folder written before these columns existed still resumes: its rows load with them NULL.
+    old = tmp_path / "old"
+    sha256 = crawl_chunk([UrlRecord(urls[1])], fast_config(), str(old)).downloads[0].sha256
+    (segment,) = old.glob("seg-*.arrow")
+    with pa.OSFile(str(segment)) as f:
+        table = pa.ipc.open_file(f).read_all().drop_columns(["fetched_at", "http_status", "x_robots_tag"])
+    with pa.ipc.new_file(str(tmp_path / "v1.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp_path / "v1.arrow", segment)
+    hits = len(hostile.hits)
+    again = crawl_chunk([UrlRecord(urls[1])], fast_config(), str(old))
+    assert len(hostile.hits) == hits  # nothing fetched again
+    assert [(d.sha256, d.http_status, d.fetched_at) for d in again.downloads] == [(sha256, None, None)]
+    assert load_segments(str(old)).schema == OUTCOME_SCHEMA
 
 
 def test_redirect_limit_and_identifying_user_agent(hostile, tmp_path):

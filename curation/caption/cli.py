@@ -2,8 +2,8 @@
 
     gadms caption --crops crops.parquet --out captions/ [--config caption.yaml] [--backend alt-text]
 
-Writes <out>/captions.parquet (sample_id, caption1, caption2, caption_model, caption_backend, template_id,
-prompt_version), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
+Writes <out>/captions.parquet (storage.schema.CAPTIONS_SCHEMA: sample_id, caption1, caption2, caption_model,
+caption_backend, template_id, prompt_version, filter_keep, filter_reason, filter_model), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
 model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from curation.caption.pipeline import caption_crops
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import GadmsError, check_range
-    from storage.schema import CAPTION_SCHEMA
+    from storage.schema import CAPTIONS_SCHEMA
     from storage.shards import rejects_table, write_parquet_atomic
 
     overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             reject_rows += rejects
             done += len(crops)
 
-    write_parquet_atomic(pa.Table.from_pylist(caption_rows, schema=CAPTION_SCHEMA), str(out / "captions.parquet"))
+    write_parquet_atomic(pa.Table.from_pylist(caption_rows, schema=CAPTIONS_SCHEMA), str(out / "captions.parquet"))
     write_parquet_atomic(rejects_table(reject_rows, None, run_id, now), str(out / "rejects.parquet"))
     print(f"{done} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
     if reject_rows:

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "crawl"
 PROGRESS_EVERY_S = 0.25
-DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height", "source_meta"]
+DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height", "source_meta",
+                    "fetched_at", "http_status", "x_robots_tag"]
 
 # (downloaded, rejected) since the last call; sha256 duplicates are only known at the end and count as downloaded.
 ProgressCallback = Callable[[int, int], None]
@@ -60,11 +61,7 @@ class CrawlResult:
     @cached_property
     def downloads(self) -> list[Download]:
         columns = [self.downloads_table.column(name).to_pylist() for name in DOWNLOAD_COLUMNS]
-        return [
-            Download(url=url, page_url=page_url, alt_text=alt_text, data=data, sha256=sha256, mime=mime,
-                     width=width, height=height, source_meta=source_meta)
-            for url, page_url, alt_text, data, sha256, mime, width, height, source_meta in zip(*columns)
-        ]
+        return [Download(*row) for row in zip(*columns)]
 
     def reason_counts(self) -> dict[str, int]:
         return dict(Counter(r.reason for r in self.rejects).most_common())
@@ -152,6 +149,9 @@ def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
         "width": picked.column("width"),
         "height": picked.column("height"),
         "source_meta": pa.array([r.source_meta for r in rows], pa.string()),
+        "fetched_at": picked.column("fetched_at"),
+        "http_status": picked.column("http_status"),
+        "x_robots_tag": picked.column("x_robots_tag"),
     })
     return CrawlResult(table, rejects)
 
@@ -259,7 +259,9 @@ async def fetch_image(fetcher: Fetcher, index: int, url: URL, config: CrawlConfi
         log.warning("crawl: unexpected error on %s", url, exc_info=True)
         return Outcome(index, "internal_error", f"{type(exc).__name__}: {exc}")
     body = response.body
-    return Outcome(index, None, "", body, hashlib.sha256(body).hexdigest(), info.mime, info.width, info.height)
+    robots_tag = ", ".join(response.headers.getall("X-Robots-Tag", [])) or None
+    return Outcome(index, None, "", body, hashlib.sha256(body).hexdigest(), info.mime, info.width, info.height,
+                   response.fetched_at, response.status, robots_tag)
 
 
 def _worker_main(worker_id: int, items: list[tuple[int, UrlRecord]], config_json: str, state_dir: str,

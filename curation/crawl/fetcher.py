@@ -9,7 +9,8 @@ import email.utils
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -47,6 +48,7 @@ class Response:
     status: int
     headers: CIMultiDictProxy
     body: bytes
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # when the body was complete
 
 
 class _Redirect(Exception):

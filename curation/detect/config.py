@@ -51,6 +51,13 @@ class DetectConfig(BaseModel):
     border_margin: float | None = Field(None, ge=0.0)  # a box within this many px of an image edge is truncated
     min_box_share: float | None = Field(None, gt=0.0, le=1.0)  # box area / image area
 
+    # Face counting on each kept crop (curation.detect.faces: a Haar cascade bundled with opencv-python)
+    face_count: bool = True
+    face_max_side: int = Field(144, ge=20)  # the searched region is downscaled to this longest side (cost bound)
+    face_search_share: float = Field(0.5, gt=0.0, le=1.0)  # the upper share of the crop that is searched
+    face_scale_factor: float = Field(1.15, gt=1.0, le=2.0)  # cascade pyramid step
+    face_min_neighbors: int = Field(3, ge=0)  # overlapping hits a face needs; higher: fewer false faces
+
     # Cropping and decoding
     crop_margin: float = Field(0.05, ge=0.0, le=1.0)  # each side grows by this share of the box size, clipped
     jpeg_quality: int = Field(90, ge=1, le=100)
@@ -93,6 +100,9 @@ class DetectConfig(BaseModel):
             "max_persons": self.max_persons,
             "border_margin": self.border_margin,
             "min_box_share": self.min_box_share,
+            "faces": {"detector": "opencv haarcascade_frontalface_alt2", "max_side": self.face_max_side,
+                      "search_share": self.face_search_share, "scale_factor": self.face_scale_factor,
+                      "min_neighbors": self.face_min_neighbors} if self.face_count else "skipped (face_count: false)",
         }
         if self.uses_pose:
             rules["pose"] = {
