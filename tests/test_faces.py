@@ -67,7 +67,8 @@ def person_crops(name: str) -> list[tuple[np.ndarray, tuple[int, int]]]:
     pixels = photo(name)
     crops = []
     for box in PERSONS[name]:
-        x1, y1, x2, y2 = crop_region(box, (pixels.shape[1], pixels.shape[0]), DetectConfig().crop_margin)
+        margin = DetectConfig.model_fields["crop_margin"].default
+        x1, y1, x2, y2 = crop_region(box, (pixels.shape[1], pixels.shape[0]), margin)
         crops.append((pixels[y1:y2, x1:x2], (x1, y1)))
     return crops
 
