@@ -1,6 +1,6 @@
 """Benchmark: `gadms crawl` against img2dataset 1.47 on the same URL list served by nginx on loopback.
 
-    .venv/bin/python benchmarks/crawl_vs_img2dataset.py [--images 20000] [--rounds 2]
+    .venv/bin/python benchmarks/crawl_vs_img2dataset.py [--images 20000] [--rounds 2] [--tools gadms_crawl,bare_aiohttp]
 
 What it does, in one run:
   1. writes N synthetic 256×512 JPEGs (cached) and a robots.txt into a document root;
@@ -8,8 +8,9 @@ What it does, in one run:
   3. installs img2dataset 1.47 into its own virtualenv under the cache folder (once; NO_ALBUMENTATIONS_UPDATE=1
      so it never calls home);
   4. downloads the same URL list with: ours (robots.txt on, per-host concurrency limit on, checks by magic bytes
-     and header dimensions, Parquet output), img2dataset with re-encoding off, and img2dataset with its default
-     decode + re-encode; each `--rounds` times, alternating, and reports images/s (images written / wall time
+     and header dimensions, Parquet output), img2dataset with re-encoding off, img2dataset with its default
+     decode + re-encode, and the ceiling: a bare aiohttp loop per process that only reads the bodies
+     (benchmarks/bare_aiohttp_fetch.py, same processes and requests in flight); each `--rounds` times, alternating, and reports images/s (images written / wall time
      of the whole command, start-up included) with the ratios of the medians;
   5. where cgroup v1 cpuacct is writable (root in a container), also measures the CPU seconds each command and
      all its processes used, a figure other users' load hardly moves (nginx's share is left out: it is the
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 IMG2DATASET_VERSION = "1.47.0"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gadms" / "bench-crawl"
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+TOOLS = ("gadms_crawl", "img2dataset_no_reencode", "img2dataset_default", "bare_aiohttp")
 
 
 class CpuAccount:
@@ -164,7 +166,7 @@ def run_ours(url_list: Path, out: Path, args, preexec) -> int:
         f"workers: {args.workers}\n"
         "contact_url: https://example.org/gadms-benchmark\n"
     )
-    command = [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(url_list), "--out", str(out),
+    command = [sys.executable, "-m", "flows.cli", "crawl", "--urls", str(url_list), "--out", str(out),
                "--config", str(config)]
     subprocess.run(command, check=True, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=preexec)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "downloads").glob("*.parquet"))
@@ -185,6 +187,13 @@ def run_img2dataset(exe: Path, url_list: Path, out: Path, args, reencode: bool, 
     return sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
 
 
+def run_bare_aiohttp(url_list: Path, args, preexec) -> int:
+    command = [sys.executable, str(REPO / "benchmarks" / "bare_aiohttp_fetch.py"), str(url_list),
+               "--workers", str(args.workers), "--concurrency", str(args.concurrency)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=preexec)
+    return int(done.stdout.split()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
@@ -193,15 +202,19 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=256, help="ours: requests in flight")
     parser.add_argument("--per-host-concurrency", type=int, default=64, help="ours: per-host limit")
     parser.add_argument("--i2d-threads", type=int, default=256, help="img2dataset --thread_count (its default)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"which of {','.join(TOOLS)} to run")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "crawl_vs_img2dataset.json")
     args = parser.parse_args()
+    chosen = args.tools.split(",")
+    if "gadms_crawl" not in chosen or not set(chosen) <= set(TOOLS):
+        parser.error(f"--tools: gadms_crawl and any of {', '.join(TOOLS[1:])}")
 
     args.cache.mkdir(parents=True, exist_ok=True)
     docroot = args.cache / "docroot"
     print(f"images: {args.images} synthetic JPEGs under {docroot}", flush=True)
     names = make_images(docroot, args.images)
-    exe = img2dataset_venv(args.cache)
+    exe = img2dataset_venv(args.cache) if any(t.startswith("img2dataset") for t in chosen) else None
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-crawl-") as tmp:
         tmp = Path(tmp)
@@ -215,7 +228,9 @@ def main() -> int:
                 "gadms_crawl": lambda out, pre: run_ours(url_list, out, args, pre),
                 "img2dataset_no_reencode": lambda out, pre: run_img2dataset(exe, url_list, out, args, False, pre),
                 "img2dataset_default": lambda out, pre: run_img2dataset(exe, url_list, out, args, True, pre),
+                "bare_aiohttp": lambda out, pre: run_bare_aiohttp(url_list, args, pre),
             }
+            tools = {name: tools[name] for name in chosen}
             for round_ in range(args.rounds):
                 order = list(tools) if round_ % 2 == 0 else list(reversed(tools))
                 for name in order:
@@ -255,15 +270,14 @@ def main() -> int:
             "img2dataset": f"{IMG2DATASET_VERSION}, processes_count={args.workers}, thread_count={args.i2d_threads},"
                            " resize_mode=no, output_format=parquet, retries=0; no_reencode adds "
                            "--disable_all_reencoding True",
+            "bare_aiohttp": f"{args.workers} processes, {args.concurrency} requests in flight in all, bodies read "
+                            "into memory, nothing checked or written",
         },
         "median_images_per_s": median,
-        "ratio_vs_img2dataset_no_reencode": round(median["gadms_crawl"] / median["img2dataset_no_reencode"], 2),
-        "ratio_vs_img2dataset_default": round(median["gadms_crawl"] / median["img2dataset_default"], 2),
+        **{f"ratio_vs_{name}": round(median["gadms_crawl"] / median[name], 2) for name in tools if name != "gadms_crawl"},
         "median_images_per_cpu_s": per_cpu,
-        "cpu_ratio_vs_img2dataset_no_reencode":
-            round(per_cpu["gadms_crawl"] / per_cpu["img2dataset_no_reencode"], 2) if per_cpu else None,
-        "cpu_ratio_vs_img2dataset_default":
-            round(per_cpu["gadms_crawl"] / per_cpu["img2dataset_default"], 2) if per_cpu else None,
+        **{f"cpu_ratio_vs_{name}": round(per_cpu["gadms_crawl"] / per_cpu[name], 2) if per_cpu else None
+           for name in tools if name != "gadms_crawl"},
         "runs": runs,
         "note": "other engineers share this 2-core machine: load1_before/after record the load during each run",
     }

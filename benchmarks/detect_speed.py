@@ -25,7 +25,8 @@ import torch
 
 from curation.dedup import phash64
 from curation.detect import DetectConfig, PersonDetector, detect_persons
-from curation.detect.decode import decode_image
+from storage.images import DEFAULT_MAX_PIXELS, decode_image
+from curation.synthweb.detector import DEMO_WEIGHTS
 from curation.synthweb.site import render_site
 from storage.records import Download
 
@@ -68,19 +69,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--backend", nargs="+", default=["yolo", "hog"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default=str(DEMO_WEIGHTS), help="yolo weights (default: the demo's)")
     parser.add_argument("--out", default="benchmarks/results/detect_speed.json")
     args = parser.parse_args()
 
     downloads = scenes(args.images, seed=3)
     n = len(downloads)
-    _, decode_cpu_s, decoded = timed(lambda: [decode_image(d.data, 89_478_485) for d in downloads])
+    _, decode_cpu_s, decoded = timed(lambda: [decode_image(d.data, DEFAULT_MAX_PIXELS) for d in downloads])
     crops = [image[: image.shape[0] // 2, : image.shape[1] // 2] for image in decoded]
     _, phash_cpu_s, _ = timed(lambda: [phash64(c) for c in crops])
     rows = []
     for backend in args.backend:
         for imgsz in args.imgsz if backend == "yolo" else [0]:
             for batch in args.batch if backend == "yolo" else [1]:
-                config = DetectConfig(backend=backend, device=args.device, batch_size=batch, **({"imgsz": imgsz} if imgsz else {}))
+                config = DetectConfig(backend=backend, weights=args.weights, device=args.device, batch_size=batch, **({"imgsz": imgsz} if imgsz else {}))
                 detector = PersonDetector(config)
                 predict_s, _, _ = timed(lambda: [detector.detect(decoded[i : i + batch]) for i in range(0, n, batch)])
                 total_s, total_cpu_s, (kept, rejects) = timed(lambda: detect_persons(downloads, detector))
@@ -94,7 +96,7 @@ def main() -> None:
                 rows.append(row)
     result = {
         "benchmark": "detect_speed",
-        "weights": Path(DetectConfig().weights).name,
+        "weights": Path(args.weights).name,
         "device": args.device,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": os.getloadavg()},
         "torch_threads": torch.get_num_threads(),

@@ -47,14 +47,14 @@ import torch
 from curation.synthweb.identities import COLOURS
 from gadms_model.data import load_benchmark
 from gadms_model.data.loading import ImageFiles
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.data.transforms import eval_transform
 from gadms_model.evaluation import evaluate
 from gadms_model.gass import gass_scores, normalise_scores
 from gadms_model.model import ModelConfig
 from gadms_model.tokenizer import Tokenizer
 from gadms_model.training import TrainConfig, train
-from gadms_model.training.checkpoint import load_model
+from gadms_model.checkpoint import load_model
 
 # Arm → (training mode, ModelConfig overrides, oracle token scores?)
 ARMS: dict[str, tuple[str, dict, bool]] = {
@@ -62,7 +62,7 @@ ARMS: dict[str, tuple[str, dict, bool]] = {
     "gadms": ("gadms", {}, False),
     "gadms-oracle": ("gadms", {"mask_from": "fixed"}, True),
     "gadms-oracle-full": ("gadms", {"mask_from": "fixed", "alpha_noise": 1.0}, True),
-    "gadms-constant": ("gadms", {"mask_from": "fixed"}, False),
+    "gadms-constant": ("gadms", {"mask_from": "constant"}, False),
 }
 GASS_KEYS = ("mean_gass_noise_tokens", "mean_gass_description_tokens", "batch_normalised_mean_gass_noise_tokens",
              "batch_normalised_mean_gass_description_tokens", "mean_gass_wrong_colour_words",

@@ -144,7 +144,11 @@ def shard_rows(shard_index: int, rows: int, pool: list[str], jpeg: bytes, run_id
         "caption1": list(captions[rng.integers(0, len(pool), rows)]),
         "caption2": list(captions[rng.integers(0, len(pool), rows)]),
         "caption_model": ["Qwen2.5-VL-7B-Instruct"] * rows, "caption_backend": ["openai"] * rows,
-        "template_id": templates, "prompt_version": ["v3"] * rows, "shard_id": [shard_id] * rows,
+        "template_id": templates, "prompt_version": ["v3"] * rows,
+        "fetched_at": [created_at] * rows, "http_status": np.full(rows, 200, np.int16), "x_robots_tag": [None] * rows,
+        "num_faces": np.ones(rows, np.int32), "face_boxes": [[[2.0, 2.0, 8.0, 9.0]]] * rows,
+        "filter_keep": [True] * rows, "filter_reason": ["one_clear_person"] * rows,
+        "filter_model": ["Qwen2.5-VL-7B-Instruct"] * rows, "shard_id": [shard_id] * rows,
         "run_id": [run_id] * rows, "created_at": [created_at] * rows,
     }
     return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in SHARD_SCHEMA], schema=SHARD_SCHEMA)

@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from curation.detect.config import DetectConfig  # noqa: E402
 from curation.synthweb import render_site  # noqa: E402
 from curation.synthweb.detector import (  # noqa: E402
     DEMO_IMGSZ,
     DEMO_WEIGHTS,
-    SizeRules,
     count_persons_check,
     evaluate_detector,
     prepare_ultralytics,
@@ -59,7 +59,7 @@ def main() -> int:
             if record["fault"] is None and record["duplicate_of"] is None:
                 image = Image.open(site.docroot / record["path"].lstrip("/")).convert("RGB")
                 samples.append((f'{record["path"]} {record["plan"]}', image, [p["bbox"] for p in record["persons"]]))
-        rules = SizeRules()
+        rules = DetectConfig(weights=str(DEMO_WEIGHTS))  # the paper's rules: the detect stage's defaults
         model = YOLO(str(DEMO_WEIGHTS))
         started = time.perf_counter()
         check = count_persons_check(model, samples, rules)

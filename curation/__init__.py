@@ -1,4 +1,4 @@
 """WebPerson curation stages as plain Python (no Prefect): crawl, detect/pose/dedup, caption, synthetic web."""
-from gadms_model.env import apply_offline_defaults
+from storage.env import apply_offline_defaults
 
 apply_offline_defaults()

@@ -24,6 +24,8 @@ def build_summary_markdown(summary: dict, pictures: dict[str, Path]) -> str:
         f"{summary['persons']} | {summary['unique']} | {summary['kept']} | {summary['seconds']} | "
         f"{summary['images_per_second']} |",
         "",
+        *([f"Retried (`--retry-failed {','.join(summary['retry_failed'])}`): {summary['retried']} URLs, "
+           f"{summary['superseded']} earlier rejects superseded", ""] if summary.get("retry_failed") else []),
         "## Rejected, by stage and reason",
         "",
         "| stage/reason | count |",

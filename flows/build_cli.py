@@ -17,26 +17,34 @@ CTRL_C_GRACE_S = 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="build config YAML (see flows/configs/webperson.yaml)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.add_argument("--retry-failed", metavar="REASONS",
+                        help="also refetch URLs of complete shards whose crawl reject has one of these reasons "
+                             "(comma-separated, e.g. timeout,connect_error,connection_error,http_5xx,http_429); "
+                             "their results go to retry shards and the old rejects are dropped")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from curation.crawl.reasons import parse_retry_reasons
     from flows.build_webperson import build_webperson
     from flows.config import resolve_build_config
 
-    resolve_build_config(args.config)  # a bad config fails here, in one line, before Prefect starts
+    resolve_build_config(args.config)  # a bad config or reason fails here, in one line, before Prefect starts
+    if args.retry_failed is not None:
+        parse_retry_reasons(args.retry_failed)
     _show_task_failures_once()
     _start_temporary_api_beyond_ctrl_c()
     _leave_at_most_seconds_after_ctrl_c(CTRL_C_GRACE_S)
     try:
-        summary = build_webperson(args.config)
+        summary = build_webperson(args.config, retry_failed=args.retry_failed)
     except KeyboardInterrupt:
         _leave_the_running_chunks()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        retried = f"; {summary['retried']} failed URLs retried" if summary["retry_failed"] else ""
         print(f"kept {summary['kept']} samples ({summary['chunks'] - summary['chunks_skipped']} new shards, "
-              f"{summary['chunks_skipped']} skipped); catalog: {summary['catalog']}")
+              f"{summary['chunks_skipped']} skipped{retried}); catalog: {summary['catalog']}")
     return 0
 
 
@@ -101,7 +109,7 @@ def _leave_the_running_chunks():
     """
     from prefect.server.api.server import SubprocessASGIServer
 
-    from gadms_model.cli import interrupted_line
+    from flows.cli import interrupted_line
 
     SubprocessASGIServer().stop()
     print(interrupted_line("build"), file=sys.stderr, flush=True)

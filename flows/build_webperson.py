@@ -1,18 +1,23 @@
 """build-webperson: URL lists / seed pages → crawl → detect + pose → dedup → caption → shards → catalog.
 
-Orchestration only: every stage is plain Python in curation/ and storage/; this module makes them Prefect tasks
-with retries, runs one chunk (= one shard) per task on the configured task runner, skips chunks whose manifest
-says they are complete, refreshes the DuckDB catalog and publishes the run's artifacts.
+Orchestration only: every stage is plain Python in curation/ and storage/; this module runs one chunk (= one
+shard) per Prefect task run, with retries, on the configured task runner (what Prefect tracks grows with the
+chunks, not with chunks × stages; each task's result is its ChunkReport with the stages' wall seconds), skips
+chunks whose manifest says they are complete, serves the run's per-host leases (curation.crawl.hostleases),
+refreshes the DuckDB catalog and publishes the run's artifacts.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,22 +30,26 @@ from tqdm import tqdm
 from curation.caption import caption_crops
 from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
 from curation.crawl import crawl_chunk, discover_images
+from curation.crawl.hostleases import HostLeaseServer
+from curation.crawl.reasons import parse_retry_reasons, reason_selected
 from curation.crawl.urllist import write_url_records
-from curation.dedup import DedupIndex
+from curation.dedup import DedupIndex, in_source_order
 from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
 from flows.locks import output_root_lock
 from storage.catalog import refresh, write_run_record
 from storage.errors import GadmsError, error_line
-from storage.fs import join
+from storage.fs import exists, join
 from storage.layout import OutputLayout
 from storage.records import Reject
 from storage.reject_thumbnails import reject_thumbnails_table
-from storage.shards import commit_shard, shard_is_complete
+from storage.shards import commit_shard, json_files, read_parquet, shard_is_complete, supersede_rejects
 
 DEFAULT_CONFIG = "flows/configs/webperson.yaml"
 SEED_LIST = "seed-pages.jsonl"  # in the work dir: the images the seed pages show, planned like any URL list
+WHOLE_LIST = 2**31  # rows per chunk when a retry list is planned: one chunk each, whatever shard_size says
+CRAWL_STAGE = "crawl"
 
 
 @dataclass
@@ -53,13 +62,16 @@ class ChunkReport:
     unique: int = 0
     rows: int = 0
     reject_thumbnail_bytes: int = 0
+    retried: int = 0  # URLs refetched by --retry-failed
+    superseded: int = 0  # their earlier reject rows, dropped from the shard that held them
     rejects: dict[str, int] = field(default_factory=dict)  # "stage/reason" → count
     seconds: dict[str, float] = field(default_factory=dict)  # stage → wall seconds
 
 
 @lru_cache(maxsize=2)
 def _detector(detect_config_json: str) -> PersonDetector:
-    """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s)."""
+    """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s), shared by the
+    task runner's threads: PersonDetector is thread-safe."""
     from curation.detect import DetectConfig
 
     return PersonDetector(DetectConfig.model_validate_json(detect_config_json))
@@ -85,47 +97,41 @@ def plan_stage(cfg: BuildConfig) -> list[Chunk]:
     return list(plan_chunks(sources, cfg.shard_size, cfg.inputs.limit))
 
 
-@task(name="crawl", cache_policy=NO_CACHE)
-def crawl_stage(chunk: Chunk, cfg: BuildConfig):
+@task(name="plan-retry-lists", cache_policy=NO_CACHE)
+def plan_retry_lists(cfg: BuildConfig) -> list[Chunk]:
+    """The retry shards of earlier --retry-failed runs, as chunks: a URL that failed again is retried from there."""
+    lists = json_files(OutputLayout(cfg.output_root).retries_dir, suffix=".jsonl")
+    return [chunk for path in lists for chunk in plan_chunks([_retry_source(path, cfg)], WHOLE_LIST)]
+
+
+def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None):
     """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
     urls = chunk_urls(chunk)
     state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
-    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir)
-
-
-@task(name="detect", cache_policy=NO_CACHE)
-def detect_stage(downloads: list, cfg: BuildConfig):
-    return detect_persons(downloads, _detector(cfg.detect.model_dump_json()))
-
-
-@task(name="dedup", cache_policy=NO_CACHE)
-def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig):
-    if not cfg.dedup.enabled:
-        return crops, []
-    return _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
-
-
-@task(name="caption", cache_policy=NO_CACHE)
-def caption_stage(crops: list, cfg: BuildConfig):
-    cache_dir = join(cfg.state_layout.work_dir, "caption-cache")
-    return caption_crops(crops, cfg.caption, cache_dir)
-
-
-@task(name="write-shard", cache_policy=NO_CACHE)
-def write_stage(shard_id: str, run_id: str, crops: list, captions: list, rejects: list[Reject], thumbnails,
-                cfg: BuildConfig) -> dict:
-    return commit_shard(OutputLayout(cfg.output_root), shard_id, run_id, crops, captions, rejects, thumbnails)
+    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir, host_leases=host_leases)
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE)
-def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
+def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None = None,
+                  retry_reasons: tuple[str, ...] = (), retry_list: bool = False) -> ChunkReport:
+    """One task run per chunk: all its stages, their wall seconds in the report (the task's result).
+
+    A complete shard is skipped, or with `retry_reasons` its crawl rejects of those reasons are refetched into a
+    retry shard. `retry_list`: the chunk is an earlier retry's list, which only its source shard's task may
+    (re)process, so here it is only a source of rejects to retry.
+    """
     layout = OutputLayout(cfg.output_root)
-    report = ChunkReport(shard_id=chunk.shard_id)
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
-        report.skipped = True
-        return report
-    retry = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_seconds,
-             "retry_condition_fn": _worth_retrying}
+        if retry_reasons:
+            return _retry_failed(chunk, cfg, run_id, host_leases, retry_reasons)
+        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
+    if retry_list:
+        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
+    return _process(chunk, cfg, run_id, host_leases)
+
+
+def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None) -> ChunkReport:
+    report = ChunkReport(shard_id=chunk.shard_id)
     rejects: list[Reject] = []
 
     def timed(stage: str, call):
@@ -134,31 +140,89 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
         report.seconds[stage] = report.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
 
-    report.urls, crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg))
+    report.urls, crawled = timed("crawl", lambda: _crawl(chunk, cfg, host_leases))
     rejects += crawled.rejects
     report.downloaded = len(crawled.downloads)
-    crops, detect_rejects = timed("detect", lambda: detect_stage(crawled.downloads, cfg))
+    crops, detect_rejects = timed("detect", lambda: detect_persons(
+        crawled.downloads, _detector(cfg.detect.model_dump_json())))
     rejects += detect_rejects
     report.persons = len(crops)
-    kept, dedup_rejects = timed("dedup", lambda: dedup_stage.with_options(**retry)(crops, chunk.shard_id, cfg))
+    crops = in_source_order(crops)
+    if cfg.dedup.enabled:
+        index = _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius)
+        kept, dedup_rejects = timed("dedup", lambda: index.deduplicate(crops, chunk.shard_id))
+    else:
+        kept, dedup_rejects = crops, []
     rejects += dedup_rejects
     report.unique = len(kept)
-    captions, caption_rejects = timed("caption", lambda: caption_stage.with_options(**retry)(kept, cfg))
+    cache_dir = join(cfg.state_layout.work_dir, "caption-cache")
+    captions, caption_rejects = timed("caption", lambda: caption_crops(kept, cfg.caption, cache_dir))
     rejects += caption_rejects
     budget = cfg.reject_thumbnails
     thumbnails = timed("thumbnails", lambda: reject_thumbnails_table(
         rejects, crawled.downloads, crops, chunk.shard_id, budget.per_reason_per_shard, budget.max_side))
-    entry = timed("write", lambda: write_stage.with_options(**retry)(
-        chunk.shard_id, run_id, kept, captions, rejects, thumbnails, cfg))
+    entry = timed("write", lambda: commit_shard(
+        OutputLayout(cfg.output_root), chunk.shard_id, run_id, kept, captions, rejects, thumbnails))
     report.rows = entry["rows"]
     report.reject_thumbnail_bytes = sum(len(b) for b in thumbnails.column("image").to_pylist())
     report.rejects = dict(Counter(f"{r.stage}/{r.reason}" for r in rejects))
     return report
 
 
+def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None,
+                  reasons: tuple[str, ...]) -> ChunkReport:
+    """Refetch the URLs of a complete shard whose crawl reject has one of `reasons`, through every stage, into a
+    retry shard; then drop those rejects from the shard (storage.shards.supersede_rejects).
+
+    The retry shard's rows are a list file `retries/<shard>-retry-<digest of the URLs>.jsonl`: the same failures
+    give the same file and so the same shard id, so a rerun after a kill between the two steps finds the retry
+    shard complete and only supersedes. A later retry run plans these lists too, so a URL that failed again is
+    retried from its retry shard: each URL's one current outcome is always in one place."""
+    layout = OutputLayout(cfg.output_root)
+    rejects = read_parquet(layout.rejects_path(chunk.shard_id))
+    # Exactly the failed rows are superseded, whatever other rows the same URL has.
+    superseded = {(stage, url, reason) for stage, url, reason in zip(
+        *(rejects.column(c).to_pylist() for c in ("stage", "url", "reason")))
+        if stage == CRAWL_STAGE and url and reason_selected(reason, reasons)}
+    failed = {url for _, url, _ in superseded}
+    if not failed:
+        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
+    records = [r for r in chunk_urls(chunk) if r.url in failed]
+    if not records:
+        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
+    digest = hashlib.sha256("\n".join(sorted(failed)).encode()).hexdigest()[:16]
+    retry_path = join(layout.retries_dir, f"{chunk.shard_id}-retry-{digest}.jsonl")
+    if not exists(retry_path):
+        write_url_records(records, retry_path)
+    retry_chunk, = plan_chunks([_retry_source(retry_path, cfg)], WHOLE_LIST)
+    if shard_is_complete(layout.manifest_path(retry_chunk.shard_id), layout.shard_path(retry_chunk.shard_id)):
+        report = ChunkReport(shard_id=retry_chunk.shard_id, skipped=True)
+    else:
+        report = _process(retry_chunk, cfg, run_id, host_leases)
+    report.retried = len(records)
+    report.superseded = supersede_rejects(layout, chunk.shard_id, superseded)
+    return report
+
+
+def _retry_source(path: str, cfg: BuildConfig) -> ListSource:
+    return ListSource(path, "url", "caption", tuple(cfg.crawl.extra_columns))
+
+
 def _worth_retrying(task, task_run, state) -> bool:
-    """A stage failed: retry it, unless the user must fix its input first (a retry would fail the same way)."""
+    """A chunk failed: retry it, unless the user must fix its input first (a retry would fail the same way)."""
     return not isinstance(state.data, GadmsError)
+
+
+@contextmanager
+def _host_leases(cfg: BuildConfig) -> Iterator[str | None]:
+    """The run's host lease server's address, when chunks crawl at once; one chunk at a time keeps the per-host
+    limits within itself (its worker processes split a host only when that keeps them exact), for free."""
+    if cfg.runner.kind == "local" and cfg.runner.max_workers == 1:
+        yield None
+        return
+    with HostLeaseServer(cfg.crawl.per_host_concurrency, cfg.crawl.per_host_min_delay_s,
+                         cfg.runner.host_lease_address) as server:
+        yield server.address
 
 
 def make_task_runner(runner: RunnerConfig):
@@ -197,6 +261,8 @@ def summarize(reports: list[ChunkReport], seconds: float) -> dict:
         "unique": sum(r.unique for r in processed),
         "kept": sum(r.rows for r in processed),
         "reject_thumbnail_bytes": sum(r.reject_thumbnail_bytes for r in processed),
+        "retried": sum(r.retried for r in reports),  # URLs refetched by --retry-failed
+        "superseded": sum(r.superseded for r in reports),
         "rejects": dict(sorted(rejects.items())),
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
         "seconds": round(seconds, 3),
@@ -211,21 +277,23 @@ def _run_id() -> str:
 
 
 @flow(name="build-webperson", log_prints=True)
-def build_webperson(config: str | dict = DEFAULT_CONFIG) -> dict:
+def build_webperson(config: str | dict = DEFAULT_CONFIG, retry_failed: str | None = None) -> dict:
     """Build or incrementally rebuild a WebPerson output root from one config (a YAML path or its fields).
 
-    A GadmsError anywhere in the run fails it with the error's one line as the run's state message, and calling
-    the flow raises that GadmsError.
+    `retry_failed` (e.g. "timeout,connect_error,http_5xx,http_429") also refetches the URLs of complete shards
+    whose crawl reject has one of those reasons. A GadmsError anywhere in the run fails it with the error's one
+    line as the run's state message, and calling the flow raises that GadmsError.
     """
     try:
-        return _build(resolve_build_config(config))
+        reasons = parse_retry_reasons(retry_failed) if retry_failed is not None else ()
+        return _build(resolve_build_config(config), reasons)
     except GadmsError as exc:
         # Returned, not raised: Prefect logs a raised exception with its traceback and sets "Flow run encountered
         # an exception" as the message; a Failed state made here keeps our line, and the call still raises `exc`.
         return Failed(message=error_line("build", exc), data=exc)
 
 
-def _build(cfg: BuildConfig) -> dict:
+def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
     logger = get_run_logger()
     run_id = _run_id()
     started = datetime.now(timezone.utc)
@@ -234,21 +302,35 @@ def _build(cfg: BuildConfig) -> dict:
         chunks = plan_stage(cfg)
         logger.info("%d input rows in %d chunks of up to %d", sum(c.rows.stop - c.rows.start for c in chunks),
                     len(chunks), cfg.shard_size)
+        submissions = [(c, False) for c in chunks]
+        if retry_reasons:
+            submissions += [(c, True) for c in plan_retry_lists(cfg)]
+        # Retries rerun the whole chunk: its crawl resumes from its state, dedup and the write are idempotent per
+        # shard, captions come from the request cache; only detection is recomputed.
+        process = process_chunk.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds,
+                                             retry_condition_fn=_worth_retrying)
         reports = []
-        with make_task_runner(cfg.runner) as runner:
-            futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id}) for c in chunks]
+        with _host_leases(cfg) as host_leases, make_task_runner(cfg.runner) as runner:
+            futures = [runner.submit(process, {"chunk": c, "cfg": cfg, "run_id": run_id,
+                                               "host_leases": host_leases, "retry_reasons": retry_reasons,
+                                               "retry_list": retry_list})
+                       for c, retry_list in submissions]
             # The bar shows on a terminal (`gadms build`); workers' logs get the per-chunk lines.
-            with tqdm(total=len(chunks), unit="chunk", desc="build-webperson", disable=None) as bar:
+            with tqdm(total=len(futures), unit="chunk", desc="build-webperson", disable=None) as bar:
                 for done, future in enumerate(as_completed(futures), start=1):
                     report = future.result()
                     reports.append(report)
                     state = "skipped (complete)" if report.skipped else (
-                        f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept")
-                    logger.info("chunk %d/%d %s: %s", done, len(chunks), report.shard_id, state)
+                        f"{report.downloaded} downloaded, {report.persons} persons, {report.rows} kept ("
+                        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()) + ")")
+                    if report.retried:
+                        state += f"; {report.retried} failed URLs retried"
+                    logger.info("chunk %d/%d %s: %s", done, len(futures), report.shard_id, state)
                     bar.update()
                     bar.set_postfix(kept=sum(r.rows for r in reports))
         reports.sort(key=lambda r: r.shard_id)
         summary = summarize(reports, time.perf_counter() - clock)
+        summary["retry_failed"] = list(retry_reasons)
         write_run_record(cfg.output_root, {
             "run_id": run_id, "flow": "build-webperson", "status": "Completed", "output_root": cfg.output_root,
             "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),

@@ -37,6 +37,9 @@ class RunnerConfig(BaseModel):
     kind: Literal["local", "ray"] = "local"
     max_workers: int = Field(default=2, ge=1, description="chunks processed at once by the local runner")
     ray_address: str | None = Field(default=None, description="ray://host:10001 or 'auto'; None starts a local Ray")
+    host_lease_address: str = Field(default="127.0.0.1", description="where the run's per-host lease server "
+                                    "listens (curation.crawl.hostleases); on a Ray cluster, an address of the flow's "
+                                    "host that every worker reaches")
 
 
 class RejectThumbnailsConfig(BaseModel):
@@ -56,7 +59,7 @@ class BuildConfig(BaseModel):
     output_root: str = Field(description="local folder or fsspec URL (s3://bucket/prefix) for shards and catalog")
     shard_size: int = Field(default=1000, ge=1, description="input URLs per chunk; each chunk becomes one shard")
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
-    detect: DetectConfig = Field(default_factory=DetectConfig)
+    detect: DetectConfig = Field(default_factory=dict, validate_default=True)  # `weights` has no default
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 from curation.synthweb import SiteServer, render_site, write_url_list
+from curation.synthweb.detector import DEMO_IMGSZ, DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
 from curation.synthweb.identities import Identity, clean_caption, identity_attributes
 from curation.synthweb.quality import curation_quality, format_quality_table, identities_of_samples
 from curation.synthweb.site import read_ground_truth
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
 from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE, TINY_MODEL_ADAM_EPS
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate, evaluate_model, format_table
 from gadms_model.export.open_clip_dir import WEIGHTS_FILE
 from gadms_model.model import ModelConfig, build_model
@@ -57,7 +58,7 @@ def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str) -> dict:
         "crawl": {"allow_private_addresses": ["127.0.0.1"], "contact_url": "https://example.org/gadms-demo",
                   "per_host_concurrency": 16, "per_host_min_delay_s": 0, "retries": 1, "backoff_base_s": 0.2,
                   "max_retry_after_s": 3, "read_timeout_s": 2, "total_timeout_s": 4},
-        "detect": {"imgsz": 384, "device": "cpu"},
+        "detect": {"weights": str(DEMO_DETECTOR_WEIGHTS), "imgsz": DEMO_IMGSZ, "device": "cpu"},
         "caption": {"backend": "openai", "endpoints": [vlm_base_url], "models": [SIMULATED_MODEL_NAME],
                     "in_flight_per_endpoint": 8},
         "runner": {"kind": "local", "max_workers": 2},
@@ -153,8 +154,12 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     try:
         stats = caption_stats(con)
         print(format_stats(stats))
+        faces, with_faces = con.execute("SELECT coalesce(sum(num_faces), 0), count(*) FILTER (WHERE num_faces > 0) "
+                                        "FROM samples").fetchone()
     finally:
         con.close()
+    _say("5/5 faces", f"{faces} face(s) found in {with_faces} of {stats['samples']} kept crops (blurred by "
+         "`gadms export --blur-faces`)")
     hits = search(result.checkpoint_path, str(out / "webperson"), DEMO_QUERY, k=5,
                   sheet_path=out / "retrieval.png", progress=False)
     _say("5/5 search", f"{DEMO_QUERY!r} → top-5 crops in {hits.sheet_path}")
@@ -166,6 +171,7 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
              f"{'what the query asks' if hit['matches_query'] else 'not what the query asks'}")
     report = {"build": summary, "curation_quality": quality, "zero_shot_metrics": zero_shot, "metrics": trained,
               "stats": {k: stats[k] for k in ("samples", "vocabulary_size")},
+              "faces": {"faces": faces, "samples_with_faces": with_faces},
               "search": {"query": DEMO_QUERY, "web_identities_matching": answers, "top5": top5},
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2, default=str))

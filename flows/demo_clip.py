@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.synthweb.detector import DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.export.open_clip_dir import export_open_clip
 from gadms_model.training import TrainConfig, train
 from storage.fs import make_folder

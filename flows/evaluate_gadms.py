@@ -3,13 +3,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.train_gadms import BenchmarkRef, evaluate_task, publish_metrics
+from gadms_model.evaluation import evaluate, format_table
 from storage.configfile import load_config, validate_config
 
 DEFAULT_CONFIG = "flows/configs/evaluate.yaml"
+
+
+class BenchmarkRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="cuhk-pedes | icfg-pedes | rstpreid")
+    root: str
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(checkpoint: str, benchmark: BenchmarkRef) -> dict:
+    return evaluate(checkpoint, benchmark.dataset, benchmark.root, progress=False)
+
+
+def publish_metrics(title: str, metrics: dict[str, dict], key: str) -> str:
+    table = format_table({title: metrics})
+    create_markdown_artifact(f"# {title}\n\n{table}\n", key=key, description="text→image retrieval metrics (%)")
+    return table
 
 
 class EvaluateConfig(BaseModel):

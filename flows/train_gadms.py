@@ -9,25 +9,17 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_image_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
 
 from flows.artifacts import png_data_url
 from flows.config import resolve_build_config
-from gadms_model.evaluation import evaluate, format_table
+from flows.evaluate_gadms import BenchmarkRef, evaluate_task, publish_metrics
 from gadms_model.training import TrainConfig, train
 from storage.configfile import ConfigError, load_config, validate_config
 from storage.reports import loss_curves_png
 
 DEFAULT_CONFIG = "gadms_model/training/configs/pretrain-webperson.yaml"
-
-
-class BenchmarkRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = Field(description="cuhk-pedes | icfg-pedes | rstpreid")
-    root: str
 
 
 def build_output_root(build_flow_run: str) -> str:
@@ -46,17 +38,6 @@ def build_output_root(build_flow_run: str) -> str:
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(config: TrainConfig, resume: bool):
     return train(config, resume=resume)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(checkpoint: str, benchmark: BenchmarkRef) -> dict:
-    return evaluate(checkpoint, benchmark.dataset, benchmark.root, progress=False)
-
-
-def publish_metrics(title: str, metrics: dict[str, dict], key: str) -> str:
-    table = format_table({title: metrics})
-    create_markdown_artifact(f"# {title}\n\n{table}\n", key=key, description="text→image retrieval metrics (%)")
-    return table
 
 
 @flow(name="train-gadms", log_prints=True)

@@ -1,4 +1,4 @@
 """GA-DMS: gradient-attention guided dual masking for text-based person retrieval."""
-from gadms_model.env import apply_offline_defaults
+from storage.env import apply_offline_defaults
 
 apply_offline_defaults()

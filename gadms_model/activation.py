@@ -12,7 +12,7 @@ import json
 import warnings
 from pathlib import Path
 
-from gadms_model.compat import ensure_torchvision_ops
+from storage.compat import ensure_torchvision_ops
 from storage.errors import GadmsError
 
 # The paper fine-tunes OpenAI's CLIP; random-init models (tests, the demo) follow it.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gadms_model.compat import ensure_torchvision_ops
+from storage.compat import ensure_torchvision_ops
 from gadms_model.towers import block_forward, compiled, merge_heads, split_heads
 
 

@@ -10,6 +10,8 @@ first epoch).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from gadms_model.gass import word_positions
@@ -69,16 +71,23 @@ def dual_selection(ids: torch.Tensor, scores: torch.Tensor, generator: torch.Gen
     return noise, informative
 
 
+class DualMask(NamedTuple):
+    noise_ids: torch.Tensor  # noise-masked ids: the alignment loss's text
+    mtp_ids: torch.Tensor  # informative-masked ids: the MTP head's text
+    mtp_labels: torch.Tensor  # the MTP targets (IGNORE_LABEL where nothing was selected)
+    noise: torch.Tensor  # B×N bool: the words the noise branch selected
+    informative: torch.Tensor  # B×N bool: the words the informative branch selected
+
+
 def dual_mask(ids: torch.Tensor, scores: torch.Tensor, generator: torch.Generator | None = None,
-              mask_token_id: int = MASK_TOKEN_ID, **probability_kwargs
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noise-masked ids for the alignment text, informative-masked ids for MTP, MTP labels).
+              mask_token_id: int = MASK_TOKEN_ID, **probability_kwargs) -> DualMask:
+    """Both masks of method §4 from one caption batch's token scores, and the selections they came from.
 
     `probability_kwargs` are `mask_probabilities`' hyper-parameters (alpha_noise, ..., gamma_informative)."""
     noise, informative = dual_selection(ids, scores, generator, mask_token_id, **probability_kwargs)
     noise_ids, _ = bert_corrupt(ids, noise, generator, mask_token_id)
     mtp_ids, mtp_labels = bert_corrupt(ids, informative, generator, mask_token_id)
-    return noise_ids, mtp_ids, mtp_labels
+    return DualMask(noise_ids, mtp_ids, mtp_labels, noise, informative)
 
 
 def random_mask(ids: torch.Tensor, generator: torch.Generator | None = None, probability: float = 0.15,

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from gadms_model.activation import resolve_quick_gelu
 from gadms_model.gass import gass_scores
 from gadms_model.heads import IdentityClassifier, MaskedTokenHead
 from gadms_model.losses import clip_loss, id_loss, mlm_loss, sdm_loss
-from gadms_model.masking import IGNORE_LABEL, bert_corrupt, dual_selection, mask_candidates, random_mask
+from gadms_model.masking import IGNORE_LABEL, dual_mask, mask_candidates, random_mask
 from gadms_model.score_store import ScoreStore
 from gadms_model.tokenizer import VOCAB_SIZE, Tokenizer
 from gadms_model.towers import (ClipTowers, build_clip, load_clip_weights, load_model_config,
@@ -54,11 +54,12 @@ class ModelConfig(BaseModel):
     mask_lambda: float = 20.0
     gamma_noise: float = 0.9
     gamma_informative: float = 0.1
-    mask_from: Literal["current", "stored", "fixed"] = Field(
+    mask_from: Literal["current", "stored", "fixed", "constant"] = Field(
         "current", description="current: masks use this step's scores (written to the store first); stored: "
                                "the scores stored before this step (initial 0.85 until a caption is scored); "
-                               "fixed: the store's scores as loaded (the run's token_scores file, else 0.85), "
-                               "never updated and GASS never computed (ablations: precomputed or oracle scores)")
+                               "fixed: the run's token_scores file, never updated and GASS never computed "
+                               "(ablations: precomputed or oracle scores); constant: every score the initial "
+                               "0.85, never updated, no GASS (the MTP-alone ablation)")
     # Heads and loss weights
     mtp_weight: float = Field(0.4, ge=0, description="β of L_mtp in 'gadms' mode")
     mlm_weight: float = Field(1.0, ge=0, description="weight of L_mlm in 'irra' mode")
@@ -67,6 +68,14 @@ class ModelConfig(BaseModel):
     mtp_layers: int = Field(4, ge=1, description="transformer layers of the cross-modal MTP/MLM head")
     compile_blocks: bool = Field(False, description="torch.compile the transformer blocks (GPU training: "
                                                     "faster steps after a compile of about a minute)")
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_in_memory(cls, size: tuple[int, int]) -> tuple[int, int]:
+        """[100000, 100000] would be killed for memory with no message."""
+        if not all(16 <= side <= 4096 for side in size):
+            raise ValueError(f"each side must lie in 16..4096, got {list(size)}")
+        return size
 
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":
@@ -106,9 +115,9 @@ class GADMS(nn.Module):
                     caption_ids: torch.Tensor | None, score_store: ScoreStore | None) -> torch.Tensor:
         """The scores the masks are drawn from: this step's GASS, through the score store when one is given."""
         c = self.config
-        if c.mask_from == "fixed":
+        if c.mask_from in ("fixed", "constant"):
             if score_store is None or caption_ids is None:
-                raise ValueError("mask_from 'fixed' needs a score store and the batch's caption_ids")
+                raise ValueError(f"mask_from {c.mask_from!r} needs a score store and the batch's caption_ids")
             return score_store.gather(caption_ids)
         scores = gass_scores(self.towers, text_ids, image_features, c.gass_layers, c.gass_normalisation)
         if score_store is None:
@@ -136,11 +145,9 @@ class GADMS(nn.Module):
         mask_ids = mask_labels = None
         if c.mode == "gadms":
             scores = self.mask_scores(text_ids, image_global, caption_ids, score_store)
-            noise, informative = dual_selection(text_ids, scores, generator, self.tokenizer.mask_token_id,
-                                                **self._probability_kwargs())
-            align_ids, _ = bert_corrupt(text_ids, noise, generator, self.tokenizer.mask_token_id)
-            mask_ids, mask_labels = bert_corrupt(text_ids, informative, generator, self.tokenizer.mask_token_id)
-            out.update(_masking_stats(text_ids, scores, noise, informative))
+            masks = dual_mask(text_ids, scores, generator, self.tokenizer.mask_token_id, **self._probability_kwargs())
+            align_ids, mask_ids, mask_labels = masks.noise_ids, masks.mtp_ids, masks.mtp_labels
+            out.update(_masking_stats(text_ids, scores, masks.noise, masks.informative))
         else:
             align_ids = text_ids
             if c.mode == "irra":

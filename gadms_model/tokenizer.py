@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gadms_model.compat import ensure_torchvision_ops
+from storage.compat import ensure_torchvision_ops
 
 VOCAB_SIZE = 49408
 MASK_TOKEN_ID = 49405

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gadms_model.compat import ensure_torchvision_ops
+from storage.compat import ensure_torchvision_ops
 from storage.errors import GadmsError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -47,11 +47,10 @@ from storage.schema import (
 from storage.shards import (
     complete_shards,
     current_shard_stats,
-    listed_files,
+    json_files,
     manifest_entries,
     read_parquet,
     read_shard,
-    shard_schema_version,
 )
 from storage.stats import statistics_sql
 
@@ -129,7 +128,7 @@ def _samples_source(layout: OutputLayout, done: list[dict]) -> str:
     if not done:
         return "SELECT * FROM empty_samples"
     selects = []
-    for version, run in _runs(done, shard_schema_version):
+    for version, run in _runs(done, lambda e: e["schema_version"]):
         has = set(SHARD_SCHEMAS[version].names)
         columns = ", ".join(f.name if f.name in has else f"NULL::{duckdb_type(f.type)} AS {f.name}"
                             for f in SHARD_SCHEMA)
@@ -139,12 +138,12 @@ def _samples_source(layout: OutputLayout, done: list[dict]) -> str:
 
 
 def _rejects_source(layout: OutputLayout, done: list[dict]) -> str:
-    """Rejects files of entries that record a schema version all have REJECT_SCHEMA's columns; older ones may
-    lack `bbox` (added later), so only those are read by name, opening their footers."""
+    """Rejects files of entries that record their row groups (written since) all have REJECT_SCHEMA's columns;
+    older ones may lack `bbox` (added later), so only those are read by name, opening their footers."""
     if not done:
         return "SELECT * FROM empty_rejects"
     selects = []
-    for recorded, run in _runs(done, lambda e: "schema_version" in e):
+    for recorded, run in _runs(done, lambda e: "row_groups" in e):
         listing = _listing([layout.rejects_path(e["shard_id"]) for e in run])
         selects.append(f"SELECT * FROM read_parquet({listing}{'' if recorded else ', union_by_name = true'})")
     return selects[0] if len(selects) == 1 else " UNION ALL BY NAME ".join(f"({select})" for select in selects)
@@ -216,7 +215,7 @@ def _open_failure(path: Path, exc: duckdb.Error) -> str:
 def run_records(layout: OutputLayout) -> list[dict]:
     """The run records of an output root (runs/*.json), sorted by file name."""
     records = []
-    for path in listed_files(layout.runs_dir):
+    for path in json_files(layout.runs_dir):
         fs, p = filesystem(path)
         with fs.open(p, "r") as f:
             try:

@@ -37,6 +37,13 @@ def validate_config(data: Any, model: type[ModelT], source: str = "config") -> M
 
 def load_config(path: str | Path, model: type[ModelT], overrides: dict | None = None) -> ModelT:
     """Read `path` (YAML or JSON) with yaml.safe_load (no object tags), merge `overrides`, validate."""
+    data = read_config_data(path)
+    data.update(overrides or {})
+    return validate_config(data, model, str(path))
+
+
+def read_config_data(path: str | Path) -> dict:
+    """The mapping in a YAML or JSON config file, not yet validated (yaml.safe_load: no object tags)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -50,9 +57,7 @@ def load_config(path: str | Path, model: type[ModelT], overrides: dict | None = 
         raise ConfigError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = dict(data or {})
-    data.update(overrides or {})
-    return validate_config(data, model, str(path))
+    return dict(data or {})
 
 
 def dump_config(config: BaseModel, path: str | Path) -> None:

@@ -19,7 +19,7 @@ from storage.layout import OutputLayout
 from storage.stats import caption_stats
 
 CARD_SAMPLE_COLUMNS = ["source_url", "caption1", "caption2", "caption_model", "caption_backend", "template_id",
-                       "prompt_version"]
+                       "prompt_version", "num_faces"]
 LICENSE_UNSET = "unknown"
 # The Hub's size_categories buckets: (upper bound, label); above the last bound: "n>1T".
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -30,6 +30,7 @@ _BUILD_FUNNEL = [("urls", "input URLs"), ("downloaded", "images downloaded"), ("
 # (label, dotted key into a run record's config) of the settings the card lists.
 _SETTINGS = [
     ("detector", "detect.backend"), ("min confidence", "detect.min_conf"),
+    ("face counting", "detect.face_count"),
     ("min shorter box side (px)", "detect.min_short_side"), ("box aspect w/h min", "detect.min_aspect"),
     ("box aspect w/h max", "detect.max_aspect"), ("pose check", "detect.pose_check"),
     ("min visible keypoints", "detect.min_keypoints"),
@@ -120,7 +121,24 @@ def _table(head: tuple[str, str], rows: list[tuple], empty: str) -> list[str]:
     return [f"| {head[0]} | {head[1]} |", "| --- | ---: |"] + [f"| {md(a)} | {b} |" for a, b in rows]
 
 
-def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]]) -> list[str]:
+def _face_lines(faces: tuple[int, int, int], blurred: bool) -> list[str]:
+    counted, with_faces, total = faces
+    if not counted:
+        return ["- Faces: not counted (shards of schema v1, or built with `detect.face_count: false`); none are "
+                "blurred in this export."]
+    lines = [f"- Faces: the detect stage's face counter (OpenCV's frontal-face Haar cascade; it misses faces in "
+             f"profile, small or turned away) found {total} face(s) in {with_faces} of the {counted} crops it "
+             "searched."]
+    if blurred:
+        lines.append("- The face boxes it found are blurred in this export's images (`gadms export --blur-faces`); "
+                     "faces it missed are not.")
+    else:
+        lines.append("- Faces are not blurred in this export (`gadms export --blur-faces` blurs the found boxes).")
+    return lines
+
+
+def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]], faces: tuple[int, int, int],
+                  faces_blurred: bool) -> list[str]:
     captions = [c for c in (_config_value(r.get("config", {}), "caption") for r in records) if isinstance(c, dict)]
     screened = [c for c in captions if c.get("filter") and c.get("backend") != "alt-text"]
     nsfw = rejects.get("filter", {}).get("nsfw", 0)
@@ -141,18 +159,22 @@ def _safety_lines(records: list[dict], rejects: dict[str, dict[str, int]]) -> li
         lines.append("- The crawler obeyed robots.txt and the opt-out directives listed above.")
     elif robots:
         lines.append("- robots.txt was not obeyed in every recorded run (see `robots.txt obeyed` above).")
-    lines.append("- Not done by this pipeline: face blurring or other de-identification of the people shown, and "
-                 "screening of the captions (or of alt text used as captions) for names or other personal data.")
+    lines += _face_lines(faces, faces_blurred)
+    lines.append("- Not done by this pipeline: de-identification of the people shown beyond face blurring, age "
+                 "estimation, consent, and screening of the captions (or of alt text used as captions) for names or "
+                 "other personal data.")
     return lines
 
 
-def dataset_card(layout: OutputLayout, size: SplitSize, license: str | None) -> str:
-    """The README.md of an export of `layout`'s complete shards."""
+def dataset_card(layout: OutputLayout, size: SplitSize, license: str | None, faces_blurred: bool = False) -> str:
+    """The README.md of an export of `layout`'s complete shards (`faces_blurred`: the export blurred faces)."""
     con = memory_catalog(layout.root, CARD_SAMPLE_COLUMNS)
     try:
         stats = caption_stats(con, top=10)
         prompt_versions = con.execute("SELECT coalesce(prompt_version, ''), count(*) AS n FROM samples "
                                       "GROUP BY 1 ORDER BY n DESC, 1").fetchall()
+        faces = con.execute("SELECT count(num_faces), count(*) FILTER (WHERE num_faces > 0), "
+                            "coalesce(sum(num_faces), 0) FROM samples").fetchone()
     finally:
         con.close()
     records = run_records(layout)
@@ -188,7 +210,12 @@ def dataset_card(layout: OutputLayout, size: SplitSize, license: str | None) -> 
         "## Curation settings", "",
         f"From the {len(records)} run record(s) under runs/:" if records else "No run records under runs/.", "",
         *_setting_lines(records), "",
-        "## Safety measures", "", *_safety_lines(records, rejects), "",
+        "## Safety measures", "", *_safety_lines(records, rejects, faces, faces_blurred), "",
+        "## Provenance", "",
+        "Not in this export: the build's shards keep, per sample, the image URL (`source_url`), the page it was "
+        "found on (`page_url`), when it was fetched (`fetched_at`), the HTTP status, the `X-Robots-Tag` values "
+        "served with it, the URL list's extra columns (`source_meta`, e.g. licence or NSFW columns) and the MLLM "
+        "filter's verdict (`filter_keep`, `filter_reason`, `filter_model`).", "",
     ]
     if not license:
         lines += ["## License", "", "Not set: fill in `license` in the header above before publishing.", ""]

@@ -5,13 +5,17 @@
     <out>/README.md                           the dataset card (storage.dataset_card)
 
 `image_path` is `images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
-storage.public reads this layout back.
+storage.public reads this layout back. With `blur_faces`, the face boxes the detect stage stored (`face_boxes`)
+are blurred in the exported JPEGs; crops without faces are exported byte for byte.
 """
 from __future__ import annotations
 
+import io
+import math
 import re
 
 import pyarrow as pa
+from PIL import Image, ImageFilter
 
 from storage.dataset_card import SplitSize, dataset_card
 from storage.errors import GadmsError
@@ -33,19 +37,48 @@ def data_file_name(index: int, count: int) -> str:
     return f"train-{index:05d}-of-{count:05d}.parquet"
 
 
-def public_table(shard: pa.Table) -> pa.Table:
-    """Shard rows (sample_id, image, caption1, caption2) as a PUBLIC_SCHEMA table."""
+# Re-encoding a blurred crop: 4:4:4 (no chroma subsampling), so every 8 × 8 block the blur does not touch decodes
+# as the same crop re-encoded without blurring (subsampled chroma would spread the change 16 px and more).
+BLURRED_JPEG_QUALITY = 90
+# Gaussian radius as a share of the face box's longer side: enough that no facial feature stays recognisable.
+BLUR_RADIUS_SHARE = 0.25
+
+
+def blur_boxes(jpeg: bytes, boxes: list[list[float]]) -> bytes:
+    """`jpeg` with each [x1, y1, x2, y2] box (pixels) Gaussian-blurred within the box, re-encoded: outside the
+    boxes the pixels change only as much as one more JPEG encoding changes them."""
+    with Image.open(io.BytesIO(jpeg)) as decoded:
+        image = decoded.convert("RGB")
+    for x1, y1, x2, y2 in boxes:
+        region = (max(0, math.floor(x1)), max(0, math.floor(y1)),
+                  min(image.width, math.ceil(x2)), min(image.height, math.ceil(y2)))
+        if region[2] <= region[0] or region[3] <= region[1]:
+            continue
+        radius = max(2.0, BLUR_RADIUS_SHARE * max(region[2] - region[0], region[3] - region[1]))
+        image.paste(image.crop(region).filter(ImageFilter.GaussianBlur(radius)), region[:2])
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=BLURRED_JPEG_QUALITY, subsampling=0)
+    return buffer.getvalue()
+
+
+def public_table(shard: pa.Table, blur_faces: bool = False) -> pa.Table:
+    """Shard rows (sample_id, image, caption1, caption2; face_boxes with `blur_faces`) as a PUBLIC_SCHEMA table."""
     jpeg = shard["image"].combine_chunks()
+    if blur_faces:
+        jpeg = pa.array([image if not boxes else blur_boxes(image, boxes)
+                         for image, boxes in zip(jpeg.to_pylist(), shard["face_boxes"].to_pylist())], pa.binary())
     image = pa.StructArray.from_arrays([jpeg, pa.nulls(len(jpeg), pa.string())], fields=list(HF_IMAGE_TYPE))
     paths = pa.array([public_image_path(s) for s in shard["sample_id"].to_pylist()], pa.string())
     return pa.table([image, paths, shard["caption1"], shard["caption2"]], schema=PUBLIC_SCHEMA)
 
 
-def export_public(root: str, out_dir: str, license: str | None = None) -> list[str]:
+def export_public(root: str, out_dir: str, license: str | None = None, blur_faces: bool = False) -> list[str]:
     """Write the Hub layout of `root`'s complete shards into `out_dir`; return the data files' paths.
 
     Each file is written atomically; data files of an earlier export that this one does not rewrite are removed,
     so the folder holds exactly one export. `license` is a Hub license id; None leaves it unknown in the card.
+    `blur_faces` blurs the stored face boxes; a shard whose faces were never counted (schema v1, or
+    `face_count: false`) is an error before anything is written, since its faces could not be blurred.
     """
     if license is not None and not _LICENSE.fullmatch(license):
         raise GadmsError(f"--license {license!r}: not a Hugging Face license id (e.g. cc-by-4.0, other)")
@@ -56,19 +89,30 @@ def export_public(root: str, out_dir: str, license: str | None = None) -> list[s
     entries = complete_shards(layout)
     if not entries:
         raise GadmsError(f"{layout.manifest_dir}: no complete shards to export (not a WebPerson output root?)")
+    if blur_faces:
+        for entry in entries:
+            _require_counted_faces(layout.shard_path(entry["shard_id"]))
+    columns = ["sample_id", "image", "caption1", "caption2", *(["face_boxes"] if blur_faces else [])]
     written, rows, num_bytes, download_size = [], 0, 0, 0
     for index, entry in enumerate(entries):
-        shard = read_shard(layout.shard_path(entry["shard_id"]), columns=["sample_id", "image", "caption1", "caption2"])
-        table = public_table(shard)
+        table = public_table(read_shard(layout.shard_path(entry["shard_id"]), columns=columns), blur_faces)
         path = join(data_dir, data_file_name(index, len(entries)))
         download_size += write_parquet_atomic(table, path)["bytes"]
         rows, num_bytes = rows + table.num_rows, num_bytes + table.nbytes
         written.append(path)
     _remove_stale_data_files(data_dir, {p.rsplit("/", 1)[-1] for p in written})
-    card = dataset_card(layout, SplitSize(rows, num_bytes, download_size), license)
+    card = dataset_card(layout, SplitSize(rows, num_bytes, download_size), license, blur_faces)
     with atomic_write(card_path, "w") as f:
         f.write(card)
     return written
+
+
+def _require_counted_faces(path: str) -> None:
+    counts = read_shard(path, columns=["num_faces"]).column("num_faces")
+    if counts.null_count:
+        raise GadmsError(f"{path}: {counts.null_count} sample(s) without a face count (a shard of schema v1 or "
+                         "built with detect.face_count: false), so --blur-faces cannot blur them; rebuild the shard "
+                         "(delete its manifest entry and rerun gadms build) or export without --blur-faces")
 
 
 def _remove_stale_data_files(data_dir: str, keep: set[str]) -> None:

@@ -9,14 +9,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="output root with shards/ and manifest/")
     parser.add_argument("--out", required=True, help="folder outside the root for data/train-*.parquet and README.md")
     parser.add_argument("--license", help="Hugging Face license id for the dataset card, e.g. cc-by-4.0 or other")
+    parser.add_argument("--blur-faces", action="store_true",
+                        help="blur the face boxes the detect stage stored (face_boxes) in the exported images")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from storage.export import export_public
 
-    paths = export_public(args.root, args.out, license=args.license)
-    print(f"exported {len(paths)} shard(s) to {args.out} (data/ and README.md)")
+    paths = export_public(args.root, args.out, license=args.license, blur_faces=args.blur_faces)
+    blurred = ", faces blurred" if args.blur_faces else ""
+    print(f"exported {len(paths)} shard(s) to {args.out} (data/ and README.md{blurred})")
     if not args.license:
         print("gadms export: warning: no --license given; the card says `license: unknown`: set it before publishing",
               file=sys.stderr)

@@ -6,6 +6,7 @@
     <root>/shard_stats/<shard_id>.parquet  that shard's counts behind `gadms stats` (SHARD_STATS_SCHEMA)
     <root>/manifest/<shard_id>.json      manifest entry; written last, so it decides whether a shard is done
     <root>/runs/<run_id>.json            run records (config, counts, timings)
+    <root>/retries/<shard_id>-retry-<digest>.jsonl  rows of a shard refetched by `gadms build --retry-failed`
     <root>/work/                         stage state for resuming (crawl chunks, caption cache, ...)
     <root>/dedup/                        global near-duplicate hash index
     <root>/catalog.duckdb                DuckDB views over all of the above (local roots; configurable)
@@ -44,6 +45,10 @@ class OutputLayout:
     @property
     def runs_dir(self) -> str:
         return join(self.root, "runs")
+
+    @property
+    def retries_dir(self) -> str:
+        return join(self.root, "retries")
 
     @property
     def work_dir(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 
 # Stage names used in the rejects table.
 STAGES = ("crawl", "decode", "detect", "pose", "dedup", "filter", "caption", "quality", "write")
@@ -34,6 +35,10 @@ class Download:
     width: int
     height: int
     source_meta: str | None = None
+    # Provenance of the fetch (None in downloads files written before schema v2).
+    fetched_at: datetime | None = None  # UTC, when the response arrived
+    http_status: int | None = None  # of the final response, after redirects
+    x_robots_tag: str | None = None  # the X-Robots-Tag values served with the image, ", "-joined; None if none
 
 
 @dataclass
@@ -54,6 +59,11 @@ class PersonCrop:
     phash: int  # 64-bit perceptual hash as an unsigned int
     crop_sha256: str
     source_meta: str | None = None  # of the source image's URL-list row
+    fetched_at: datetime | None = None  # the source image's Download provenance
+    http_status: int | None = None
+    x_robots_tag: str | None = None
+    num_faces: int | None = None  # faces found in the crop; None when face counting was off
+    face_boxes: list[list[float]] | None = None  # [x1, y1, x2, y2] per face, crop pixels
 
 
 @dataclass
@@ -67,6 +77,11 @@ class Captions:
     caption_backend: str  # "openai", "transformers" or "alt-text"
     template_id: str
     prompt_version: str
+    # The MLLM filter's verdict on the crop (storage keeps only kept crops, so keep is True where it ran); all
+    # None when no filter ran (filter off, alt-text backend). Rejected crops' verdicts are in the rejects table.
+    filter_keep: bool | None = None
+    filter_reason: str | None = None
+    filter_model: str | None = None
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The WebPerson storage contract: Parquet schemas of shards, rejects and manifests, defined once.
 
-Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata. Every
-version's shard columns stay defined in SHARD_SCHEMAS, so one root can hold shards of several versions: the
-manifest entry records each shard's version and the catalog reads each version's shards with that version's
-columns, filling the newer versions' columns with NULL (storage.catalog).
+Bump SCHEMA_VERSION when a column changes meaning or type; readers check it from the file metadata.
+
+v2 added the provenance, face and filter-verdict columns (ADDED_IN_V2); a v1 shard lacks them, and readers give
+them as NULL there. Every version's shard columns stay defined in SHARD_SCHEMAS, so one root can hold shards of
+several versions: the catalog reads each version's shards with that version's columns (storage.catalog).
 """
 from __future__ import annotations
 
@@ -12,14 +13,23 @@ import json
 
 import pyarrow as pa
 
-from storage.records import PersonCrop
+from storage.records import Captions, PersonCrop
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_VERSION_KEY = b"gadms.schema_version"
 
 NUM_KEYPOINTS = 17
 
-_SHARD_FIELDS_V1 = (
+# Columns shared by downloads, crops and shards: how the source image was fetched (null in files before v2).
+_FETCH_FIELDS = [
+    pa.field("fetched_at", pa.timestamp("us", tz="UTC")),  # when the crawl got the response
+    pa.field("http_status", pa.int16()),  # of the final response, after redirects
+    pa.field("x_robots_tag", pa.string()),  # X-Robots-Tag values served with the image, ", "-joined; null if none
+]
+FACE_BOX_TYPE = pa.list_(pa.list_(pa.float32(), 4))  # [x1, y1, x2, y2] per face, crop pixels
+
+SHARD_SCHEMA = pa.schema(
+    [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),  # JPEG crop
         pa.field("width", pa.int32(), nullable=False),
@@ -34,27 +44,25 @@ _SHARD_FIELDS_V1 = (
         pa.field("det_score", pa.float32(), nullable=False),
         pa.field("keypoints", pa.list_(pa.float32(), NUM_KEYPOINTS * 3)),  # (x, y, conf) × 17; null if no pose
         pa.field("phash", pa.uint64(), nullable=False),
+        *_FETCH_FIELDS,
+        pa.field("num_faces", pa.int32()),  # faces the detect stage found in the crop; null: not counted
+        pa.field("face_boxes", FACE_BOX_TYPE),  # their boxes; `gadms export --blur-faces` blurs them
         pa.field("caption1", pa.string(), nullable=False),
         pa.field("caption2", pa.string(), nullable=False),
         pa.field("caption_model", pa.string(), nullable=False),
         pa.field("caption_backend", pa.string(), nullable=False),
         pa.field("template_id", pa.string()),
         pa.field("prompt_version", pa.string()),
+        # The MLLM filter's verdict (true for every stored sample it screened), reason and model; null: no filter.
+        pa.field("filter_keep", pa.bool_()),
+        pa.field("filter_reason", pa.string()),
+        pa.field("filter_model", pa.string()),
         pa.field("shard_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-
-
-def _shard_schema(version: int, fields: tuple[pa.Field, ...]) -> pa.Schema:
-    return pa.schema(list(fields), metadata={SCHEMA_VERSION_KEY: str(version).encode()})
-
-
-# The shard columns of every schema version; a new version adds its entry here.
-SHARD_SCHEMAS: dict[int, pa.Schema] = {1: _shard_schema(1, _SHARD_FIELDS_V1)}
-SHARD_SCHEMA = SHARD_SCHEMAS[SCHEMA_VERSION]
-# A manifest entry that records no schema_version was written before entries recorded it: its shard is v1.
-UNRECORDED_SCHEMA_VERSION = 1
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -100,6 +108,7 @@ DOWNLOAD_SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("source_meta", pa.string()),  # the URL list's extra columns as a JSON object; null if none
+        *_FETCH_FIELDS,
         pa.field("chunk_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -140,18 +149,33 @@ SHARD_STATS_SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-# The sha256 of the shard a statistics file was counted from (its Parquet metadata): the catalog uses the file only
-# while the manifest entry names that same shard.
+# The sha256 of the shard and the number of rejects a statistics file was counted from (its Parquet metadata): the
+# catalog uses the file only while the manifest entry names that same shard and count.
 SHARD_STATS_SHA256_KEY = b"gadms.shard_sha256"
+SHARD_STATS_REJECTS_KEY = b"gadms.rejects"
 
 # Per-shard manifest entry (one JSON file per shard under manifest/); written after the shard is in place,
 # so a shard without a "complete" manifest entry is never counted.
 MANIFEST_FIELDS = ("shard_id", "path", "rows", "bytes", "sha256", "status", "run_id", "rejects", "created_at")
-# Written by commit, absent from entries written before they were recorded (readers fall back to the footer, v1):
-# `row_groups` the rows of each of the shard's row groups, `schema_version` the shard's.
+# Written by commit, absent from entries written before they were recorded (readers then take them from the
+# footer): `row_groups` the rows of each of the shard's row groups, `schema_version` the shard's.
 MANIFEST_RECORDED_FIELDS = ("row_groups", "schema_version")
 MANIFEST_STATUS_COMPLETE = "complete"
+
+# Shard columns a v1 shard lacks.
+ADDED_IN_V2 = ("fetched_at", "http_status", "x_robots_tag", "num_faces", "face_boxes", "filter_keep",
+               "filter_reason", "filter_model")
+
+# The shard columns of every schema version (a version's shards have at least these); a new version adds its own.
+SHARD_SCHEMAS: dict[int, pa.Schema] = {
+    1: pa.schema([f for f in SHARD_SCHEMA if f.name not in ADDED_IN_V2], metadata={SCHEMA_VERSION_KEY: b"1"}),
+    2: SHARD_SCHEMA,
+}
+READABLE_SCHEMA_VERSIONS = tuple(sorted(SHARD_SCHEMAS))
 
 # Person crops of the detection stage: the fields of storage.records.PersonCrop, typed as in the shard schema,
 # so the two cannot drift apart.
 CROP_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(PersonCrop)])
+
+# Captions of the caption stage (`gadms caption` writes them; the build joins them into shards), likewise.
+CAPTIONS_SCHEMA = pa.schema([SHARD_SCHEMA.field(f.name) for f in dataclasses.fields(Captions)])

@@ -20,16 +20,18 @@ from storage.fs import atomic_write, filesystem, join, require_folder
 from storage.layout import OutputLayout
 from storage.records import Captions, PersonCrop, Reject
 from storage.schema import (
+    ADDED_IN_V2,
     MANIFEST_FIELDS,
     MANIFEST_RECORDED_FIELDS,
+    READABLE_SCHEMA_VERSIONS,
     MANIFEST_STATUS_COMPLETE,
     REJECT_SCHEMA,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     SHARD_SCHEMA,
     SHARD_SCHEMAS,
+    SHARD_STATS_REJECTS_KEY,
     SHARD_STATS_SHA256_KEY,
-    UNRECORDED_SCHEMA_VERSION,
 )
 from storage.stats import shard_statistics
 
@@ -67,12 +69,20 @@ def shard_table(
             "det_score": float(crop.det_score),
             "keypoints": None if crop.keypoints is None else [float(v) for v in crop.keypoints],
             "phash": int(crop.phash),
+            "fetched_at": crop.fetched_at,
+            "http_status": crop.http_status,
+            "x_robots_tag": crop.x_robots_tag,
+            "num_faces": crop.num_faces,
+            "face_boxes": crop.face_boxes,
             "caption1": caption.caption1,
             "caption2": caption.caption2,
             "caption_model": caption.caption_model,
             "caption_backend": caption.caption_backend,
             "template_id": caption.template_id,
             "prompt_version": caption.prompt_version,
+            "filter_keep": caption.filter_keep,
+            "filter_reason": caption.filter_reason,
+            "filter_model": caption.filter_model,
             "shard_id": shard_id,
             "run_id": run_id,
             "created_at": created_at,
@@ -129,7 +139,10 @@ def write_shard(table: pa.Table, path: str) -> dict:
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a shard, checking its schema version. Raises GadmsError naming the file when it is not one."""
+    """Read a shard, checking its schema version. Raises GadmsError naming the file when it is not one.
+
+    A shard of an older readable version gives the columns it lacks (ADDED_IN_V2) as NULL, typed as in
+    SHARD_SCHEMA, so callers see one schema whatever version wrote the file."""
     fs, p = filesystem(path)
     try:
         with fs.open(p, "rb") as f:
@@ -137,13 +150,21 @@ def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
             version = (parquet.schema_arrow.metadata or {}).get(SCHEMA_VERSION_KEY)
             if version is None:
                 raise GadmsError(f"{path}: not a WebPerson shard (no {SCHEMA_VERSION_KEY.decode()} metadata)")
-            if int(version) != SCHEMA_VERSION:
-                raise GadmsError(f"{path}: shard schema v{int(version)}, this version reads v{SCHEMA_VERSION}")
-            return parquet.read(columns=columns)
+            if int(version) not in READABLE_SCHEMA_VERSIONS:
+                raise GadmsError(f"{path}: shard schema v{int(version)}, this version reads "
+                                 f"v{', v'.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+            wanted = columns if columns is not None else SHARD_SCHEMA.names
+            present = set(parquet.schema_arrow.names)
+            table = parquet.read(columns=[c for c in wanted if c in present or c not in ADDED_IN_V2])
     except FileNotFoundError:
         raise GadmsError(f"{path}: shard not found") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise GadmsError(f"{path}: unreadable shard: {exc}") from None
+    for index, name in enumerate(wanted):
+        if name not in present and name in ADDED_IN_V2:
+            kind = SHARD_SCHEMA.field(name).type
+            table = table.add_column(index, pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table
 
 
 def read_parquet(path: str) -> pa.Table:
@@ -182,8 +203,8 @@ def read_manifest_entry(path: str) -> dict | None:
     return entry
 
 
-def listed_files(directory: str, suffix: str = ".json") -> list[str]:
-    """The files of a folder (local or fsspec) whose names end in `suffix`, sorted, without in-progress temporary
+def json_files(directory: str, suffix: str = ".json") -> list[str]:
+    """The *.json (or other `suffix`) files of a folder (local or fsspec), sorted, without in-progress temporary
     files; one listing, however many files."""
     fs, path = filesystem(directory)
     if not fs.exists(path):
@@ -197,7 +218,7 @@ def manifest_entries(layout: OutputLayout) -> list[dict]:
     """Every manifest entry of an output root (any status), sorted by shard id. A missing root is an error, not
     an empty dataset: a mistyped --root would otherwise "succeed" with nothing in it."""
     require_folder(layout.root, "output root")
-    entries = (read_manifest_entry(path) for path in listed_files(layout.manifest_dir))
+    entries = (read_manifest_entry(path) for path in json_files(layout.manifest_dir))
     return [e for e in entries if e is not None]
 
 
@@ -206,14 +227,14 @@ def complete_shards(layout: OutputLayout, check_sha256: bool = False, read_foote
     against its entry (see verify_shard): a damaged shard is an error naming it, never silently served or
     skipped, since either would change what a dataset holds without anyone noticing.
 
-    `read_footers=False` checks only the sizes, from one listing of shards/, for a reader that checks each
-    footer when it opens the file anyway (check_shard_footer): training starts without reading every footer.
+    With `read_footers` each entry comes with its shard's `schema_version`, from the footer where the entry
+    records none. `read_footers=False` checks only the sizes, from one listing of shards/, for a reader that
+    checks each footer when it opens the file anyway (check_shard_footer): training starts without reading every
+    footer.
     """
     entries = [e for e in manifest_entries(layout) if e["status"] == MANIFEST_STATUS_COMPLETE]
     if read_footers:
-        for entry in entries:
-            verify_shard(layout, entry, check_sha256)
-        return entries
+        return [{**entry, "schema_version": verify_shard(layout, entry, check_sha256)} for entry in entries]
     sizes = listed_sizes(layout.shards_dir) if entries else {}
     for entry in entries:
         check_shard_size(layout, entry, sizes.get(f"{entry['shard_id']}.parquet"))
@@ -233,8 +254,9 @@ def _fix(layout: OutputLayout, entry: dict) -> str:
     return f"delete {layout.manifest_path(entry['shard_id'])} and rerun gadms build to rewrite it"
 
 
-def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) -> None:
-    """GadmsError naming the shard when its file disagrees with its complete manifest entry.
+def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) -> int:
+    """The shard's schema version; a GadmsError naming the shard when its file disagrees with its complete
+    manifest entry.
 
     Size, row count (from the Parquet footer) and columns are always checked, as they cost one small read;
     the sha256 reads the whole file, so only `gadms catalog refresh` (or a caller that asks) pays for it.
@@ -248,11 +270,12 @@ def verify_shard(layout: OutputLayout, entry: dict, check_sha256: bool = False) 
     check_shard_size(layout, entry, size)
     try:
         with fs.open(p, "rb") as f:
-            check_shard_footer(layout, entry, pq.ParquetFile(f))
+            version = check_shard_footer(layout, entry, pq.ParquetFile(f))
     except (pa.ArrowInvalid, OSError) as exc:
         raise GadmsError(f"{path}: unreadable shard: {exc}: {_fix(layout, entry)}") from None
     if check_sha256 and file_sha256(path) != entry["sha256"]:
         raise GadmsError(f"{path}: sha256 differs from its manifest entry: {_fix(layout, entry)}")
+    return version
 
 
 def check_shard_size(layout: OutputLayout, entry: dict, size: int | None) -> None:
@@ -264,9 +287,10 @@ def check_shard_size(layout: OutputLayout, entry: dict, size: int | None) -> Non
         raise GadmsError(f"{path}: {size} bytes, its manifest entry says {entry['bytes']}: {_fix(layout, entry)}")
 
 
-def check_shard_footer(layout: OutputLayout, entry: dict, parquet: pq.ParquetFile) -> None:
-    """GadmsError naming the shard when its footer disagrees with its manifest entry: the row count, the rows of
-    each row group (where the entry records them) and the columns of the entry's schema version."""
+def check_shard_footer(layout: OutputLayout, entry: dict, parquet: pq.ParquetFile) -> int:
+    """The shard's schema version (from its footer); a GadmsError naming the shard when its footer disagrees with
+    its manifest entry: the row count, the rows of each row group and the schema version (where the entry records
+    them), and the columns of that version."""
     path = layout.shard_path(entry["shard_id"])
     metadata = parquet.metadata
     if metadata.num_rows != entry["rows"]:
@@ -276,19 +300,18 @@ def check_shard_footer(layout: OutputLayout, entry: dict, parquet: pq.ParquetFil
     if "row_groups" in entry and groups != entry["row_groups"]:
         raise GadmsError(f"{path}: row groups of {groups} rows, its manifest entry says {entry['row_groups']}: "
                          f"{_fix(layout, entry)}")
+    written = (parquet.schema_arrow.metadata or {}).get(SCHEMA_VERSION_KEY, b"")
+    version = int(written) if written.isdigit() else None
+    if version not in SHARD_SCHEMAS:
+        raise GadmsError(f"{path}: shard schema {written.decode(errors='replace') or 'unknown'}, this version reads "
+                         f"v{', v'.join(map(str, READABLE_SCHEMA_VERSIONS))}: {_fix(layout, entry)}")
+    if entry.get("schema_version", version) != version:
+        raise GadmsError(f"{path}: shard schema v{version}, its manifest entry says {entry['schema_version']!r}: "
+                         f"{_fix(layout, entry)}")
     names = set(parquet.schema_arrow.names)
-    missing = [name for name in SHARD_SCHEMAS[shard_schema_version(entry)].names if name not in names]
+    missing = [name for name in SHARD_SCHEMAS[version].names if name not in names]
     if missing:
         raise GadmsError(f"{path}: missing column(s) {', '.join(missing)}: {_fix(layout, entry)}")
-
-
-def shard_schema_version(entry: dict) -> int:
-    """The shard schema version a manifest entry records (UNRECORDED_SCHEMA_VERSION when it records none); a
-    GadmsError naming the shard for a version this code does not know."""
-    version = entry.get("schema_version", UNRECORDED_SCHEMA_VERSION)
-    if version not in SHARD_SCHEMAS:
-        raise GadmsError(f"manifest entry of {entry['shard_id']}: schema_version {version!r}, this version reads "
-                         f"{', '.join(str(v) for v in sorted(SHARD_SCHEMAS))}")
     return version
 
 
@@ -327,6 +350,24 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
     }
 
 
+def supersede_rejects(layout: OutputLayout, shard_id: str, rows: set[tuple[str, str, str]]) -> int:
+    """Drop the rejects matching `rows` ((stage, url, reason) triples) from a complete shard's rejects file,
+    atomically, because another shard now holds what those URLs became (`gadms build --retry-failed`); the
+    manifest entry's count follows. Returns the rows dropped. Idempotent: a rerun after a kill between the two
+    writes puts the count right."""
+    path = layout.rejects_path(shard_id)
+    table = read_parquet(path)
+    superseded = [row in rows for row in zip(*(table.column(c).to_pylist() for c in ("stage", "url", "reason")))]
+    if any(superseded):
+        table = table.filter(pa.array([not s for s in superseded], pa.bool_()))
+        write_parquet_atomic(table, path)
+    manifest_path = layout.manifest_path(shard_id)
+    entry = read_manifest_entry(manifest_path)
+    if entry is not None and entry.get("rejects") != table.num_rows:
+        write_manifest_entry(manifest_path, {**entry, "rejects": table.num_rows})
+    return sum(superseded)
+
+
 def commit_shard(
     layout: OutputLayout, shard_id: str, run_id: str, crops: Iterable[PersonCrop], captions: Iterable[Captions],
     rejects: Iterable[Reject], reject_thumbnails: pa.Table | None = None,
@@ -353,8 +394,9 @@ def commit_tables(layout: OutputLayout, shard_id: str, run_id: str, samples: pa.
         write_parquet_atomic(reject_thumbnails, layout.reject_thumbnails_path(shard_id))
     written = write_shard(samples, layout.shard_path(shard_id))
     statistics = shard_statistics(samples, rejected)
-    statistics = statistics.replace_schema_metadata({**statistics.schema.metadata,
-                                                     SHARD_STATS_SHA256_KEY: written["sha256"].encode()})
+    statistics = statistics.replace_schema_metadata({
+        **statistics.schema.metadata, SHARD_STATS_SHA256_KEY: written["sha256"].encode(),
+        SHARD_STATS_REJECTS_KEY: str(rejected.num_rows).encode()})
     write_parquet_atomic(statistics, layout.shard_stats_path(shard_id))
     entry = manifest_entry(shard_id, layout.shard_path(shard_id), written, run_id, rejected.num_rows)
     write_manifest_entry(layout.manifest_path(shard_id), entry)
@@ -362,9 +404,10 @@ def commit_tables(layout: OutputLayout, shard_id: str, run_id: str, samples: pa.
 
 
 def current_shard_stats(layout: OutputLayout, entries: list[dict]) -> set[str]:
-    """The shard ids among `entries` whose statistics file was computed from the shard their entry describes
-    (its footer records that shard's sha256): a shard rewritten without its statistics is counted afresh."""
-    listed = set(listed_files(layout.shard_stats_dir, ".parquet"))
+    """The shard ids among `entries` whose statistics file was counted from the shard and rejects their entry
+    describes (its footer records that shard's sha256 and the rejects count): a shard rewritten, or rejects
+    superseded (supersede_rejects), without new statistics is counted afresh."""
+    listed = set(json_files(layout.shard_stats_dir, ".parquet"))
     current = set()
     for entry in entries:
         path = layout.shard_stats_path(entry["shard_id"])
@@ -373,6 +416,7 @@ def current_shard_stats(layout: OutputLayout, entries: list[dict]) -> set[str]:
         fs, p = filesystem(path)
         with fs.open(p, "rb") as f:
             metadata = pq.ParquetFile(f).schema_arrow.metadata or {}
-        if metadata.get(SHARD_STATS_SHA256_KEY) == entry["sha256"].encode():
+        if (metadata.get(SHARD_STATS_SHA256_KEY) == entry["sha256"].encode()
+                and metadata.get(SHARD_STATS_REJECTS_KEY) == str(entry["rejects"]).encode()):
             current.add(entry["shard_id"])
     return current

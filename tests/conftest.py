@@ -45,7 +45,7 @@ def _provide_ultralytics_font() -> None:
 
 _provide_ultralytics_font()
 
-from gadms_model.compat import ensure_torchvision_ops  # noqa: E402
+from storage.compat import ensure_torchvision_ops  # noqa: E402
 
 ensure_torchvision_ops()
 
@@ -53,7 +53,7 @@ ensure_torchvision_ops()
 @pytest.fixture(scope="session")
 def search_benchmark(tmp_path_factory) -> Path:
     """An RSTPReid-format tree of 4 synthetic identities × 3 train images with clean captions."""
-    from gadms_model.data.synthetic import write_synthetic_benchmark
+    from curation.synthweb.benchmark import write_synthetic_benchmark
 
     return write_synthetic_benchmark(tmp_path_factory.mktemp("search"), 4, 0, 0, 3, seed=0, train_captions="clean")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from curation.synthweb.detector import DEMO_WEIGHTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def build_config(url_list: Path, output_root: Path, shard_size: int = 20, **extr
             "per_host_concurrency": 8,
             "workers": 1,
         },
-        "detect": {"imgsz": 384, "batch_size": 8, "device": "cpu"},
+        "detect": {"weights": str(DEMO_WEIGHTS), "imgsz": 384, "batch_size": 8, "device": "cpu"},
         "caption": {"backend": "alt-text"},
         "runner": {"kind": "local", "max_workers": 1},
         "retries": 0,

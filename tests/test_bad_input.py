@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gadms_model.cli import main
+from curation.synthweb.detector import DEMO_WEIGHTS
+from flows.cli import main
 from storage.layout import OutputLayout
 from tests.storage_fixtures import build_root
 
@@ -286,7 +287,7 @@ def test_bad_detect_inputs_are_one_line_errors_before_detection(setup, argv, mes
 
 def test_detect_imgsz_is_bounded(tmp_path, capsys):
     _downloads(tmp_path)
-    (tmp_path / "detect.yaml").write_text("detect:\n  imgsz: 1000000000\n")
+    (tmp_path / "detect.yaml").write_text("detect:\n  weights: x.pt\n  imgsz: 1000000000\n")
     status, err = _probe(tmp_path, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--config",
                                     "{tmp}/detect.yaml"], capsys)
     assert status == 2 and "\n" not in err
@@ -328,7 +329,7 @@ def _build_inputs(tmp: Path, url_column: str = "url", **detect) -> Path:
     (tmp / "out" / "keep.txt").write_text("finished work")
     return write_config(tmp / "build.yaml", {
         "inputs": {"url_lists": [str(tmp / "urls.csv")]}, "output_root": str(tmp / "out"),
-        "crawl": {"url_column": url_column}, "detect": {"device": "cpu", **detect},
+        "crawl": {"url_column": url_column}, "detect": {"weights": str(DEMO_WEIGHTS), "device": "cpu", **detect},
         "caption": {"backend": "alt-text"}, "runner": {"kind": "local", "max_workers": 1}})
 
 
@@ -345,7 +346,7 @@ def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
     before = _snapshot(tmp_path)
     # PREFECT_LOGGING_LEVEL is WARNING here (conftest): Prefect's progress lines are not failures.
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    done = subprocess.run([sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--config", str(config)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"gadms build: error: weights '{tmp_path / 'garbage.pt'}': refused: "
@@ -411,10 +412,10 @@ EVAL = ["eval", "--checkpoint", "{tmp}/none.pt", "--dataset", "rstpreid", "--roo
 TRAIN = ["train", "--config", "{tmp}/in/train.yaml"]
 CUDA99 = "'cuda:99': "  # then "no GPU is available" or "this machine has N GPU(s) ...", by the machine
 INPUT_CASES = [
-    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "cuda:99"],
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--weights", "x.pt", "--device", "cuda:99"],
      f"detect.device {CUDA99}"),
-    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--device", "tpu"],
-     "command line: field 'device'"),
+    (_downloads, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--weights", "x.pt", "--device", "tpu"],
+     "command line: field 'detect.device'"),
     (_caption_inputs, [*EVAL, "--device", "cuda:99"], f"--device {CUDA99}"),
     (_caption_inputs, [*EVAL, "--device", "tpu"], "--device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
     (_caption_inputs, [*SEARCH, "a man", "--device", "cuda:99"], f"--device {CUDA99}"),
@@ -425,7 +426,7 @@ INPUT_CASES = [
     (lambda tmp: _train_config(tmp, "num_workers: -1"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
     (lambda tmp: _train_config(tmp, "num_workers: 1000000000"), TRAIN, "{tmp}/in/train.yaml: field 'num_workers': "),
     (lambda tmp: _train_config(tmp, "model: {image_size: [100000, 100000]}"), TRAIN,
-     "{tmp}/in/train.yaml: field 'model': Value error, image_size: each side must lie in 16..4096, got [100000, 100000]"),
+     "{tmp}/in/train.yaml: field 'model.image_size': Value error, each side must lie in 16..4096, got [100000, 100000]"),
     (_caption_inputs, [*CROPS, "{tmp}/in/int_id.parquet"], "{tmp}/in/int_id.parquet: column 'sample_id' is int64, expected string"),
     (_caption_inputs, [*CROPS, "{tmp}/in/null_id.parquet"], "{tmp}/in/null_id.parquet: row 0: sample_id is NULL"),
     (_caption_inputs, [*CROPS, "{tmp}/in/duplicate_id.parquet"], "{tmp}/in/duplicate_id.parquet: sample_id 'a' appears 2 times"),
@@ -497,7 +498,7 @@ def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
     With ultralytics imported, as in the demo's process: its Image.open patch raises ModuleNotFoundError."""
     import torch
 
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
     from gadms_model.data.sources import DataSourceError, decode_image
 
     ensure_torchvision_ops()

@@ -12,7 +12,7 @@ from selenium.webdriver.support.ui import Select
 
 from curation.synthweb.identities import clean_caption, identity_attributes
 from flows.browse.app import create_app
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.retrieval import TextSearch
 from storage.catalog import connect
 from tests.browse_fixtures import MARKUP, TOO_SMALL, build_browse_root
@@ -195,7 +195,7 @@ def test_search_page_without_a_checkpoint(browser, site):
 
 
 def test_browse_command_serves_on_loopback(built):
-    process = subprocess.Popen([sys.executable, "-m", "gadms_model.cli", "browse", "--root", str(built.root),
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "browse", "--root", str(built.root),
                                 "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()

@@ -65,7 +65,8 @@ def test_parquet_ranges_read_their_row_groups(tmp_path):
 
 
 def test_remote_output_root_needs_a_local_work_dir():
-    fields = {"inputs": {"url_lists": ["urls.parquet"]}, "output_root": "s3://bucket/webperson"}
+    fields = {"inputs": {"url_lists": ["urls.parquet"]}, "output_root": "s3://bucket/webperson",
+              "detect": {"weights": "yolo11x-pose.pt"}}
     with pytest.raises(GadmsError, match="a remote output_root needs work_dir"):
         resolve_build_config(fields)
     config = resolve_build_config({**fields, "work_dir": "/data/webperson-state"})
@@ -76,4 +77,13 @@ def test_remote_output_root_needs_a_local_work_dir():
 
 def test_unknown_stage_option_is_rejected():
     with pytest.raises(GadmsError, match=r"field 'crawl.speed': Extra inputs are not permitted"):
-        resolve_build_config({"inputs": {"url_lists": ["u"]}, "output_root": "o", "crawl": {"speed": 3}})
+        resolve_build_config({"inputs": {"url_lists": ["u"]}, "output_root": "o", "crawl": {"speed": 3},
+                              "detect": {"weights": "yolo11x-pose.pt"}})
+
+
+def test_a_build_must_name_its_detector_weights():
+    """No default weights: a real run that forgets `weights:` must not fall back to the synthetic-only demo detector."""
+    with pytest.raises(GadmsError, match=r"field 'detect.weights': Value error, required for the yolo backend"):
+        resolve_build_config({"inputs": {"url_lists": ["u"]}, "output_root": "o"})
+    assert resolve_build_config({"inputs": {"url_lists": ["u"]}, "output_root": "o",
+                                 "detect": {"backend": "hog"}}).detect.weights is None

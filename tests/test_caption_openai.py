@@ -15,7 +15,7 @@ from PIL import Image
 from curation.caption import CaptionConfig, caption_crops
 from curation.caption.client import ServerConfigError
 from curation.caption.prompts import VERDICT_SCHEMA, assign_templates, load_templates
-from gadms_model.cli import main as gadms
+from flows.cli import main as gadms
 from openai_server import VllmStandIn, fill_template
 from storage.errors import GadmsError
 from storage.records import Captions, PersonCrop, Reject, make_sample_id
@@ -72,7 +72,8 @@ def test_each_crop_gets_two_captions_following_its_assigned_templates(server, tm
     for crop, result in zip(crops, captions):
         first, second = assign_templates(crop.sample_id, bank, 2, salt="v1")
         assert result == Captions(crop.sample_id, fill_template(first.text), fill_template(second.text), MODEL,
-                                  "openai", f"{first.id},{second.id}", "v1")
+                                  "openai", f"{first.id},{second.id}", "v1",
+                                  filter_keep=True, filter_reason="one_clear_person", filter_model=MODEL)
 
 
 def test_template_assignment_is_deterministic_and_spread(server, tmp_path):
@@ -308,6 +309,9 @@ def test_caption_cli_writes_captions_rejects_and_reuses_the_cache(server, tmp_pa
     table = pq.read_table(tmp_path / "out" / "captions.parquet").to_pylist()
     assert [row["sample_id"] for row in table] == [c.sample_id for c in crops[:3]]
     assert {row["caption_backend"] for row in table} == {"openai"}
+    # The filter's verdict travels with the captions, column for column as the shards hold it.
+    assert {(row["filter_keep"], row["filter_reason"], row["filter_model"]) for row in table} == {
+        (True, "one_clear_person", MODEL)}
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     assert [(r["sample_id"], r["stage"], r["reason"]) for r in rejects] == [
         (crops[3].sample_id, "filter", "drawing_or_render")]
@@ -333,6 +337,7 @@ def test_caption_cli_alt_text_backend_with_limit(tmp_path, capsys):
     rows = pq.read_table(tmp_path / "out" / "captions.parquet").to_pylist()
     assert [(r["caption1"], r["caption2"], r["caption_backend"]) for r in rows] == [
         ("Man in a grey coat and black trousers.", "", "alt-text")] * 2
+    assert {(r["filter_keep"], r["filter_reason"], r["filter_model"]) for r in rows} == {(None, None, None)}  # no filter
 
 
 def test_caption_crops_works_when_called_inside_an_event_loop(server, tmp_path):

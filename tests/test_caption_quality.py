@@ -14,7 +14,7 @@ from curation.caption.prompts import (
 )
 from curation.caption.quality import check_alt_caption, check_caption
 from curation.caption.template_bank import kmeans, local_embeddings, read_human_captions, select_per_cluster
-from gadms_model.cli import main as gadms
+from flows.cli import main as gadms
 from openai_server import VllmStandIn
 from storage.errors import GadmsError
 

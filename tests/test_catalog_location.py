@@ -6,7 +6,7 @@ import shutil
 import duckdb
 import pytest
 
-from gadms_model.cli import main
+from flows.cli import main
 from storage.catalog import refresh
 from storage.catalog_origin import origin_view_sql
 from storage.layout import OutputLayout

@@ -5,7 +5,7 @@ import sys
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from gadms_model.cli import COMMANDS, build_parser, main
+from flows.cli import COMMANDS, build_parser, main
 from storage.configfile import ConfigError, load_config
 
 
@@ -30,7 +30,7 @@ def test_unknown_command_is_an_error(capsys):
 
 
 def test_console_script_runs_without_importing_torch():
-    code = "import sys; from gadms_model.cli import main; main(['--help']); print('torch' in sys.modules)"
+    code = "import sys; from flows.cli import main; main(['--help']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
 

@@ -1,6 +1,6 @@
 import torch
 
-from gadms_model.compat import nms_reference
+from storage.compat import nms_reference
 
 
 def _random_boxes(generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ WITHOUT_COMPILED_OPS = (
 
 def test_without_compiled_ops_the_shim_defines_nms_equal_to_ultralytics():
     code = WITHOUT_COMPILED_OPS + (
-        "from gadms_model.compat import ensure_torchvision_ops\n"
+        "from storage.compat import ensure_torchvision_ops\n"
         "installed = ensure_torchvision_ops()\n"
         "import torchvision\n"
         "from ultralytics.utils.nms import TorchNMS\n"
@@ -74,7 +74,7 @@ def test_with_compiled_ops_present_the_shim_changes_nothing():
         "library = torch.library.Library('torchvision', 'DEF')\n"
         "library.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')\n"
         "library.impl('nms', lambda dets, scores, iou: torch.tensor([-7]), 'CPU')\n"
-        "from gadms_model.compat import ensure_torchvision_ops\n"
+        "from storage.compat import ensure_torchvision_ops\n"
         "boxes = torch.tensor([[0., 0., 2., 2.]])\n"
         "print(ensure_torchvision_ops(), torch.ops.torchvision.nms(boxes, torch.tensor([0.9]), 0.5).tolist())\n"
     )
@@ -84,7 +84,7 @@ def test_with_compiled_ops_present_the_shim_changes_nothing():
 def test_after_torchvision_is_imported_the_shim_does_nothing():
     import torchvision  # noqa: F401  (imported here already, with or without the shim)
 
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
 
     assert ensure_torchvision_ops() is False
 
@@ -93,7 +93,7 @@ def test_concurrent_first_calls_define_the_ops_once():
     # Threads as the build flow's chunk runner has them.
     code = WITHOUT_COMPILED_OPS + (
         "import threading\n"
-        "from gadms_model.compat import ensure_torchvision_ops\n"
+        "from storage.compat import ensure_torchvision_ops\n"
         "barrier, results = threading.Barrier(8), []\n"
         "def call():\n"
         "    barrier.wait()\n"

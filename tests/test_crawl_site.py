@@ -21,14 +21,14 @@ from aiohttp import web
 from curation.crawl import CrawlConfig, crawl_chunk, discover_images, read_url_list
 from curation.crawl.state import load_segments, saved_rows
 from curation.synthweb import SiteServer, render_site, write_url_list
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 from storage.records import UrlRecord
 
 FAULT_REASON = {
     "truncated_jpeg": "truncated",
     "html_as_jpeg": "not_an_image",
-    "decompression_bomb": "bomb",
+    "decompression_bomb": "too_many_pixels",
     "http_404": "http_404",
     "noai": "opt_out",
     "slow": "timeout",
@@ -192,11 +192,13 @@ def test_byte_and_pixel_caps(server, url_list, ground_truth, tmp_path):
     assert [r.reason for r in small.rejects] == ["too_large"] * 4
     assert all(r.detail.startswith("Content-Length ") for r in small.rejects)
     pixels = crawl_chunk(plain, fast_config(max_pixels=1000), str(tmp_path / "pixels"))
-    assert [r.reason for r in pixels.rejects] == ["bomb"] * 4
+    assert [r.reason for r in pixels.rejects] == ["too_many_pixels"] * 4
 
 
 def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, tmp_path):
-    from curation.crawl.output import read_downloads, write_downloads
+    import pyarrow.parquet as pq
+
+    from curation.crawl.output import write_downloads
 
     plain = _plain_images(url_list, ground_truth)[:3]
     records = [dataclasses.replace(r, source_meta=json.dumps({"key": str(i)})) for i, r in enumerate(plain)]
@@ -205,7 +207,7 @@ def test_source_meta_reaches_the_downloads_file(server, url_list, ground_truth, 
     path = str(tmp_path / "downloads.parquet")
     write_downloads(result.downloads_table, path, "part-00000", "run")
     meta = {r.url: r.source_meta for r in records}
-    assert {d.url: d.source_meta for d in read_downloads(path)} == meta
+    assert {row["url"]: row["source_meta"] for row in pq.read_table(path).to_pylist()} == meta
     assert {d.url: d.source_meta for d in result.downloads} == meta
 
 
@@ -300,10 +302,9 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     list_path = tmp_path / "urls.jsonl"
     write_url_list(site.root, server.base_url, list_path)
     config = tmp_path / "crawl.yaml"
-    config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n"
-                      "chunk_size: 20\n")
+    config.write_text("per_host_min_delay_s: 0\nper_host_concurrency: 8\ntotal_timeout_s: 1.5\nretries: 0\n")
     args = ["crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--allow-private", "127.0.0.1", "--extra-columns", "page_url"]
+            "--allow-private", "127.0.0.1", "--extra-columns", "page_url", "--shard-size", "20"]
     assert main(args) == 0
     rows = sum(1 for _ in read_url_list(list_path))
     downloads = pq.read_table(tmp_path / "out" / "downloads").to_pylist()
@@ -313,7 +314,7 @@ def test_cli_writes_parquet_and_resumes(server, site, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "downloads").iterdir()) == [
         f"part-{i:05d}.parquet" for i in range((rows + 19) // 20)]
     assert not list((tmp_path / "out" / "work" / "crawl").iterdir())  # finished chunks leave no state
-    assert {r["stage"] for r in rejects} == {"crawl"} and {"http_404", "bomb"} <= {r["reason"] for r in rejects}
+    assert {r["stage"] for r in rejects} == {"crawl"} and {"http_404", "too_many_pixels"} <= {r["reason"] for r in rejects}
     assert all(len(d["image"]) > 0 and d["sha256"] for d in downloads)
     before = len(server.requests)
     assert main(args) == 0  # rerun: every chunk is done already
@@ -343,7 +344,7 @@ def test_cli_forks_workers_from_a_single_threaded_process(server, url_list, grou
     config.write_text("per_host_min_delay_s: 0\nworkers: 2\nmin_urls_per_worker: 1\n"
                       "contact_url: https://example.org/contact\n")
     completed = subprocess.run(
-        [sys.executable, "-m", "gadms_model.cli", "crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "flows.cli", "crawl", "--urls", str(list_path), "--out", str(tmp_path / "out"),
          "--config", str(config), "--allow-private", "127.0.0.1"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     table = pq.read_table(tmp_path / "out" / "downloads")
@@ -371,6 +372,8 @@ class HostileServer:
         app.router.add_get("/ours-only/{n}.jpg", self.image)
         app.router.add_get("/noimageai.jpg", self.opted_out)
         app.router.add_get("/hop/{n}", self.hop)
+        app.router.add_get("/tagged.jpg", self.tagged)
+        app.router.add_get("/to-tagged.jpg", self.redirect_tagged)
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -389,6 +392,14 @@ class HostileServer:
     async def opted_out(self, request):
         return web.Response(body=_tiny_gif(), content_type="image/gif",
                             headers={"X-Robots-Tag": "otherbot: noindex, gadms-crawler: noimageai"})
+
+    async def tagged(self, request):
+        # Two header lines, neither an opt-out for us: the image is kept, and what it said is recorded.
+        headers = [("X-Robots-Tag", "otherbot: noimageai"), ("X-Robots-Tag", "noarchive")]
+        return web.Response(body=_tiny_gif(9), content_type="image/gif", status=203, headers=headers)
+
+    async def redirect_tagged(self, request):
+        raise web.HTTPFound("/tagged.jpg")
 
     async def stream(self, request):
         response = web.StreamResponse()  # chunked: no Content-Length to check up front
@@ -476,6 +487,42 @@ def test_robots_group_for_our_token_crawl_delay_and_scoped_opt_out(hostile, tmp_
     starts = sorted(t for p, t in hostile.hits if p.startswith("/delayed/"))
     assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.24  # Crawl-delay: 0.25 beats per_host_min_delay 0
     assert sorted(d.width for d in result.downloads) == [1, 2, 3, 4] and result.downloads[0].mime == "image/gif"
+
+
+def test_fetch_provenance_reaches_downloads_and_resumes_from_old_state(hostile, tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from curation.crawl.output import write_downloads
+    from curation.crawl.state import OUTCOME_SCHEMA
+    from curation.detect.parquet_io import iter_downloads
+
+    urls = [hostile.base_url + "/to-tagged.jpg", f"{hostile.base_url}/delayed/5.jpg"]
+    before = datetime.now(timezone.utc)
+    result = crawl_chunk([UrlRecord(u) for u in urls], fast_config(), str(tmp_path / "s"))
+    after = datetime.now(timezone.utc)
+    path = str(tmp_path / "downloads.parquet")
+    write_downloads(result.downloads_table, path, "part-00000", "run")
+    read_back = [d for batch, _ in iter_downloads(Path(path), batch_rows=256) for d in batch]  # as `gadms detect` reads
+    for downloads in (result.downloads, read_back):
+        got = {d.url: (d.http_status, d.x_robots_tag) for d in downloads}
+        assert got == {urls[0]: (203, "otherbot: noimageai, noarchive"), urls[1]: (200, None)}
+        assert all(before <= d.fetched_at <= after for d in downloads)
+    # A state folder written before these columns existed still resumes: its rows load with them NULL.
+    old = tmp_path / "old"
+    sha256 = crawl_chunk([UrlRecord(urls[1])], fast_config(), str(old)).downloads[0].sha256
+    (segment,) = old.glob("seg-*.arrow")
+    with pa.OSFile(str(segment)) as f:
+        table = pa.ipc.open_file(f).read_all().drop_columns(["fetched_at", "http_status", "x_robots_tag"])
+    with pa.ipc.new_file(str(tmp_path / "v1.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp_path / "v1.arrow", segment)
+    hits = len(hostile.hits)
+    again = crawl_chunk([UrlRecord(urls[1])], fast_config(), str(old))
+    assert len(hostile.hits) == hits  # nothing fetched again
+    assert [(d.sha256, d.http_status, d.fetched_at) for d in again.downloads] == [(sha256, None, None)]
+    assert load_segments(str(old)).schema == OUTCOME_SCHEMA
 
 
 def test_redirect_limit_and_identifying_user_agent(hostile, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from curation.crawl import read_url_list
 from curation.crawl.urllist import plan_ranges, read_range
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 from storage.records import UrlRecord
 
@@ -131,12 +131,15 @@ def test_extra_columns_arrive_in_source_meta(tmp_path, fmt):
     assert [r.source_meta for r in records] == [
         json.dumps({"license": "cc-by", "punsafe": 0.5 * i, "key": f"{i:09d}"}) for i in range(N)]
     assert [(r.url, r.alt_text) for r in records] == [(r.url, r.alt_text) for r in EXPECTED]
-    assert {r.source_meta for r in read_url_list(path)} == {None}  # none asked for, none kept
+    # None asked for: the licence and NSFW columns are kept all the same (POLICY_COLUMNS), the key is not.
+    assert [r.source_meta for r in read_url_list(path)] == [
+        json.dumps({"license": "cc-by", "punsafe": 0.5 * i}) for i in range(N)]
 
 
 def test_extra_columns_of_csv_are_its_strings(tmp_path):
     write_list(tmp_path / "l.csv", "csv", EXTRA)
-    assert next(iter(read_url_list(tmp_path / "l.csv", extra_columns=["punsafe"]))).source_meta == '{"punsafe": "0.0"}'
+    assert next(iter(read_url_list(tmp_path / "l.csv", extra_columns=["punsafe"]))).source_meta == (
+        '{"punsafe": "0.0", "license": "cc-by"}')
 
 
 def test_coyo_and_laion_parquet_load_as_they_are(tmp_path):
@@ -195,7 +198,7 @@ def test_folder_file_with_other_columns_is_refused(tmp_path):
 
 def test_url_list_errors_name_the_file_and_field(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"url": "http://x/1.jpg"}\nnot json\n')
-    with pytest.raises(GadmsError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(GadmsError, match=r"bad.jsonl:2: not valid JSON: Expecting value$"):
         list(read_url_list(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.json").write_text('{"url": "http://x/1.jpg"}')
     with pytest.raises(GadmsError, match=r"bad.json: expected a JSON array of objects, or an object of columns$"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from curation.synthweb.identities import clean_caption, identity_attributes
@@ -19,6 +20,10 @@ def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
     assert report["build"]["kept"] == report["curation_quality"]["kept"]["samples"] > 0
     assert report["curation_quality"]["urls"]["accounted"] is True
     assert [hit["rank"] for hit in report["search"]["top5"]] == [1, 2, 3, 4, 5]
+    # The face counts of the summary are those of the shards, read with pyarrow.
+    counts = pq.read_table(out / "webperson" / "shards", columns=["num_faces"]).column("num_faces").to_pylist()
+    assert None not in counts
+    assert report["faces"] == {"faces": sum(counts), "samples_with_faces": sum(1 for n in counts if n > 0)}
 
     searcher = TextSearch(str(out / "model" / "best.pt"), str(out / "webperson"), progress=False)
     identities = identities_of_samples(out / "site", out / "webperson", list(searcher.index.ids))

@@ -9,8 +9,8 @@ import torch
 
 from flows.demo import DEMO_CLIP_WEIGHTS, HELD_OUT_FIRST_IDENTITY, demo_clip_model_config
 from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_FIRST_IDENTITY
-from gadms_model.cli import main
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from flows.cli import main
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate_model
 from gadms_model.model import build_model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,7 @@ from PIL import Image
 from ultralytics.utils import ASSETS
 
 from curation.detect.parquet_io import read_crops
-from gadms_model.cli import main
+from flows.cli import main
 from storage.schema import CROP_SCHEMA, REJECT_SCHEMA
 
 BUS = (ASSETS / "bus.jpg").read_bytes()
@@ -104,9 +105,11 @@ def test_detect_cli_reads_the_crawl_cli_output_root(tmp_path, capsys):
 
     crawl_out = tmp_path / "crawl-out"
     (crawl_out / "downloads").mkdir(parents=True)
+    fetched_at = datetime(2026, 5, 1, 12, 30, tzinfo=timezone.utc)
     row = {"url": "https://a.example/bus.jpg", "page_url": "https://a.example/", "alt_text": "a bus", "image": BUS,
            "sha256": hashlib.sha256(BUS).hexdigest(), "mime": "image/jpeg", "width": 810, "height": 1080,
-           "source_meta": '{"license": "cc-by"}'}
+           "source_meta": '{"license": "cc-by"}', "fetched_at": fetched_at, "http_status": 203,
+           "x_robots_tag": "otherbot: noai, noarchive"}
     columns = [f for f in DOWNLOAD_SCHEMA if f.name in row]
     write_downloads(pa.Table.from_pylist([row], schema=pa.schema(columns)),
                     str(crawl_out / "downloads" / "chunk-0.parquet"), "chunk-0", "crawl-run")
@@ -115,6 +118,11 @@ def test_detect_cli_reads_the_crawl_cli_output_root(tmp_path, capsys):
     (crop,) = read_crops(out / "crops" / "chunk-0.parquet")
     assert (crop.source_url, crop.alt_text, crop.source_sha256, crop.source_meta) == (
         row["url"], "a bus", row["sha256"], row["source_meta"])
+    assert (crop.fetched_at, crop.http_status, crop.x_robots_tag) == (fetched_at, 203, "otherbot: noai, noarchive")
+    # HOG boxes the man on the left; the face counter finds his face, inside the crop's upper half.
+    assert crop.num_faces == 1
+    (x1, y1, x2, y2), = crop.face_boxes
+    assert 0 <= x1 < x2 <= crop.width and 0 <= y1 < y2 <= crop.height / 2
 
 
 def test_detect_cli_reads_a_single_file_and_a_config(crawl_dir, tmp_path, capsys):
@@ -130,7 +138,7 @@ def test_detect_cli_reads_a_single_file_and_a_config(crawl_dir, tmp_path, capsys
 
 def test_detect_cli_errors_are_one_line(crawl_dir, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text("detect:\n  min_confidence: 0.9\n")
+    config.write_text("detect:\n  weights: x.pt\n  min_confidence: 0.9\n")
     assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gadms detect: error: ") and "bad.yaml" in err and "detect.min_confidence" in err
@@ -144,5 +152,5 @@ def test_detect_cli_errors_are_one_line(crawl_dir, tmp_path, capsys):
     assert main(["detect", "--downloads", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--backend", "hog"]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
 
-    assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--device", "gpu"]) == 2
-    assert "field 'device'" in capsys.readouterr().err
+    assert main(["detect", "--downloads", str(crawl_dir), "--out", str(tmp_path / "o"), "--weights", "x.pt", "--device", "gpu"]) == 2
+    assert "field 'detect.device': Value error, must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from ultralytics.utils import ASSETS
 import curation.detect.pipeline as pipeline_module
 from curation.dedup import phash64
 from curation.detect import DetectConfig, PersonDetector, detect_persons
-from curation.detect.decode import DecodeError, decode_image
+from storage.images import DecodeError, decode_image
 from storage.errors import GadmsError
 from storage.records import Download, make_sample_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from curation.dedup import DedupIndex
 from curation.detect import DetectConfig, PersonDetector, detect_persons
-from curation.detect.config import DEMO_WEIGHTS
+from curation.synthweb.detector import DEMO_WEIGHTS
 from curation.synthweb.site import render_site
 from storage.records import Download
 
@@ -52,8 +53,7 @@ def site(tmp_path_factory):
 @pytest.fixture(scope="module")
 def detected(site):
     truth, downloads = site
-    detector = PersonDetector(DetectConfig(imgsz=384, device="cpu"))
-    assert detector.config.weights == str(DEMO_WEIGHTS)  # the default when present
+    detector = PersonDetector(DetectConfig(weights=str(DEMO_WEIGHTS), imgsz=384, device="cpu"))
     return detect_persons(downloads, detector)
 
 
@@ -115,7 +115,7 @@ def test_detected_crops_dedup_against_planted_copies_and_reencodes(site, detecte
         reencoded = io.BytesIO()
         Image.open(io.BytesIO(data)).save(reencoded, format="JPEG", quality=60)
         planted += [_download(url.replace("/img/", "/mirror/"), data), _download(url.replace(".jpg", "-q60.jpg"), reencoded.getvalue())]
-    detector = PersonDetector(DetectConfig(imgsz=384, device="cpu"))
+    detector = PersonDetector(DetectConfig(weights=str(DEMO_WEIGHTS), imgsz=384, device="cpu"))
     planted_crops, _ = detect_persons(planted, detector)
 
     index = DedupIndex.open(tmp_path / "dedup")
@@ -129,3 +129,16 @@ def test_detected_crops_dedup_against_planted_copies_and_reencodes(site, detecte
         assert original.source_url in originals
         expected = "exact_duplicate" if "/mirror/" in reject.url else "near_duplicate"
         assert reject.reason == expected, reject
+
+
+def test_one_detector_shared_by_threads_gives_the_sequential_results(site):
+    """The build flow's task runner shares one detector per process between its threads. Each thread detects
+    other images, so a thread that read another's batch or results would get a different answer."""
+    _, downloads = site
+    subsets = [downloads[i::4][:5] for i in range(4)]
+    detector = PersonDetector(DetectConfig(weights=str(DEMO_WEIGHTS), imgsz=384, batch_size=2, device="cpu"))
+    sequential = [detect_persons(subset, detector) for subset in subsets * 2]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda subset: detect_persons(subset, detector), subsets * 2))
+    assert all(crops for crops, _ in sequential)  # every subset has crops: the comparison means something
+    assert threaded == sequential

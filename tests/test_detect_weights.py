@@ -7,7 +7,7 @@ from ultralytics import YOLO
 
 from curation.detect.weights import check_yolo_weights
 from curation.synthweb.detector import DEMO_WEIGHTS
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 
 

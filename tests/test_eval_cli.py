@@ -4,14 +4,14 @@ import json
 import pytest
 import torch
 
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.data import load_benchmark
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.data.transforms import eval_transform
 from gadms_model.evaluation import evaluate, format_table, rank_metrics
 from gadms_model.model import ModelConfig
 from gadms_model.training import TrainConfig, train
-from gadms_model.training.checkpoint import load_model
+from gadms_model.checkpoint import load_model
 from PIL import Image
 
 

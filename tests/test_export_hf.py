@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.data import public_parquet_source
 from gadms_model.retrieval.gallery import Gallery
 from gadms_model.training import TrainConfig

@@ -88,6 +88,14 @@ def test_build_webperson_on_the_synthetic_web(site, tmp_path):
     assert con.execute("SELECT count(*) FROM samples WHERE caption_backend <> 'alt-text'").fetchone() == (0,)
     for page_url, source_meta in con.execute("SELECT page_url, source_meta FROM samples").fetchall():
         assert json.loads(source_meta) == {"page_url": page_url}
+    # Provenance and faces of every sample (schema v2). The site serves no X-Robots-Tag on the images it lets
+    # through (its noai images are crawl rejects), and the alt-text backend runs no filter.
+    started, finished = con.execute("SELECT started_at, finished_at FROM runs").fetchone()
+    assert con.execute("""SELECT count(*), count(*) FILTER (WHERE fetched_at BETWEEN ? AND ?), list(DISTINCT http_status),
+                                 count(x_robots_tag), count(num_faces), count(*) FILTER (WHERE len(face_boxes) = num_faces),
+                                 count(filter_keep) + count(filter_reason) + count(filter_model) FROM samples""",
+                       [started, finished]).fetchone() == (summary["kept"], summary["kept"], [200], 0, summary["kept"],
+                                                           summary["kept"], 0)
     # A bounded sample of every image-stage reject reason has a thumbnail, per shard, within the budget.
     thumbnails = con.execute("""SELECT shard_id, stage, reason, count(*), max(greatest(width, height)),
                                        sum(octet_length(image)) FROM reject_thumbnails GROUP BY ALL""").fetchall()
@@ -167,7 +175,7 @@ def test_killed_build_reruns_to_the_same_shards(site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     clean = write_config(tmp_path / "clean.yaml", build_config(site["urls"], tmp_path / "clean", shard_size=8))
     killed = write_config(tmp_path / "killed.yaml", build_config(site["urls"], tmp_path / "killed", shard_size=8))
-    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config"]
+    gadms = [sys.executable, "-m", "flows.cli", "build", "--config"]
 
     with served(site):
         process = subprocess.Popen(gadms + [str(killed)], cwd=REPO, env=env, start_new_session=True,
@@ -219,7 +227,7 @@ def test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes(site, tmp_path
     config["crawl"].update(read_timeout_s=300, total_timeout_s=300)
     config_path = write_config(tmp_path / "build.yaml", config)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    gadms = [sys.executable, "-m", "gadms_model.cli", "build", "--config", str(config_path), "--json"]
+    gadms = [sys.executable, "-m", "flows.cli", "build", "--config", str(config_path), "--json"]
     manifest = tmp_path / "out" / "manifest"
 
     with SiteServer(site["info"].root, port=site["port"], slow_seconds=300):

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from PIL import Image
 
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.data.transforms import eval_transform
 from gadms_model.model import ModelConfig, build_model
-from gadms_model.training import checkpoint as ckpt
+from gadms_model import checkpoint as ckpt
 from storage.errors import GadmsError
 
 CAPTIONS = ["a woman in a red coat with a black backpack", "a man wearing blue jeans and white shoes"]

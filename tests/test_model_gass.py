@@ -168,7 +168,7 @@ def test_gass_of_a_caption_does_not_depend_on_its_batch(tiny, tiny64):
 def _fixed_mask_loss(model, images, text_ids, pids, scores, seed):
     """The gadms training loss with masks drawn from given scores, without any GASS pass."""
     generator = torch.Generator().manual_seed(seed)
-    noise_ids, mtp_ids, labels = dual_mask(text_ids, scores, generator)
+    noise_ids, mtp_ids, labels, _, _ = dual_mask(text_ids, scores, generator)
     image_tokens = model.towers.image_tokens(images)
     text_global, mtp_tokens = model.towers.text_global_and_tokens(noise_ids, mtp_ids)
     loss = sdm_loss(image_tokens[:, 0], text_global, pids)

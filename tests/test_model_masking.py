@@ -82,7 +82,7 @@ def test_special_tokens_and_existing_masks_are_never_touched():
     ids[:5, 1] = 0  # the word "!" has id 0, like padding: it is still a word (position decides)
     scores = torch.full((DRAWS, 77), 0.0)  # both branches active: p_noise ~0.18, p_informative ~0.04
     generator = torch.Generator().manual_seed(2)
-    noise_ids, mtp_ids, labels = dual_mask(ids, scores, generator)
+    noise_ids, mtp_ids, labels, _, _ = dual_mask(ids, scores, generator)
     outside = torch.ones(77, dtype=torch.bool)
     outside[1:9] = False
     outside[3] = True
@@ -100,15 +100,15 @@ def test_prediction_branch_falls_back_to_the_first_word():
     ids = captions(3, words=5)
     ids[2, 1] = MASK_TOKEN_ID  # first candidate of row 2 is position 2
     scores = torch.rand(3, 77)
-    noise_ids, mtp_ids, labels = dual_mask(ids, scores, torch.Generator().manual_seed(3), alpha_noise=0.0,
-                                           alpha_informative=0.0)
+    noise_ids, mtp_ids, labels, _, _ = dual_mask(ids, scores, torch.Generator().manual_seed(3), alpha_noise=0.0,
+                                                 alpha_informative=0.0)
     assert torch.equal(noise_ids, ids)  # the noise branch has no fallback
     expected = torch.full_like(ids, IGNORE_LABEL)
     expected[0, 1], expected[1, 1], expected[2, 2] = ids[0, 1], ids[1, 1], ids[2, 2]
     assert torch.equal(labels, expected)
 
     empty = captions(1, words=0)  # SOT, EOT: nothing to mask, nothing selected
-    _, mtp_ids, labels = dual_mask(empty, torch.rand(1, 77), torch.Generator().manual_seed(3))
+    _, mtp_ids, labels, _, _ = dual_mask(empty, torch.rand(1, 77), torch.Generator().manual_seed(3))
     assert torch.equal(mtp_ids, empty) and torch.all(labels == IGNORE_LABEL)
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from curation.synthweb.identities import clean_caption, identity_attributes
-from gadms_model.cli import main
+from flows.cli import main
 from gadms_model.retrieval import search
 from storage.layout import OutputLayout
 from storage.shards import commit_shard
@@ -31,7 +31,8 @@ def test_search_returns_the_queried_identity(trained, tmp_path, capsys):
     assert ranks[0][2].startswith("train/00002_")
     assert lines[4] == f"index: {index} (built); contact sheet: {sheet}"
     with Image.open(sheet) as image:
-        assert image.size == (4 * 128, 24 + 256 + 30)
+        # 4 results in one row of 138 × 290 cells (a 128 × 256 thumbnail, title and id lines) under the query
+        assert image.size == (4 * 138, 24 + 290)
     # The second query reuses the cached index.
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[4].endswith("(cached); contact sheet: " + str(sheet))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gadms_model.cli import main
+from flows.cli import main
 from storage.catalog import connect, refresh, write_run_record
 from storage.errors import GadmsError
 from storage.export import export_public

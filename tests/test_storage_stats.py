@@ -14,7 +14,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from gadms_model.cli import main
+from flows.cli import main
 from storage.catalog import connect, memory_catalog, refresh
 from storage.layout import OutputLayout
 from storage.stats import COLOUR_WORDS, GARMENT_WORDS, caption_stats, format_stats, quantile_cont
@@ -99,7 +99,8 @@ def random_caption(rng: random.Random) -> str:
 def build_varied_root(root: Path, shards: int = 5, legacy: tuple[int, ...] = (), seed: int = 9) -> None:
     """Shards of random captions (odd whitespace, unicode, hyphens, empty caption2), templates, domains and
     rejects; the shards in `legacy` made to look as written before per-shard statistics and recorded schema
-    versions existed (no statistics file, no schema_version in the manifest, a rejects file without bbox)."""
+    versions existed (no statistics file, no schema_version or row_groups in the manifest, a rejects file without
+    bbox)."""
     rng = random.Random(seed)
     layout = OutputLayout(str(root))
     number = 0
@@ -118,7 +119,7 @@ def build_varied_root(root: Path, shards: int = 5, legacy: tuple[int, ...] = (),
         if s in legacy:
             Path(layout.shard_stats_path(shard_id)).unlink()
             entry = json.loads(Path(layout.manifest_path(shard_id)).read_text())
-            del entry["schema_version"]
+            del entry["schema_version"], entry["row_groups"]
             Path(layout.manifest_path(shard_id)).write_text(json.dumps(entry))
             table = pq.read_table(layout.rejects_path(shard_id))
             pq.write_table(table.drop_columns(["bbox"]), layout.rejects_path(shard_id))

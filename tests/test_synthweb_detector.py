@@ -6,29 +6,18 @@ import json
 import pytest
 from PIL import Image
 
+from curation.detect.config import DetectConfig
+from curation.detect.rules import box_reject
 from curation.synthweb import render_site
 from curation.synthweb.detector import (
     DEMO_WEIGHTS,
     DetectorTrainConfig,
-    SizeRules,
     count_persons_check,
     prepare_ultralytics,
     train_detector,
     write_yolo_dataset,
 )
-from gadms_model.cli import main
-
-
-def test_size_rules_are_the_papers_by_default_and_parameters():
-    rules = SizeRules()
-    assert rules.passes((0, 0, 100, 300))  # shorter side 100, w/h 1/3
-    assert not rules.passes((0, 0, 90, 300))  # shorter side must be > 90
-    assert not rules.passes((0, 0, 160, 300))  # w/h 0.53 > 1/2
-    assert not rules.passes((0, 0, 100, 420))  # w/h 0.238 < 1/4
-    assert not rules.passes((0, 0, 100, 300), conf=0.85)  # confidence must be > 0.85
-    assert rules.passes((0, 0, 100, 300), conf=0.86)
-    relaxed = SizeRules(min_short_side=50, min_aspect=0.2, max_aspect=0.6, min_conf=0.5)
-    assert relaxed.passes((0, 0, 60, 120), conf=0.6) and not SizeRules().passes((0, 0, 60, 120), conf=0.6)
+from flows.cli import main
 
 
 def test_yolo_dataset_labels_match_the_rendered_persons(tmp_path):
@@ -75,8 +64,8 @@ def test_demo_weights_count_the_persons_that_pass_the_size_rules(tmp_path):
             image = Image.open(site.docroot / record["path"].lstrip("/")).convert("RGB")
             samples.append((record["path"], image, [p["bbox"] for p in record["persons"]]))
     assert len(samples) == 40
-    rules = SizeRules(min_short_side=90, min_aspect=0.25, max_aspect=0.5, min_conf=0.85)
-    expected = sum(rules.passes(box) for _, _, boxes in samples for box in boxes)
+    rules = DetectConfig(weights=str(DEMO_WEIGHTS))  # the paper's rules: the detect stage's defaults
+    expected = sum(box_reject(tuple(box), image.size, rules) is None for _, image, boxes in samples for box in boxes)
     assert expected >= 25  # the set has persons to keep, not only rejects
     model = prepare_ultralytics()(str(DEMO_WEIGHTS))
     check = count_persons_check(model, samples, rules)

@@ -118,7 +118,7 @@ def built(tmp_path):
     write_run_record(str(root), {"run_id": "run-1", "flow": "build-webperson", "started_at": "2025-01-01T00:00:00",
                                  "config": {"inputs": {"url_lists": [str(urls)], "seed_pages": [], "limit": None},
                                             "crawl": {"url_column": "url", "caption_column": "caption"},
-                                            "detect": {"imgsz": 384}}})
+                                            "detect": {"weights": "yolo11n-pose.pt", "imgsz": 384}}})
     return site, root
 
 
@@ -181,5 +181,5 @@ def test_bad_inputs_are_one_line_errors(built, tmp_path):
     with pytest.raises(GadmsError, match=f"^{tmp_path / 'nothing'}: no build-webperson run record"):
         curation_quality(site, tmp_path / "nothing")
     (site / "ground_truth.jsonl").write_text("[1]\n")
-    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: expected a JSON object$"):
+    with pytest.raises(GadmsError, match="ground_truth.jsonl:1: expected a JSON object, got list$"):
         curation_quality(site, root)

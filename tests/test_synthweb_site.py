@@ -25,7 +25,7 @@ from curation.synthweb.alttext import STYLES
 from curation.synthweb.figure import Pose, draw_person, random_pose
 from curation.synthweb.identities import COLOURS
 from curation.synthweb.scene import NEGATIVE_PLANS, render_scene
-from gadms_model.cli import main
+from flows.cli import main
 from storage.errors import GadmsError
 
 
@@ -281,7 +281,7 @@ def test_described_captions_are_true_varied_and_deterministic():
 
 
 def test_synthetic_benchmark_per_image_queries(tmp_path):
-    from gadms_model.data.synthetic import write_synthetic_benchmark
+    from curation.synthweb.benchmark import write_synthetic_benchmark
 
     dataset = write_synthetic_benchmark(tmp_path, 1, 0, 2, 3, seed=4, query_captions="per_image")
     records = json.loads((dataset / "data_captions.json").read_text())
@@ -292,7 +292,7 @@ def test_synthetic_benchmark_per_image_queries(tmp_path):
 
 
 def test_described_alt_text_keeps_only_alt_texts_about_the_person(tmp_path):
-    from gadms_model.data.synthetic import write_synthetic_benchmark
+    from curation.synthweb.benchmark import write_synthetic_benchmark
 
     all_alt = json.loads((write_synthetic_benchmark(tmp_path / "a", 12, 0, 0, 2, seed=3)
                           / "noise_words.json").read_text())

@@ -22,7 +22,7 @@ from curation.synthweb.vlm import (
     fill_caption,
     read_hallucination_log,
 )
-from gadms_model.cli import main
+from flows.cli import main
 from storage.records import PersonCrop, make_sample_id
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.model import ModelConfig
 from gadms_model.training import TrainConfig, train
-from storage.configfile import ConfigError, load_config
+from storage.configfile import ConfigError, load_config, validate_config
 from storage.errors import GadmsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_two_process_gloo_ddp_run_shares_the_score_store(synthetic_root, tmp_pat
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731",
-               "-m", "gadms_model.cli", "train", "--config", str(config_path)]
+               "-m", "flows.cli", "train", "--config", str(config_path)]
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     checkpoints = sorted((tmp_path / "ddp" / "checkpoints").glob("step-*.pt"))
@@ -135,7 +135,18 @@ def test_fixed_token_scores_from_a_file_drive_a_run_unchanged(synthetic_root, tm
 @pytest.mark.parametrize("name", ["pretrain-webperson.yaml", "finetune-cuhk.yaml"])
 def test_example_configs_validate(name):
     config = load_config(REPO / "gadms_model" / "training" / "configs" / name, TrainConfig)
-    ModelConfig.model_validate(config.model)
+    assert isinstance(config.model, ModelConfig) and config.model.clip_model == "ViT-B-16"
+
+
+def test_model_fields_are_typed_and_checked_with_the_fields_they_depend_on():
+    data = {"output_dir": "x", "data": {"kind": "webperson", "path": "y"}}
+    with pytest.raises(ConfigError, match=r"^c: field 'model.gass_layers': Input should be greater than or equal to 1"):
+        validate_config({**data, "model": {"gass_layers": 0}}, TrainConfig, "c")
+    with pytest.raises(ConfigError, match=r"^c: field '<root>': Value error, model.mask_from 'fixed' needs token_scores"):
+        validate_config({**data, "model": {"mask_from": "fixed"}}, TrainConfig, "c")
+    with pytest.raises(ConfigError, match=r"^c: field '<root>': Value error, model.mask_from 'constant' ignores"):
+        validate_config({**data, "model": {"mask_from": "constant"}, "token_scores": "s.pt"}, TrainConfig, "c")
+    assert validate_config({**data, "model": {"mask_from": "constant"}}, TrainConfig, "c").model.mask_from == "constant"
 
 
 def test_init_from_keeps_the_activation_the_weights_were_trained_with(synthetic_root, tmp_path):

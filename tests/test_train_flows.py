@@ -5,7 +5,7 @@ import pytest
 
 from flows.evaluate_gadms import evaluate_gadms
 from flows.train_gadms import train_gadms
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate
 from gadms_model.model import ModelConfig
 

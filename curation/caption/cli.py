@@ -2,8 +2,8 @@
 
     gadms caption --crops crops.parquet --out captions/ [--config caption.yaml] [--backend alt-text]
 
-Writes <out>/captions.parquet (sample_id, caption1, caption2, caption_model, caption_backend, template_id,
-prompt_version), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
+Writes <out>/captions.parquet (storage.schema.CAPTIONS_SCHEMA: sample_id, caption1, caption2, caption_model,
+caption_backend, template_id, prompt_version, filter_keep, filter_reason, filter_model), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
 model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from curation.caption.pipeline import caption_crops
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import GadmsError, check_range
-    from storage.schema import REJECT_SCHEMA
+    from storage.schema import CAPTIONS_SCHEMA
+    from storage.shards import rejects_table, write_parquet_atomic
 
     overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
                                                ("models", args.model)) if value}
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = "caption-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     now = datetime.datetime.now(datetime.timezone.utc)
     caption_rows: list[dict] = []
-    reject_rows: list[dict] = []
+    reject_rows: list = []
     done = 0
     with tqdm(total=total, unit="crop", desc=f"caption ({config.backend})") as bar:
         for batch in crops_file.iter_batches(batch_size=CROP_BATCH):
@@ -69,18 +70,16 @@ def run(args: argparse.Namespace) -> int:
                 break
             captions, rejects = caption_crops(crops, config, args.cache_dir or out / "cache", progress=bar.update)
             caption_rows += [vars(c) for c in captions]
-            reject_rows += [{"url": r.url, "sample_id": r.sample_id, "stage": r.stage, "reason": r.reason,
-                             "detail": r.detail, "shard_id": None, "run_id": run_id, "created_at": now}
-                            for r in rejects]
+            reject_rows += rejects
             done += len(crops)
 
-    _write_atomically(pa.Table.from_pylist(caption_rows, schema=_captions_schema()), out / "captions.parquet")
-    _write_atomically(pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA), out / "rejects.parquet")
+    write_parquet_atomic(pa.Table.from_pylist(caption_rows, schema=CAPTIONS_SCHEMA), str(out / "captions.parquet"))
+    write_parquet_atomic(rejects_table(reject_rows, None, run_id, now), str(out / "rejects.parquet"))
     print(f"{done} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
     if reject_rows:
         from collections import Counter
 
-        counts = Counter(f"{r['stage']}/{r['reason']}" for r in reject_rows)
+        counts = Counter(f"{r.stage}/{r.reason}" for r in reject_rows)
         print("rejects: " + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
     return 0
 
@@ -139,22 +138,3 @@ def _crop_from_row(row: dict):
         crop_sha256=row.get("crop_sha256") or hashlib.sha256(image).hexdigest(),
         source_meta=row.get("source_meta"),
     )
-
-
-def _write_atomically(table, path) -> None:
-    import os
-
-    import pyarrow.parquet as pq
-
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
-
-
-def _captions_schema():
-    """Column for column the caption fields of storage.schema.SHARD_SCHEMA (all strings)."""
-    import pyarrow as pa
-
-    return pa.schema([(name, pa.string()) for name in (
-        "sample_id", "caption1", "caption2", "caption_model", "caption_backend", "template_id", "prompt_version")])
-

@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# prompts/ lives at the repository root, beside this package's parent.
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+import prompts
+
+# The top-level prompts/ folder is a data package, so it ships in the wheel and is found from any folder.
+DEFAULT_PROMPTS_DIR = Path(prompts.__file__).resolve().parent
 
 
 class SamplingConfig(BaseModel):

@@ -197,6 +197,7 @@ class _CaptionRun:
             return Reject("caption", "undecodable_image", crop.source_url, crop.sample_id, str(exc)[:200],
                           bbox=crop.bbox)
 
+        verdict = None
         if config.filter:
             question = Question(
                 "filter", self.verdict_model, self.prompts.filter, image, config.filter_max_tokens,
@@ -243,6 +244,9 @@ class _CaptionRun:
             caption_backend=self.backend.name,
             template_id=template_ids[0] if template_ids[0] == template_ids[1] else ",".join(template_ids),
             prompt_version=self.prompts.version,
+            filter_keep=None if verdict is None else verdict.keep,
+            filter_reason=None if verdict is None else verdict.reason,
+            filter_model=None if verdict is None else self.verdict_model,
         )
 
     def _caption_plan(self, sample_id: str) -> list[tuple[str, Template, int]]:

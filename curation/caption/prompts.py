@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import GadmsError
+from storage.jsonl import read_jsonl
 
 PROMPT_NAMES = ("caption", "filter", "template_rewrite")
 
@@ -110,19 +110,9 @@ def normalise_text(text: str) -> str:
 def read_templates(path: str | Path) -> list[Template]:
     """Read a template bank without judging it (see `check_templates`)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise GadmsError(f"{path}: cannot read template bank: {exc.strerror or exc}") from None
     templates = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GadmsError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("text"), str):
+    for number, row in read_jsonl(path):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("text"), str):
             raise GadmsError(f"{path}:{number}: expected an object with string fields 'id' and 'text'")
         templates.append(Template(id=row["id"], text=row["text"].strip()))
     return templates

@@ -23,6 +23,7 @@ from curation.caption.client import RequestFailed
 from curation.caption.config import CaptionConfig
 from curation.caption.prompts import Template, load_prompts, normalise_text, template_problems
 from storage.errors import GadmsError
+from storage.jsonl import iter_jsonl
 
 LOCAL_EMBEDDING_DIM = 4096
 _TOKEN_RE = re.compile(r"\[[^\[\]]+\]|[a-z]+")
@@ -40,11 +41,13 @@ def read_human_captions(path: str | Path) -> list[str]:
         raise GadmsError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if path.suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip()]
-    try:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-            else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GadmsError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if path.suffix == ".jsonl":
+        rows = [row for _, row in iter_jsonl(text.splitlines(), str(path), objects=False)]
+    else:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GadmsError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
     if not isinstance(rows, list):
         raise GadmsError(f"{path}: expected a list of captions or annotation objects")
     captions = []

@@ -32,6 +32,7 @@ from yarl import URL
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.fetcher import IMAGE_ACCEPT, Fetcher, FetchFailure, host_key, parse_url
+from curation.crawl.hostleases import HostLeaseError
 from curation.crawl.imageinfo import ImageCheckError, inspect_image
 from curation.crawl.loop import run_sync
 from curation.crawl.robots import RobotsCache
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "crawl"
 PROGRESS_EVERY_S = 0.25
-DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height", "source_meta"]
+DOWNLOAD_COLUMNS = ["url", "page_url", "alt_text", "image", "sha256", "mime", "width", "height", "source_meta",
+                    "fetched_at", "http_status", "x_robots_tag"]
 
 # (downloaded, rejected) since the last call; sha256 duplicates are only known at the end and count as downloaded.
 ProgressCallback = Callable[[int, int], None]
@@ -59,11 +61,7 @@ class CrawlResult:
     @cached_property
     def downloads(self) -> list[Download]:
         columns = [self.downloads_table.column(name).to_pylist() for name in DOWNLOAD_COLUMNS]
-        return [
-            Download(url=url, page_url=page_url, alt_text=alt_text, data=data, sha256=sha256, mime=mime,
-                     width=width, height=height, source_meta=source_meta)
-            for url, page_url, alt_text, data, sha256, mime, width, height, source_meta in zip(*columns)
-        ]
+        return [Download(*row) for row in zip(*columns)]
 
     def reason_counts(self) -> dict[str, int]:
         return dict(Counter(r.reason for r in self.rejects).most_common())
@@ -76,16 +74,20 @@ class _WorkerPlan:
     concurrency: int
     per_host_concurrency: int
     delay_scale: float  # a host split over k loops keeps its rate when each loop waits k times longer
+    host_leases: str | None = None  # the run's lease server (curation.crawl.hostleases), when there is one
 
 
 def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
-                progress: ProgressCallback | None = None, robots_cache: RobotsCache | None = None) -> CrawlResult:
+                progress: ProgressCallback | None = None, robots_cache: RobotsCache | None = None,
+                host_leases: str | None = None) -> CrawlResult:
     """Download `urls` (one chunk) politely and safely, resuming from `state_dir`.
 
     Every input row ends in exactly one of `downloads` (in the order they were saved) or `rejects` (stage
     "crawl", in input order). Rerunning with the same `state_dir` gives the same result. Repeated URLs
     are fetched once (later rows: `duplicate_url`); identical bytes are kept once (later rows:
     `duplicate_sha256`, detail = the kept URL). `robots_cache` lets several chunks share fetched robots.txt.
+    `host_leases` (a `HostLeaseServer`'s address) makes the per-host limits hold across all chunks crawling at
+    once, wherever they run; without it they hold within this chunk.
     """
     urls = list(urls)
     robots_cache = robots_cache if robots_cache is not None else RobotsCache(config.robots_cache_ttl_s)
@@ -102,7 +104,7 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
         ok = sum(1 for position in saved.values() if reasons[position] is None)
         progress(ok, len(urls) - len(todo) - ok)
     if todo:
-        _run(todo, config, state_dir, robots_cache, progress)
+        _run(todo, config, state_dir, robots_cache, progress, host_leases)
         segments = load_segments(state_dir)
         saved = saved_rows(segments)
     return _assemble(urls, segments, saved, first_row)
@@ -147,16 +149,24 @@ def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
         "width": picked.column("width"),
         "height": picked.column("height"),
         "source_meta": pa.array([r.source_meta for r in rows], pa.string()),
+        "fetched_at": picked.column("fetched_at"),
+        "http_status": picked.column("http_status"),
+        "x_robots_tag": picked.column("x_robots_tag"),
     })
     return CrawlResult(table, rejects)
 
 
 def _run(todo: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str, robots_cache: RobotsCache,
-         progress: ProgressCallback | None) -> None:
+         progress: ProgressCallback | None, host_leases: str | None) -> None:
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(todo) // config.min_urls_per_worker))
-    # A host may be split over several loops only when it has no delay between requests to keep exact.
-    split = min(workers, config.per_host_concurrency) if config.per_host_min_delay_s == 0 else 1
-    plan = _WorkerPlan(math.ceil(config.concurrency / workers), config.per_host_concurrency // split, split)
+    split = min(workers, config.per_host_concurrency)
+    if host_leases:  # the lease server keeps the host's limits exact however many loops share it
+        plan = _WorkerPlan(math.ceil(config.concurrency / workers), config.per_host_concurrency // split, 1.0,
+                           host_leases)
+    else:
+        # A host may be split over several loops only when it has no delay between requests to keep exact.
+        split = split if config.per_host_min_delay_s == 0 else 1
+        plan = _WorkerPlan(math.ceil(config.concurrency / workers), config.per_host_concurrency // split, split)
     if workers == 1:
         on_outcome = _progress_adapter(progress) if progress else None
         run_sync(crawl_items(todo, config, state_dir, robots_cache, plan, "w0", on_outcome))
@@ -220,7 +230,8 @@ async def crawl_items(items: list[tuple[int, UrlRecord]], config: CrawlConfig, s
             continue
         queues[host_key(url)].append((index, url))
 
-    async with Fetcher(config, robots_cache, plan.concurrency, plan.per_host_concurrency, plan.delay_scale) as fetcher:
+    async with Fetcher(config, robots_cache, plan.concurrency, plan.per_host_concurrency, plan.delay_scale,
+                       plan.host_leases) as fetcher:
 
         async def lane(host_queue: deque[tuple[int, URL]]) -> None:
             while host_queue:
@@ -242,11 +253,15 @@ async def fetch_image(fetcher: Fetcher, index: int, url: URL, config: CrawlConfi
         info = inspect_image(response.body, config.image_formats, config.max_pixels)
     except (FetchFailure, ImageCheckError) as failure:
         return Outcome(index, failure.reason, failure.detail)
+    except HostLeaseError:
+        raise  # the run's lease server is gone: the chunk fails (and is retried), its URLs are not rejected
     except Exception as exc:  # hostile input must not stop the chunk; the reject keeps what happened
         log.warning("crawl: unexpected error on %s", url, exc_info=True)
         return Outcome(index, "internal_error", f"{type(exc).__name__}: {exc}")
     body = response.body
-    return Outcome(index, None, "", body, hashlib.sha256(body).hexdigest(), info.mime, info.width, info.height)
+    robots_tag = ", ".join(response.headers.getall("X-Robots-Tag", [])) or None
+    return Outcome(index, None, "", body, hashlib.sha256(body).hexdigest(), info.mime, info.width, info.height,
+                   response.fetched_at, response.status, robots_tag)
 
 
 def _worker_main(worker_id: int, items: list[tuple[int, UrlRecord]], config_json: str, state_dir: str,

@@ -3,7 +3,7 @@
     gadms crawl --urls urls.parquet --out crawl_out [--config crawl.yaml]
     gadms crawl --seed https://example.org/gallery/ --out crawl_out --config crawl.yaml
 
-The list is cut into chunks of `chunk_size` URLs; each chunk writes <out>/downloads/<chunk>.parquet and
+The list is cut into chunks of `--shard-size` URLs (as `shard_size` in a build config); each chunk writes <out>/downloads/<chunk>.parquet and
 <out>/rejects/<chunk>.parquet when it is done and keeps its progress under <out>/work/crawl/<chunk>/ meanwhile.
 Rerunning the same command skips finished chunks and resumes the interrupted one.
 """
@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-column", metavar="NAME", help="caption column (default: config's caption_column)")
     parser.add_argument("--extra-columns", metavar="NAME", nargs="+",
                         help="input columns kept as source_meta (default: config's extra_columns)")
+    parser.add_argument("--shard-size", type=int, default=10_000, metavar="N",
+                        help="URLs per chunk: one state folder and one output file each (as a build's shard_size)")
     parser.add_argument("--run-id", metavar="ID", help="run id written to the outputs (default: a new one)")
     parser.set_defaults(func=run)
 
@@ -44,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from curation.crawl.robots import RobotsCache
     from curation.crawl.urllist import count_rows
     from storage.configfile import dump_config, load_config, validate_config
+    from storage.errors import check_range
     from storage.fs import filesystem, is_local, join, make_folder
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    check_range("--shard-size", args.shard_size, 1, 10**8)
     overrides = {
         key: value for key, value in (
             ("workers", args.workers), ("url_column", args.url_column), ("caption_column", args.caption_column),
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.seed:  # read_url_list checks the list's columns now, before anything is written
         records = read_url_list(args.urls, config.url_column, config.caption_column, config.extra_columns)
         total = count_rows(args.urls)
-        first_chunk = list(itertools.islice(records, config.chunk_size))  # its rows too: an int URL, a bad line
+        first_chunk = list(itertools.islice(records, args.shard_size))  # its rows too: an int URL, a bad line
         records = itertools.chain(first_chunk, records)
     make_folder(out, "crawl output folder")
     fs, out_path = filesystem(out)
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     iterator = iter(records)
     try:
         for number in itertools.count():
-            chunk = list(itertools.islice(iterator, config.chunk_size))
+            chunk = list(itertools.islice(iterator, args.shard_size))
             if not chunk:
                 break
             chunk_id = f"part-{number:05d}"

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from storage.images import DEFAULT_MAX_PIXELS
+
 ImageFormat = Literal["jpeg", "png", "gif", "webp", "bmp"]
 
 # X-Robots-Tag / <meta name="robots"> directives that opt a resource out of AI training or indexing.
@@ -45,14 +47,13 @@ class CrawlConfig(BaseModel):
     # Safety.
     allow_private_addresses: list[str] = Field(default_factory=list)  # CIDRs / IPs / host names
     max_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(89_478_485, ge=1)  # Pillow's own decompression-bomb threshold
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # Pillow's own decompression-bomb threshold
     image_formats: list[ImageFormat] = Field(default_factory=lambda: ["jpeg", "png", "gif", "webp", "bmp"])
 
     # URL lists.
     url_column: str = "url"
     caption_column: str = "caption"
     extra_columns: list[str] = Field(default_factory=list)  # kept as source_meta (save_additional_columns)
-    chunk_size: int = Field(10_000, ge=1)  # URLs per chunk (one state folder and one output file each)
 
     # Seed-page crawl.
     seed_max_depth: int = Field(2, ge=0)  # 0 = only the seed pages

@@ -9,13 +9,15 @@ import email.utils
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from curation.crawl.config import CrawlConfig
+from curation.crawl.hostleases import HostLeaseClient
 from curation.crawl.limiter import HostLimiter
 from curation.crawl.robots import RobotsCache, RobotsRules, parse_robots
 from curation.crawl.safety import AddressPolicy, PrivateAddressError, SafeResolver
@@ -46,6 +48,7 @@ class Response:
     status: int
     headers: CIMultiDictProxy
     body: bytes
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # when the body was complete
 
 
 class _Redirect(Exception):
@@ -118,10 +121,13 @@ def _backoff(config: CrawlConfig, attempt: int) -> float:
 
 
 class Fetcher:
-    """An aiohttp session with the crawl's limits. Use as `async with Fetcher(config, robots_cache) as f:`."""
+    """An aiohttp session with the crawl's limits. Use as `async with Fetcher(config, robots_cache) as f:`.
+
+    `host_leases` (the run's lease server, `host:port`) makes the per-host limits hold across every loop of the run
+    (curation.crawl.hostleases); without it they hold within this loop."""
 
     def __init__(self, config: CrawlConfig, robots_cache: RobotsCache, concurrency: int | None = None,
-                 per_host_concurrency: int | None = None, delay_scale: float = 1.0):
+                 per_host_concurrency: int | None = None, delay_scale: float = 1.0, host_leases: str | None = None):
         self.config = config
         self.robots_cache = robots_cache
         self.policy = AddressPolicy(config.allow_private_addresses)
@@ -130,6 +136,7 @@ class Fetcher:
             per_host_concurrency or config.per_host_concurrency,
             config.per_host_min_delay_s * delay_scale,
             config.max_crawl_delay_s * delay_scale,
+            shared=HostLeaseClient(host_leases) if host_leases else None,
         )
         self.delay_scale = delay_scale
         self._robots_pending: dict[str, asyncio.Future] = {}
@@ -156,6 +163,8 @@ class Fetcher:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.session.close()
+        if self.limiter.shared is not None:
+            await self.limiter.shared.aclose()
 
     async def get(self, url: URL, *, max_bytes: int, accept: str, check_opt_out: bool,
                   check_robots: bool = True, truncate: bool = False) -> Response:

@@ -145,7 +145,7 @@ def describe_start(data: bytes) -> str:
 
 def inspect_image(data: bytes, allowed_formats: list[str], max_pixels: int) -> ImageInfo:
     """Format and size of an image body, or ImageCheckError(not_an_image | unsupported_format | decode_error |
-    truncated | bomb)."""
+    truncated | too_many_pixels)."""
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageCheckError("not_an_image", f"starts with {describe_start(data)}")
@@ -158,5 +158,5 @@ def inspect_image(data: bytes, allowed_formats: list[str], max_pixels: int) -> I
     if width <= 0 or height <= 0:
         raise ImageCheckError("decode_error", f"{fmt}: header says {width}x{height}")
     if width * height > max_pixels:
-        raise ImageCheckError("bomb", f"{fmt}: {width}x{height} = {width * height} pixels > {max_pixels}")
+        raise ImageCheckError("too_many_pixels", f"{fmt}: {width}x{height} = {width * height} pixels > {max_pixels}")
     return ImageInfo(fmt, width, height)

@@ -1,11 +1,16 @@
 """Per-host politeness: at most N requests in flight, a minimum delay between request starts, and a pause
-for the whole host after a 429/503 with Retry-After."""
+for the whole host after a 429/503 with Retry-After.
+
+`HostLimiter` keeps these limits within one event loop; given a `HostLeaseClient` (curation.crawl.hostleases) it
+also takes each request's slot from the run's lease server, so the limits hold across every loop of the run."""
 from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import AsyncIterator
+
+from curation.crawl.hostleases import HostLeaseClient
 
 
 class HostState:
@@ -17,8 +22,10 @@ class HostState:
 
 
 class HostLimiter:
-    def __init__(self, concurrency: int, min_delay_s: float, max_crawl_delay_s: float):
+    def __init__(self, concurrency: int, min_delay_s: float, max_crawl_delay_s: float,
+                 shared: HostLeaseClient | None = None):
         self.concurrency = concurrency
+        self.shared = shared
         self.min_delay_s = min_delay_s
         self.max_crawl_delay_s = max_crawl_delay_s
         self._hosts: dict[str, HostState] = {}
@@ -37,19 +44,24 @@ class HostLimiter:
     def pause(self, host: str, seconds: float) -> None:
         state = self._host(host)
         state.paused_until = max(state.paused_until, time.monotonic() + seconds)
+        if self.shared is not None:
+            self.shared.pause(host, seconds)
 
     @asynccontextmanager
     async def slot(self, host: str, in_flight: asyncio.Semaphore) -> AsyncIterator[None]:
         """Hold one of the host's slots and one of the global `in_flight` slots, started no sooner than the
         host's delay and pause allow. The delay is waited for before taking a global slot (so waiting hosts
-        do not block others) and checked again after, since a long wait for it may let another slot start."""
+        do not block others) and checked again after, since a long wait for it may let another slot start.
+        The run's lease comes last, so the request starts as soon as it is granted: the server's delay is
+        measured between grants."""
         state = self._host(host)
         async with state.slots:
             await _wait_turn(state)
             async with in_flight:
                 await _wait_turn(state)
                 state.next_start = time.monotonic() + state.min_delay_s
-                yield
+                async with self.shared.lease(host, state.min_delay_s) if self.shared else nullcontext():
+                    yield
 
 
 async def _wait_turn(state: HostState) -> None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
+from storage.jsonl import iter_jsonl
 
 FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
 PARQUET_BATCH_ROWS = 65_536
@@ -169,19 +170,7 @@ def _records_from_columns(columns: dict[str, dict]) -> list[dict]:
 
 
 def _jsonl(text: io.TextIOBase, source: str) -> ListFile:
-    def objects() -> Iterator[tuple[int, dict]]:
-        for line_number, line in enumerate(text, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GadmsError(f"{source}:{line_number}: not a JSON object: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise GadmsError(f"{source}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            yield line_number, row
-
-    lines = objects()
+    lines = iter_jsonl(text, source)
     first = next(lines, None)  # its keys are the file's columns
 
     def rows(wanted: list[str]) -> Iterator[tuple]:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 from curation.crawl.state import chunk_fingerprint
 from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, join
-from storage.records import Download, UrlRecord
+from storage.records import UrlRecord
 from storage.schema import DOWNLOAD_SCHEMA
 from storage.shards import rejects_table, utc_now, write_parquet_atomic
 
@@ -67,17 +66,3 @@ def check_same_urls(path: str, urls: list[UrlRecord]) -> None:
 
 def write_rejects(rejects, path: str, chunk_id: str, run_id: str) -> None:
     write_parquet_atomic(rejects_table(rejects, chunk_id, run_id), path)
-
-
-def read_downloads(path: str) -> Iterator[Download]:
-    """The downloads of one output file, as the records the detection stage takes."""
-    fs, p = filesystem(path)
-    with fs.open(p, "rb") as f:
-        parquet = pq.ParquetFile(f)
-        for batch in parquet.iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                yield Download(
-                    url=row["url"], page_url=row["page_url"] or "", alt_text=row["alt_text"] or "",
-                    data=row["image"], sha256=row["sha256"], mime=row["mime"], width=row["width"],
-                    height=row["height"], source_meta=row.get("source_meta"),  # absent from older outputs
-                )

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
@@ -32,8 +33,13 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("mime", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+        pa.field("http_status", pa.int16()),
+        pa.field("x_robots_tag", pa.string()),
     ]
 )
+# Segments written before the fetch provenance was kept lack these; they load with the columns NULL.
+_ADDED_OUTCOME_COLUMNS = ("fetched_at", "http_status", "x_robots_tag")
 
 
 @dataclass
@@ -48,6 +54,9 @@ class Outcome:
     mime: str | None = None
     width: int | None = None
     height: int | None = None
+    fetched_at: datetime | None = None
+    http_status: int | None = None
+    x_robots_tag: str | None = None
 
 
 def chunk_fingerprint(urls: list[UrlRecord]) -> str:
@@ -96,11 +105,20 @@ def load_segments(state_dir: str) -> pa.Table:
                     table = pa.ipc.open_file(f).read_all()
         except (pa.ArrowInvalid, OSError) as exc:  # segments are renamed into place whole: someone damaged it
             raise GadmsError(f"{segment}: damaged crawl state ({exc}); delete {state_dir} to restart this chunk") from None
+        table = _with_added_columns(table)
         if not table.schema.equals(OUTCOME_SCHEMA):
             raise GadmsError(f"{segment}: damaged crawl state (not an outcome segment); delete {state_dir} to restart "
                              "this chunk")
         tables.append(table)
     return pa.concat_tables(tables)
+
+
+def _with_added_columns(table: pa.Table) -> pa.Table:
+    for name in _ADDED_OUTCOME_COLUMNS:
+        if name not in table.column_names:
+            kind = OUTCOME_SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table
 
 
 def saved_rows(segments: pa.Table) -> dict[int, int]:

@@ -1,7 +1,9 @@
 """URL lists in img2dataset's input formats (see listformats), one file or a folder of them, local or any fsspec
 URL. COYO-700M (`url`, `text`) and LAION (`URL`, `TEXT`) parquet files load as they are: when the default column
 names are missing, their usual spellings are tried. `extra_columns` (img2dataset's save_additional_columns)
-travel with each record as `source_meta`, a JSON object string.
+travel with each record as `source_meta`, a JSON object string, and so do the list's licence and NSFW columns
+(POLICY_COLUMNS) whenever it has them, asked for or not: what a source says about an image's licence or safety
+stays with every sample made from it.
 
 A folder is read as img2dataset reads one: its top-level files only, all of one format, all with the same columns.
 """
@@ -28,6 +30,9 @@ from storage.records import UrlRecord
 URL_ALIASES = ("url", "URL", "image_url")
 CAPTION_ALIASES = ("caption", "text", "TEXT", "alt", "alt_text", "ALT_TEXT")
 PAGE_URL_COLUMN = "page_url"
+# Licence and NSFW columns of the common lists: LAION-400M (LICENSE, NSFW), LAION-5B (punsafe), COYO-700M (its two
+# NSFW scores). Kept in source_meta as the list has them: names, types and scales differ from list to list.
+POLICY_COLUMNS = ("LICENSE", "license", "NSFW", "nsfw", "punsafe", "nsfw_score_opennsfw2", "nsfw_score_gantman")
 SUFFIXES = ", ".join(f".{fmt}" for fmt in FORMATS)
 
 
@@ -191,22 +196,26 @@ def read_range(part: ListRange) -> list[UrlRecord]:
 
 
 def write_url_records(records: list[UrlRecord], path: str) -> None:
-    """A jsonl list of `records` (url, caption, page_url), as read_url_list and plan_ranges read it back."""
+    """A jsonl list of `records` (url, caption, page_url and the extra columns of `source_meta`), as read_url_list
+    and plan_ranges read it back: with the same extra_columns, the records read back equal these."""
     with atomic_write(path, "w") as f:
         for r in records:
-            f.write(json.dumps({"url": r.url, "caption": r.alt_text, PAGE_URL_COLUMN: r.page_url}) + "\n")
+            extra = json.loads(r.source_meta) if r.source_meta else {}
+            f.write(json.dumps({**extra, "url": r.url, "caption": r.alt_text, PAGE_URL_COLUMN: r.page_url}) + "\n")
 
 
 def _columns_to_read(list_file: ListFile, source: str, url_column: str, caption_column: str,
                      extra_columns: tuple[str, ...] | list[str]) -> ListColumns:
-    """The columns to read of this file; any named column it lacks is an error."""
+    """The columns to read of this file (the named extra columns, then the policy columns it has); any named
+    column it lacks is an error."""
     columns = list_file.columns
     url_col = _pick_column(columns, url_column, "url", URL_ALIASES, source, required=True)
     caption_col = _pick_column(columns, caption_column, "caption", CAPTION_ALIASES, source, required=False)
     missing = [c for c in extra_columns if c not in columns]
     if missing:
         raise GadmsError(f"{source}: no extra column {missing[0]!r} (columns: {', '.join(columns[:20])})")
-    return ListColumns(url_col, caption_col, PAGE_URL_COLUMN in columns, tuple(extra_columns))
+    policy = tuple(c for c in POLICY_COLUMNS if c in columns and c not in extra_columns)
+    return ListColumns(url_col, caption_col, PAGE_URL_COLUMN in columns, (*extra_columns, *policy))
 
 
 def _pick_column(columns: list[str], wanted: str, default: str, aliases: tuple[str, ...], source: str,

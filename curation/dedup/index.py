@@ -64,6 +64,13 @@ INSERT OR IGNORE INTO meta VALUES ('generation', 0);
 """
 
 
+def in_source_order(crops: list[PersonCrop]) -> list[PersonCrop]:
+    """The crops of a chunk ordered by source URL, then sample id: the order dedup sees them in, whichever path ran
+    the stages. Downloads arrive in the order hosts answer, and which copy of a duplicate pair a chunk keeps (and
+    its shard's row order) must not depend on that."""
+    return sorted(crops, key=lambda crop: (crop.source_url, crop.sample_id))
+
+
 class DedupIndex:
     """Global exact + near-duplicate filter over all kept crops; see the module docstring."""
 

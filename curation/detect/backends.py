@@ -26,7 +26,7 @@ class YoloBackend:
     """ultralytics YOLO: one pose model for boxes and keypoints, or a box model plus a pose model run on crops."""
 
     def __init__(self, config: DetectConfig):
-        from gadms_model.compat import ensure_torchvision_ops
+        from storage.compat import ensure_torchvision_ops
 
         ensure_torchvision_ops()
         self.config = config
@@ -44,11 +44,13 @@ class YoloBackend:
             )
 
     def _predict(self, model, images: list[np.ndarray]) -> list:
-        # ultralytics reads numpy arrays as BGR (OpenCV order).
+        # ultralytics reads numpy arrays as BGR (OpenCV order). rect=False: every image is letterboxed to the
+        # same square whatever its batch mates, so its boxes (and sample id) do not depend on which images share
+        # its batch; ultralytics pads to the square anyway whenever a batch mixes shapes, as web batches do.
         bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
         return model.predict(
             bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
-            classes=[self.config.person_class], device=self.device, verbose=False,
+            classes=[self.config.person_class], device=self.device, verbose=False, rect=False,
         )
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:

@@ -25,14 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curation.detect.config import DetectConfig
     from curation.detect.job import DetectJobConfig, run_detect_job
-    from storage.configfile import load_config, validate_config
+    from storage.configfile import read_config_data, validate_config
 
-    config = load_config(args.config, DetectJobConfig) if args.config else DetectJobConfig()
+    data = read_config_data(args.config) if args.config else {}
     overrides = {k: v for k, v in (("backend", args.backend), ("weights", args.weights), ("device", args.device)) if v}
     if overrides:
-        config.detect = validate_config({**config.detect.model_dump(), **overrides}, DetectConfig, "command line")
+        detect = data.get("detect") or {}
+        data["detect"] = {**detect, **overrides} if isinstance(detect, dict) else detect
+    source = f"{args.config} with the command line" if args.config and overrides else args.config or "command line"
+    config = validate_config(data, DetectJobConfig, source)
     if args.no_dedup:
         config.dedup.enabled = False
     summary = run_detect_job(args.downloads, args.out, config, run_id=args.run_id, progress=True)

@@ -10,18 +10,11 @@ The config is saved with every run, so it records which rules were used.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "synthweb" / "weights" / "synthweb-pose-demo.pt"
-FALLBACK_WEIGHTS = "yolo11n-pose.pt"
-
-
-def default_weights() -> str:
-    """The project's demo weights when they are there, else ultralytics' smallest pose model by name."""
-    return str(DEMO_WEIGHTS) if DEMO_WEIGHTS.is_file() else FALLBACK_WEIGHTS
+from storage.images import DEFAULT_MAX_PIXELS
 
 
 class DetectConfig(BaseModel):
@@ -29,7 +22,9 @@ class DetectConfig(BaseModel):
 
     # Detector
     backend: Literal["yolo", "hog"] = "yolo"
-    weights: str = Field(default_factory=default_weights)  # name, .pt path, or .yaml (random init, tests only)
+    # Name, .pt path, or .yaml (random init, tests only). No default: the yolo backend needs it named, so a real
+    # run cannot silently use the synthetic-only demo weights.
+    weights: str | None = Field(None, validate_default=True)
     pose_weights: str | None = None  # a separate pose model run on each box's crop; None: `weights` does both
     pose_check: bool = True  # the yolo backend needs pose keypoints for it; hog always skips it
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -56,10 +51,24 @@ class DetectConfig(BaseModel):
     border_margin: float | None = Field(None, ge=0.0)  # a box within this many px of an image edge is truncated
     min_box_share: float | None = Field(None, gt=0.0, le=1.0)  # box area / image area
 
+    # Face counting on each kept crop (curation.detect.faces: a Haar cascade bundled with opencv-python)
+    face_count: bool = True
+    face_max_side: int = Field(144, ge=20)  # the searched region is downscaled to this longest side (cost bound)
+    face_search_share: float = Field(0.5, gt=0.0, le=1.0)  # the upper share of the crop that is searched
+    face_scale_factor: float = Field(1.15, gt=1.0, le=2.0)  # cascade pyramid step
+    face_min_neighbors: int = Field(3, ge=0)  # overlapping hits a face needs; higher: fewer false faces
+
     # Cropping and decoding
     crop_margin: float = Field(0.05, ge=0.0, le=1.0)  # each side grows by this share of the box size, clipped
     jpeg_quality: int = Field(90, ge=1, le=100)
-    max_pixels: int = Field(89_478_485, ge=1)  # same default as the crawl stage (Pillow's bomb threshold)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # same default as the crawl stage
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_named(cls, value: str | None, info) -> str | None:
+        if value is None and info.data.get("backend", "yolo") == "yolo":
+            raise ValueError("required for the yolo backend: a .pt file or ultralytics name, e.g. yolo11x-pose.pt")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -91,6 +100,9 @@ class DetectConfig(BaseModel):
             "max_persons": self.max_persons,
             "border_margin": self.border_margin,
             "min_box_share": self.min_box_share,
+            "faces": {"detector": "opencv haarcascade_frontalface_alt2", "max_side": self.face_max_side,
+                      "search_share": self.face_search_share, "scale_factor": self.face_scale_factor,
+                      "min_neighbors": self.face_min_neighbors} if self.face_count else "skipped (face_count: false)",
         }
         if self.uses_pose:
             rules["pose"] = {

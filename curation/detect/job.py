@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.dedup import DedupConfig, DedupIndex
+from curation.dedup import DedupConfig, DedupIndex, in_source_order
 from curation.detect.config import DetectConfig
 from curation.detect.parquet_io import count_rows, crops_table, download_files, iter_downloads, open_downloads
 from curation.detect.pipeline import PersonDetector, detect_persons
@@ -27,7 +27,7 @@ from storage.shards import rejects_table, write_parquet_atomic
 class DetectJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detect: DetectConfig = Field(default_factory=DetectConfig)
+    detect: DetectConfig = Field(default_factory=dict, validate_default=True)  # `weights` has no default
     dedup: DedupConfig = Field(default_factory=DedupConfig)
 
 
@@ -101,6 +101,7 @@ def _run_shard(
         images += len(downloads)
         bar.update(rows)
     timings["detect_s"] += time.perf_counter() - started
+    crops = in_source_order(crops)
     if index is not None:
         started = time.perf_counter()
         crops, duplicate_rejects = index.deduplicate(crops, shard_id)

@@ -7,6 +7,7 @@ Crops: storage.schema.CROP_SCHEMA, the fields of `storage.records.PersonCrop`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Iterator
@@ -19,8 +20,11 @@ from storage.records import Download, PersonCrop
 from storage.schema import CROP_SCHEMA
 
 BYTES_COLUMNS = ("data", "image")  # Download's field name, the crawl CLI's column name
-OPTIONAL_CROP_COLUMNS = ("source_meta",)  # absent from crops files written before it
-OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height", "source_meta")
+# Absent from files written before them (source_meta; then the provenance and face columns of schema v2).
+PROVENANCE_COLUMNS = ("fetched_at", "http_status", "x_robots_tag")
+OPTIONAL_CROP_COLUMNS = ("source_meta", *PROVENANCE_COLUMNS, "num_faces", "face_boxes")
+OPTIONAL_DOWNLOAD_COLUMNS = ("page_url", "alt_text", "sha256", "mime", "width", "height", "source_meta",
+                             *PROVENANCE_COLUMNS)
 
 
 def download_files(path: str | Path) -> list[Path]:
@@ -49,7 +53,9 @@ def count_rows(path: Path) -> int:
 # Column kinds of a downloads file, checked from its schema before any image is detected.
 _DOWNLOAD_KINDS = {"data": ("binary", pa.types.is_binary, pa.types.is_large_binary),
                    "image": ("binary", pa.types.is_binary, pa.types.is_large_binary),
-                   "width": ("integer", pa.types.is_integer), "height": ("integer", pa.types.is_integer)}
+                   "width": ("integer", pa.types.is_integer), "height": ("integer", pa.types.is_integer),
+                   "http_status": ("integer", pa.types.is_integer),
+                   "fetched_at": ("timestamp", pa.types.is_timestamp)}
 _STRING_KIND = ("string", pa.types.is_string, pa.types.is_large_string)
 
 
@@ -103,31 +109,14 @@ def iter_downloads(path: Path, batch_rows: int) -> Iterator[tuple[list[Download]
                     width=record.get("width") or 0,
                     height=record.get("height") or 0,
                     source_meta=record.get("source_meta"),
+                    **{name: record.get(name) for name in PROVENANCE_COLUMNS},
                 )
             )
         yield downloads, batch.num_rows
 
 
 def crops_table(crops: list[PersonCrop]) -> pa.Table:
-    rows = [
-        {
-            "sample_id": c.sample_id,
-            "source_url": c.source_url,
-            "page_url": c.page_url,
-            "alt_text": c.alt_text,
-            "source_sha256": c.source_sha256,
-            "image": c.image,
-            "width": c.width,
-            "height": c.height,
-            "bbox": list(c.bbox),
-            "det_score": c.det_score,
-            "keypoints": c.keypoints,
-            "phash": c.phash,
-            "crop_sha256": c.crop_sha256,
-            "source_meta": c.source_meta,
-        }
-        for c in crops
-    ]
+    rows = [{**dataclasses.asdict(c), "bbox": list(c.bbox)} for c in crops]
     return pa.Table.from_pylist(rows, schema=CROP_SCHEMA)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,17 +12,27 @@ from curation.dedup.phash import phash64
 from curation.detect.backends import Candidate, HogBackend, YoloBackend
 from curation.detect.config import DetectConfig
 from curation.detect.crop import crop_region, encode_jpeg
-from curation.detect.decode import DecodeError, decode_image
+from curation.detect.faces import FaceCounter
 from curation.detect.rules import box_reject, crowd_reject, pose_reject, score_reject
+from storage.images import DecodeError, decode_image
 from storage.records import Download, PersonCrop, Reject, make_sample_id
 
 
 class PersonDetector:
-    """The configured detector (yolo or hog), loaded once and reused for every chunk."""
+    """The configured detector (yolo or hog), loaded once and reused for every chunk.
 
-    def __init__(self, config: DetectConfig | None = None):
-        self.config = config or DetectConfig()
+    Safe to share between threads (the build flow's task runner shares one per process): calls into the backend
+    take turns. Ultralytics documents its models as not thread-safe; it locks the inference loop itself, but
+    `Model.predict` creates the predictor on first use and rewrites its args outside that lock. Detection already
+    uses every core through torch's own threads, so taking turns costs little; a loaded copy per thread would
+    cost its memory (GPU memory too) for no gain.
+    """
+
+    def __init__(self, config: DetectConfig):
+        self.config = config
         self.backend = YoloBackend(self.config) if self.config.backend == "yolo" else HogBackend(self.config)
+        self._turn = threading.Lock()
+        self.faces = FaceCounter(self.config) if self.config.face_count else None
 
     @property
     def separate_pose_model(self) -> bool:
@@ -29,13 +40,15 @@ class PersonDetector:
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
         """Person candidates per RGB image (boxes in source pixels, keypoints when the detector has them)."""
-        return self.backend.detect(images)
+        with self._turn:
+            return self.backend.detect(images)
 
     def pose(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
         """Keypoints (crop pixels) from the separate pose model, batched."""
         found = []
         for start in range(0, len(crops), self.config.batch_size):
-            found += self.backend.pose(crops[start : start + self.config.batch_size])
+            with self._turn:
+                found += self.backend.pose(crops[start : start + self.config.batch_size])
         return found
 
 
@@ -101,7 +114,8 @@ def _detect_batch(downloads: list[Download], detector: PersonDetector) -> tuple[
             if failed:
                 rejects.append(_person_reject("pose", failed, person.download, person.candidate.box))
                 continue
-        crops.append(_make_crop(person, make_sample_id(person.download.sha256, person.candidate.box), config))
+        crops.append(_make_crop(person, make_sample_id(person.download.sha256, person.candidate.box), config,
+                                detector.faces))
     return crops, rejects
 
 
@@ -131,9 +145,11 @@ def _apply_box_rules(
     return passed
 
 
-def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonCrop:
+def _make_crop(person: _Person, sample_id: str, config: DetectConfig, faces: FaceCounter | None) -> PersonCrop:
     image = encode_jpeg(person.pixels, config.jpeg_quality)
     keypoints = person.candidate.keypoints
+    face_boxes = None if faces is None else faces.boxes(person.pixels)
+    download = person.download
     return PersonCrop(
         sample_id=sample_id,
         source_url=person.download.url,
@@ -149,6 +165,11 @@ def _make_crop(person: _Person, sample_id: str, config: DetectConfig) -> PersonC
         keypoints=None if keypoints is None else [float(v) for v in np.asarray(keypoints).ravel()],
         phash=phash64(person.pixels),
         crop_sha256=hashlib.sha256(image).hexdigest(),
+        fetched_at=download.fetched_at,
+        http_status=download.http_status,
+        x_robots_tag=download.x_robots_tag,
+        num_faces=None if face_boxes is None else len(face_boxes),
+        face_boxes=face_boxes,
     )
 
 

@@ -55,7 +55,7 @@ def check_yolo_weights(weights: str, field: str) -> None:
     path = Path(weights)
     if path.suffix.lower() in (".yaml", ".yml") or not path.is_file():
         return
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
 
     ensure_torchvision_ops()  # before ultralytics imports torchvision
     import torch

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.detect.config import DetectConfig
+from curation.detect.rules import box_reject, score_reject
 from curation.detect.weights import check_yolo_weights
 from curation.synthweb.figure import FLIP_INDEX, KEYPOINT_NAMES
 from curation.synthweb.hostile import jpeg_bytes
@@ -49,21 +51,6 @@ class DetectorTrainConfig(BaseModel):
     seed: int = 0
     model: str = "yolo11n-pose.yaml"
     time_hours: float | None = Field(None, gt=0)  # overrides epochs: ultralytics fits its schedule into it
-
-
-@dataclass(frozen=True)
-class SizeRules:
-    """The curation pipeline's person-box rules (the paper's values by default)."""
-
-    min_short_side: float = 90.0
-    min_aspect: float = 0.25  # width / height
-    max_aspect: float = 0.5
-    min_conf: float = 0.85
-
-    def passes(self, box, conf: float = 1.0) -> bool:
-        w, h = box[2] - box[0], box[3] - box[1]
-        return (conf > self.min_conf and min(w, h) > self.min_short_side
-                and h > 0 and self.min_aspect <= w / h <= self.max_aspect)
 
 
 # ---------------------------------------------------------------- dataset
@@ -127,7 +114,7 @@ def prepare_ultralytics(config_dir: str | Path | None = None):
     os.environ["YOLO_OFFLINE"] = "1"
     if config_dir is not None:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
-    from gadms_model.compat import ensure_torchvision_ops
+    from storage.compat import ensure_torchvision_ops
 
     ensure_torchvision_ops()
     import matplotlib
@@ -217,16 +204,18 @@ class CountCheck:
         return self.correct / self.images if self.images else 0.0
 
 
-def count_persons_check(model, samples: list[tuple[str, object, list]], rules: SizeRules = SizeRules(),
+def count_persons_check(model, samples: list[tuple[str, object, list]], rules: DetectConfig,
                         imgsz: int = DEMO_IMGSZ) -> CountCheck:
-    """For each (name, image, ground-truth boxes): does the number of detections passing `rules` equal the
-    number of ground-truth boxes passing the size rules? `model` is a loaded ultralytics YOLO model."""
+    """For each (name, image, ground-truth boxes): does the number of detections passing the detect stage's
+    confidence and box rules equal the number of ground-truth boxes passing its box rules? `model` is a loaded
+    ultralytics YOLO model."""
     correct, mismatches = 0, []
     for name, image, boxes in samples:
-        expected = sum(rules.passes(box) for box in boxes)
         result = model.predict(image, imgsz=imgsz, conf=min(0.25, rules.min_conf), verbose=False)[0]
-        detected = sum(rules.passes(box, conf) for box, conf in
-                       zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist()))
+        size = (result.orig_shape[1], result.orig_shape[0])
+        expected = sum(box_reject(tuple(box), size, rules) is None for box in boxes)
+        detected = sum(score_reject(conf, rules) is None and box_reject(tuple(box), size, rules) is None
+                       for box, conf in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist()))
         if detected == expected:
             correct += 1
         else:

@@ -37,6 +37,7 @@ from curation.synthweb.scene import NEGATIVE_PLANS, Scene, render_scene
 from curation.synthweb.verdicts import expected_verdict
 from storage.errors import GadmsError, check_range
 from storage.fs import refuse_file
+from storage.jsonl import read_jsonl
 
 BASE_URL_PLACEHOLDER = "__BASE_URL__"
 IMAGES_PER_PAGE = 12
@@ -335,18 +336,8 @@ def read_ground_truth(site_dir: str | Path) -> list[tuple[str, dict]]:
     if not ground_truth.is_file():
         raise GadmsError(f"{site_dir}: no ground_truth.jsonl here; render a site with `gadms synthweb render`")
     records = []
-    try:
-        lines = ground_truth.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise GadmsError(f"{ground_truth}: not UTF-8 text: {exc.reason}") from None
-    for number, line in enumerate(lines, 1):
+    for number, record in read_jsonl(ground_truth):
         where = f"{ground_truth}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GadmsError(f"{where}: not valid JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise GadmsError(f"{where}: expected a JSON object")
         for name, kind in _GROUND_TRUTH_FIELDS.items():
             if not isinstance(record.get(name), kind):
                 raise GadmsError(f"{where}: field {name!r} must be a {kind.__name__}")

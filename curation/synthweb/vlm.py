@@ -39,6 +39,7 @@ from curation.synthweb.identities import COLOURS, HAIR_COLOURS, Identity, hair_p
 from curation.synthweb.site import read_ground_truth
 from curation.synthweb.verdicts import KEEP
 from storage.errors import GadmsError
+from storage.jsonl import read_jsonl
 
 SIMULATED_MODEL_NAME = "synthweb-sim-vlm"
 THUMBNAIL_SIZE = (12, 24)  # width, height: coarse enough to ignore a detector's few pixels of box jitter
@@ -278,7 +279,7 @@ class SimulatedVlm:
 
 
 def read_hallucination_log(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [entry for _, entry in read_jsonl(path)]
 
 
 class SimulatedVlmServer(LoopbackAiohttpServer):

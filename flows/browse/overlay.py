@@ -18,11 +18,11 @@ UNBOUNDED = (2**31, 2**31)
 def overlay(bbox: list[float], keypoints: list[float] | None, crop_margin: float | None) -> dict:
     """{"box": (x, y, w, h), "points": [(x, y)], "limbs": [(x1, y1, x2, y2)]} in crop pixels; keypoints with
     confidence below the pose rules' `keypoint_conf` default are left out."""
-    margin = DetectConfig().crop_margin if crop_margin is None else crop_margin
+    margin = DetectConfig.model_fields["crop_margin"].default if crop_margin is None else crop_margin
     left, top, _, _ = crop_region(tuple(bbox), UNBOUNDED, margin)
     x1, y1, x2, y2 = bbox
     visible: dict[int, tuple[float, float]] = {}
-    threshold = DetectConfig().keypoint_conf
+    threshold = DetectConfig.model_fields["keypoint_conf"].default
     for k in range(len(keypoints or []) // 3):
         x, y, conf = keypoints[3 * k: 3 * k + 3]
         if conf >= threshold:

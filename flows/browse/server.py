@@ -19,7 +19,7 @@ def open_root(root: str, checkpoint: str | None, index_path: str | None) -> tupl
     con = connect(OutputLayout(root).default_catalog_path(), read_only=True)
     if checkpoint is None:
         return con, None
-    from gadms_model.evaluation.runner import default_device
+    from storage.devices import default_device
     from gadms_model.retrieval import TextSearch
 
     try:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import bisect
-import io
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from PIL import Image
 from gadms_model.data.benchmarks import TrainSample
 from storage.catalog import catalog_root
 from storage.errors import GadmsError
+from storage.images import DEFAULT_MAX_PIXELS, DecodeError, decode_rgb
 from storage.fs import filesystem
 from storage.layout import OutputLayout
 from storage.public import check_columns, image_bytes, public_files
@@ -35,12 +35,9 @@ class DataSourceError(GadmsError):
 
 def decode_image(data: bytes, where: str) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    # Any exception: bytes from the web are hostile, and in a process that imported ultralytics Image.open is its
-    # patch, which answers undecodable bytes with ModuleNotFoundError (pi_heif) instead of UnidentifiedImageError.
-    except Exception as exc:
-        raise DataSourceError(f"{where}: image cannot be decoded: {type(exc).__name__}: {exc}") from None
+        return decode_rgb(data, DEFAULT_MAX_PIXELS)
+    except DecodeError as exc:
+        raise DataSourceError(f"{where}: image cannot be decoded: {exc.detail}") from None
 
 
 def open_image(path: str, where: str) -> Image.Image:

@@ -1,7 +1,7 @@
 """Image transforms of the method (§7): train augmentation and test-time resize + CLIP normalisation."""
 from __future__ import annotations
 
-from gadms_model.compat import ensure_torchvision_ops
+from storage.compat import ensure_torchvision_ops
 
 ensure_torchvision_ops()
 

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from gadms_model.evaluation.runner import default_device, evaluate_model, format_table
-    from storage.devices import existing_device
+    from gadms_model.evaluation.runner import evaluate_model, format_table
+    from storage.devices import default_device, existing_device
     from storage.errors import GadmsError, check_range
 
     check_range("--batch-size", args.batch_size, 1, 65536)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise GadmsError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
     device = existing_device(args.device, "--device") if args.device else default_device()
     if args.checkpoint:
-        from gadms_model.training.checkpoint import load_model
+        from gadms_model.checkpoint import load_model
 
         model = load_model(args.checkpoint, device)
     else:

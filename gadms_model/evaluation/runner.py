@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from gadms_model.data.benchmarks import EvalSplit, load_benchmark
 from gadms_model.evaluation.metrics import METRIC_KEYS, blocked_rank_metrics
+from storage.devices import default_device
 from storage.errors import GadmsError
 
 # Column order of the paper's tables: dataset blocks of R@1 / R@5 / R@10 / mAP (mINP added: it is standard too).
@@ -24,10 +25,6 @@ DATASET_TITLES = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpr
 class SplitFeatures:
     text: torch.Tensor  # captions × dim, L2-normalised
     image: torch.Tensor  # images × dim, L2-normalised
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -86,7 +83,7 @@ def evaluate(
     i2t: bool = False,
 ) -> dict[str, float]:
     """Metrics (percent) of a training checkpoint on `split` ("test" or "val") of a public benchmark."""
-    from gadms_model.training.checkpoint import load_model
+    from gadms_model.checkpoint import load_model
 
     device = torch.device(device) if device is not None else default_device()
     model = load_model(checkpoint, device)

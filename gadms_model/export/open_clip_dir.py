@@ -61,7 +61,7 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write the checkpoint's CLIP towers to `out_dir` (created); returns the weights file."""
     from safetensors.torch import save_file
 
-    from gadms_model.training.checkpoint import load_model
+    from gadms_model.checkpoint import load_model
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model = load_model(checkpoint)  # weights only; a bad file fails with one line naming it

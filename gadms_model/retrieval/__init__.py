@@ -23,7 +23,7 @@ class TextSearch:
                  index_path: str | None = None, batch_size: int = 128, progress: bool = True):
         from gadms_model.retrieval.gallery import Gallery
         from gadms_model.retrieval.index import load_or_build_index
-        from gadms_model.training.checkpoint import load_model
+        from gadms_model.checkpoint import load_model
 
         self.device = torch.device(device)
         self.model = load_model(checkpoint, self.device)
@@ -47,14 +47,17 @@ def search(checkpoint: str, gallery: str, query: str, k: int = 10, device: torch
            index_path: str | None = None, sheet_path: str | Path | None = None, batch_size: int = 128,
            progress: bool = True) -> SearchResults:
     """Top-k gallery items for a text query; writes a contact sheet PNG when `sheet_path` is given."""
-    from gadms_model.retrieval.sheet import contact_sheet
+    from storage.reports import contact_sheet
 
     searcher = TextSearch(checkpoint, gallery, device, index_path, batch_size=batch_size, progress=progress)
     top = searcher.top(query, k)
     written = None
     if sheet_path is not None:
-        items = [(searcher.gallery.image(i), score, searcher.index.ids[i]) for i, score in top]
-        written = str(contact_sheet(query, items, sheet_path))
+        written = str(contact_sheet(
+            [searcher.gallery.image(i) for i, _ in top], [searcher.index.ids[i][-20:] for i, _ in top], sheet_path,
+            columns=max(1, min(5, len(top))), thumb=(128, 256), text_width=20,
+            titles=[f"#{rank}  {score:.3f}" for rank, (_, score) in enumerate(top, start=1)], heading=query,
+            lines_per_caption=1))
     return SearchResults(searcher.hits(top), str(searcher.index_path), searcher.index_built, written)
 
 

@@ -26,10 +26,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from gadms_model.evaluation.runner import default_device
     from gadms_model.retrieval import search
 
-    from storage.devices import existing_device
+    from storage.devices import default_device, existing_device
     from storage.errors import GadmsError, check_range
     from storage.fs import make_folder, refuse_folder
 

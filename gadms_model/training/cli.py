@@ -1,6 +1,6 @@
 """`gadms train --config FILE [--resume]`: pre-train or fine-tune from a YAML config.
 
-Under torchrun every process runs this command: `torchrun --nproc-per-node 8 -m gadms_model.cli train --config ...`.
+Under torchrun every process runs this command: `torchrun --nproc-per-node 8 -m flows.cli train --config ...`.
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gadms_model.model import ModelConfig
 
 BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
 
@@ -64,11 +66,11 @@ class TrainConfig(BaseModel):
 
     output_dir: str
     data: DataConfig
-    model: dict = Field(default_factory=dict, description="gadms_model.ModelConfig fields; num_classes comes from the data")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="num_classes comes from the data")
     init_from: str | None = Field(None, description="checkpoint whose model weights start this run (fine-tuning)")
     token_scores: str | None = Field(
         None, description="torch file {'scores': num_pairs × context tensor in [0, 1]} that fills the GASS score "
-                          "store at the start (with model.mask_from 'fixed': masks from these scores only)")
+                          "store at the start; model.mask_from 'fixed' needs it (masks from these scores only)")
     validation: ValidationConfig | None = Field(
         None, description="model selection split; defaults to the training benchmark's val split when it has one"
     )
@@ -88,11 +90,11 @@ class TrainConfig(BaseModel):
     log_every_steps: int = Field(10, ge=1, description="TensorBoard scalars; the JSONL file gets every step")
     progress: bool = True
 
-    @field_validator("model")
-    @classmethod
-    def _image_size_in_memory(cls, model: dict) -> dict:
-        """model.image_size [100000, 100000] is killed for memory with no message; ModelConfig takes any size."""
-        size = model.get("image_size")
-        if isinstance(size, (list, tuple)) and not all(isinstance(side, int) and 16 <= side <= 4096 for side in size):
-            raise ValueError(f"image_size: each side must lie in 16..4096, got {list(size)}")
-        return model
+    @model_validator(mode="after")
+    def _score_source_named(self) -> "TrainConfig":
+        if self.model.mask_from == "fixed" and self.token_scores is None:
+            raise ValueError("model.mask_from 'fixed' needs token_scores (the file the masks come from); "
+                             "'constant' masks from the initial 0.85 everywhere")
+        if self.model.mask_from == "constant" and self.token_scores is not None:
+            raise ValueError("model.mask_from 'constant' ignores token_scores: use 'fixed' to mask from them")
+        return self

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gadms_model.training import checkpoint as ckpt
+from gadms_model import checkpoint as ckpt
 from gadms_model.training.config import TrainConfig
 from gadms_model.training.distributed import (
     ProcessInfo,
@@ -40,6 +40,7 @@ from gadms_model.training.distributed import (
 )
 from gadms_model.training.schedule import lr_factor
 from storage.configfile import dump_config, load_config
+from storage.devices import default_device
 from storage.errors import GadmsError
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
@@ -84,9 +85,7 @@ def validation_split(config: TrainConfig):
 
 
 def select_device(config: TrainConfig, process: ProcessInfo) -> torch.device:
-    kind = config.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = default_device().type if config.device == "auto" else config.device
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise GadmsError("device: 'cuda' asked for, but no GPU is available")
@@ -151,9 +150,56 @@ def _scalars(outputs: dict) -> dict[str, float]:
     return {key: float(value.detach()) for key, value in outputs.items() if isinstance(value, torch.Tensor) and value.numel() == 1}
 
 
+@dataclass
+class TrainingRun:
+    """Everything one run holds between its set-up, its epochs and its checkpoints."""
+
+    config: TrainConfig
+    process: ProcessInfo
+    device: torch.device
+    autocast: object  # a context manager: bf16 autocast on GPU, else nothing
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
+    model_config: object  # the model's resolved ModelConfig (activation chosen): what checkpoints record
+    dataset: object
+    sampler: object
+    score_store: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    steps_per_epoch: int
+    total_steps: int  # the steps this run stops at (epochs × steps per epoch, capped by max_steps)
+    validation: tuple | None
+    metrics_log: JsonlLog
+    writer: object | None
+    progress: object
+    last_path: Path | None
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_metrics: dict | None = None
+    best_score: float = float("-inf")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train as `config` says; with `resume`, continue exactly from the latest checkpoint in output_dir."""
-    from gadms_model.data.loading import BlockShuffleSampler, TrainDataset, collate_pairs
+    run = set_up(config, resume)
+    started = time.time()
+    while run.epoch < config.epochs and run.step < run.total_steps:
+        train_one_epoch(run)
+    return finish(run, time.time() - started)
+
+
+def set_up(config: TrainConfig, resume: bool) -> TrainingRun:
+    """Device, data, model, optimiser and logs; the state of the latest checkpoint when resuming."""
+    from gadms_model.data.loading import BlockShuffleSampler, TrainDataset
     from gadms_model.data.transforms import eval_transform, train_transform
     from gadms_model.model import ModelConfig, build_model
     from gadms_model.score_store import ScoreStore, load_token_scores
@@ -184,16 +230,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         dump_config(config, config_path)
     barrier()
 
-    model_fields = dict(config.model)
-    if model_fields.get("mode") == "irra":
+    model_fields = config.model.model_dump()
+    if config.model.mode == "irra":
         model_fields["num_classes"] = source.num_classes  # the fine-tuning recipe's ID loss over train identities
     initial = ckpt.load(config.init_from) if config.init_from and latest is None else None
     if initial is not None:
         model_fields["quick_gelu"] = _initial_activation(model_fields.get("quick_gelu"), initial, config.init_from)
-    model_config = ModelConfig.model_validate(model_fields)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     random.seed(config.seed)
-    model = build_model(model_config)
+    model = build_model(ModelConfig.model_validate(model_fields))
     model_config = model.config  # its activation resolved: the checkpoints record the choice
     if initial is not None:
         _load_initial_weights(model, initial["model"])
@@ -203,18 +248,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     transform = train_transform if config.augment else eval_transform
     dataset = TrainDataset(source, transform(tuple(model_config.image_size)), seed=config.seed)
     sampler = BlockShuffleSampler(source.blocks(), config.seed, process.world_size, process.rank, config.shuffle_window)
-    micro_per_epoch = len(sampler) // config.batch_size
-    steps_per_epoch = micro_per_epoch // config.grad_accum_steps
+    steps_per_epoch = len(sampler) // config.batch_size // config.grad_accum_steps
     if steps_per_epoch < 1:
         raise GadmsError(
             f"data: {source.num_pairs} pairs give no optimiser step at batch_size {config.batch_size} × "
             f"grad_accum_steps {config.grad_accum_steps} × {process.world_size} process(es)"
         )
     total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps_run = min(total_steps, config.max_steps)
-    else:
-        total_steps_run = total_steps
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
 
     score_store = ScoreStore(source.num_pairs, model_config.context_length)
@@ -226,176 +266,192 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, config.optim.warmup_start_factor)
     )
-
-    step, epoch, step_in_epoch = 0, 0, 0
-    best_metrics, best_score = None, float("-inf")
-    if latest is not None:
-        state = ckpt.load(latest)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        score_store.load_state_dict(state["score_store"])
-        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        best_metrics = state.get("best_metrics") or None
-        best_score = state.get("best_score", float("-inf"))
-        rng = state["rng"]
-        ckpt.set_rng_state(rng[process.rank] if len(rng) == process.world_size else rng[0])
-
     train_model = model
     if distributed():
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-
-    validation = validation_split(config)
     metrics_log = JsonlLog(output_dir / "metrics.jsonl", process.is_main)
+    run = TrainingRun(
+        config=config, process=process, device=device,
+        autocast=torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext(),
+        model=model, train_model=train_model, model_config=model_config, dataset=dataset, sampler=sampler,
+        score_store=score_store, optimizer=optimizer, scheduler=scheduler, steps_per_epoch=steps_per_epoch,
+        total_steps=min(total_steps, config.max_steps) if config.max_steps is not None else total_steps,
+        validation=validation_split(config), metrics_log=metrics_log, writer=None, progress=None, last_path=latest,
+    )
     if latest is not None:
-        metrics_log.truncate_after(step)
-    writer = None
+        _restore(run, ckpt.load(latest))
+        metrics_log.truncate_after(run.step)
     if process.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step if latest is not None else None)
+        run.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=run.step if latest is not None else None)
 
     from tqdm import tqdm
 
-    progress = tqdm(total=total_steps_run, initial=step, desc="train", unit="step",
-                    disable=not (config.progress and process.is_main), dynamic_ncols=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    run.progress = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step",
+                        disable=not (config.progress and process.is_main), dynamic_ncols=True)
+    return run
 
-    def save_training_checkpoint() -> Path:
-        rng_states = gather_objects(ckpt.rng_state())
-        # Every rank's store must hold the same scores (they are all-gathered each step): record each rank's digest.
-        store_digests = gather_objects(hashlib.sha256(score_store.scores.cpu().numpy().tobytes()).hexdigest())
-        path = ckpt.step_path(checkpoints_dir, step)
-        if process.is_main:
-            ckpt.save(
-                {
-                    "model_config": model_config.model_dump(mode="json"),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "score_store": score_store.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "rng": rng_states,
-                    "score_store_sha256": store_digests,
-                    "best_metrics": best_metrics or {},
-                    "best_score": best_score,
-                    "train_config": config.model_dump(mode="json"),
-                },
-                path,
-            )
-            for old in ckpt.step_checkpoints(checkpoints_dir)[: -config.keep_checkpoints]:
-                old.unlink()
-        barrier()
-        return path
 
-    last_path = latest
-    started = time.time()
-    while epoch < config.epochs and step < total_steps_run:
-        sampler.set_epoch(epoch, start=step_in_epoch * config.grad_accum_steps * config.batch_size)
-        dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                            collate_fn=collate_pairs, drop_last=True, pin_memory=device.type == "cuda",
-                            persistent_workers=False)
-        batches = iter(loader)
-        train_model.train()
-        while step_in_epoch < steps_per_epoch and step < total_steps_run:
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, list[float]] = {}
-            for micro in range(config.grad_accum_steps):
-                batch = next(batches)
-                micro_step = step * config.grad_accum_steps + micro
-                generator = torch.Generator(device=device).manual_seed(
-                    (config.seed * 1_000_003 + process.rank * 1_009 + micro_step * 7_919) % (2**63)
+def _restore(run: TrainingRun, state: dict) -> None:
+    """Model, optimiser, scheduler, score store, counters and this rank's RNG states from a training checkpoint."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.score_store.load_state_dict(state["score_store"])
+    run.step, run.epoch, run.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+    run.best_metrics = state.get("best_metrics") or None
+    run.best_score = state.get("best_score", float("-inf"))
+    rng = state["rng"]
+    ckpt.set_rng_state(rng[run.process.rank] if len(rng) == run.process.world_size else rng[0])
+
+
+def train_one_epoch(run: TrainingRun) -> None:
+    """The rest of the current epoch (all of it, unless resuming inside it, or until max_steps); then validation
+    at the epoch's end; checkpoints at the epoch's end, every checkpoint_every_steps and at the last step."""
+    from gadms_model.data.loading import collate_pairs
+
+    config = run.config
+    run.sampler.set_epoch(run.epoch, start=run.step_in_epoch * config.grad_accum_steps * config.batch_size)
+    run.dataset.set_epoch(run.epoch)
+    loader = DataLoader(run.dataset, batch_size=config.batch_size, sampler=run.sampler,
+                        num_workers=config.num_workers, collate_fn=collate_pairs, drop_last=True,
+                        pin_memory=run.device.type == "cuda", persistent_workers=False)
+    batches = iter(loader)
+    run.train_model.train()
+    while run.step_in_epoch < run.steps_per_epoch and run.step < run.total_steps:
+        _optimizer_step(run, batches)
+        end_of_epoch = run.step_in_epoch == run.steps_per_epoch
+        if end_of_epoch:
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+            every = config.validation.every_epochs if config.validation else 1
+            if run.validation is not None and (run.epoch % every == 0 or run.epoch == config.epochs):
+                _validate(run)
+        if end_of_epoch or (config.checkpoint_every_steps and run.step % config.checkpoint_every_steps == 0) \
+                or run.step == run.total_steps:
+            run.last_path = save_training_checkpoint(run)
+        if end_of_epoch:
+            break
+    del batches, loader
+
+
+def _optimizer_step(run: TrainingRun, batches) -> None:
+    """One optimiser step over grad_accum_steps micro-batches, logged."""
+    config, device, model = run.config, run.device, run.model
+    run.optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, list[float]] = {}
+    for micro in range(config.grad_accum_steps):
+        batch = next(batches)
+        micro_step = run.step * config.grad_accum_steps + micro
+        generator = torch.Generator(device=device).manual_seed(
+            (config.seed * 1_000_003 + run.process.rank * 1_009 + micro_step * 7_919) % (2**63)
+        )
+        text_ids = model.tokenizer(batch["caption"]).to(device, non_blocking=True)
+        last_micro = micro == config.grad_accum_steps - 1
+        sync = run.train_model.no_sync() if distributed() and not last_micro else nullcontext()
+        with sync:
+            with run.autocast:
+                outputs = run.train_model(
+                    batch["image"].to(device, non_blocking=True),
+                    text_ids,
+                    batch["pid"].to(device),
+                    caption_ids=batch["caption_id"].to(device),
+                    score_store=run.score_store,
+                    generator=generator,
                 )
-                text_ids = model.tokenizer(batch["caption"]).to(device, non_blocking=True)
-                last_micro = micro == config.grad_accum_steps - 1
-                sync = train_model.no_sync() if distributed() and not last_micro else nullcontext()
-                with sync:
-                    with autocast:
-                        outputs = train_model(
-                            batch["image"].to(device, non_blocking=True),
-                            text_ids,
-                            batch["pid"].to(device),
-                            caption_ids=batch["caption_id"].to(device),
-                            score_store=score_store,
-                            generator=generator,
-                        )
-                    (outputs["loss"] / config.grad_accum_steps).backward()
-                for key, value in _scalars(outputs).items():
-                    sums.setdefault(key, []).append(value)
-            if config.optim.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            step_in_epoch += 1
-            scalars = mean_across_ranks(sums, device)
-            log_scalars = {key: value for key, value in scalars.items() if math.isfinite(value)}
-            if not math.isfinite(scalars["loss"]):
-                raise GadmsError(f"step {step}: non-finite loss {scalars['loss']} (lower optim.lr?)")
-            metrics_log.write({"kind": "train", "step": step, "epoch": epoch, "lr": lr, **log_scalars})
-            if writer is not None and (step % config.log_every_steps == 0 or step == 1):
-                for key, value in log_scalars.items():
-                    writer.add_scalar(f"train/{key}", value, step)
-                writer.add_scalar("train/lr", lr, step)
-            progress.set_postfix(loss=f"{scalars['loss']:.4f}", epoch=epoch)
-            progress.update(1)
-            end_of_epoch = step_in_epoch == steps_per_epoch
-            if end_of_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-                every = config.validation.every_epochs if config.validation else 1
-                if validation is not None and (epoch % every == 0 or epoch == config.epochs):
-                    best_metrics, best_score = _validate(
-                        model, validation, config, device, process, step, epoch, metrics_log, writer,
-                        best_metrics, best_score, model_config,
-                    )
-            if end_of_epoch or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) \
-                    or step == total_steps_run:
-                last_path = save_training_checkpoint()
-            if end_of_epoch:
-                break
-        del batches, loader
-    progress.close()
+            (outputs["loss"] / config.grad_accum_steps).backward()
+        for key, value in _scalars(outputs).items():
+            sums.setdefault(key, []).append(value)
+    if config.optim.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    run.step_in_epoch += 1
+    scalars = mean_across_ranks(sums, device)
+    log_scalars = {key: value for key, value in scalars.items() if math.isfinite(value)}
+    if not math.isfinite(scalars["loss"]):
+        raise GadmsError(f"step {run.step}: non-finite loss {scalars['loss']} (lower optim.lr?)")
+    run.metrics_log.write({"kind": "train", "step": run.step, "epoch": run.epoch, "lr": lr, **log_scalars})
+    if run.writer is not None and (run.step % config.log_every_steps == 0 or run.step == 1):
+        for key, value in log_scalars.items():
+            run.writer.add_scalar(f"train/{key}", value, run.step)
+        run.writer.add_scalar("train/lr", lr, run.step)
+    run.progress.set_postfix(loss=f"{scalars['loss']:.4f}", epoch=run.epoch)
+    run.progress.update(1)
 
-    final_path = output_dir / "final.pt"
-    if process.is_main:
-        ckpt.save({"model_config": model_config.model_dump(mode="json"), "model": model.state_dict(), "step": step},
-                  final_path)
-        if writer is not None:
-            writer.close()
+
+def save_training_checkpoint(run: TrainingRun) -> Path:
+    """The full training state at this optimiser step; keeps the last keep_checkpoints of them."""
+    rng_states = gather_objects(ckpt.rng_state())
+    # Every rank's store must hold the same scores (they are all-gathered each step): record each rank's digest.
+    store_digests = gather_objects(hashlib.sha256(run.score_store.scores.cpu().numpy().tobytes()).hexdigest())
+    path = ckpt.step_path(run.checkpoints_dir, run.step)
+    if run.process.is_main:
+        ckpt.save(
+            {
+                "model_config": run.model_config.model_dump(mode="json"),
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "score_store": run.score_store.state_dict(),
+                "step": run.step,
+                "epoch": run.epoch,
+                "step_in_epoch": run.step_in_epoch,
+                "rng": rng_states,
+                "score_store_sha256": store_digests,
+                "best_metrics": run.best_metrics or {},
+                "best_score": run.best_score,
+                "train_config": run.config.model_dump(mode="json"),
+            },
+            path,
+        )
+        for old in ckpt.step_checkpoints(run.checkpoints_dir)[: -run.config.keep_checkpoints]:
+            old.unlink()
     barrier()
-    best_path = output_dir / "best.pt"
-    chosen = best_path if validation is not None and best_path.exists() else final_path
-    if process.is_main and config.progress:
-        print(f"trained {step} steps in {time.time() - started:.0f} s; model: {chosen}")
-    return TrainResult(str(chosen), str(output_dir / "metrics.jsonl"), best_metrics, str(last_path), step)
+    return path
 
 
-def _validate(model, validation, config, device, process, step, epoch, metrics_log, writer, best_metrics,
-              best_score, model_config):
+def finish(run: TrainingRun, seconds: float) -> TrainResult:
+    """final.pt, and the checkpoint the run chose: best.pt when a validation split selected one."""
+    run.progress.close()
+    final_path = run.output_dir / "final.pt"
+    if run.process.is_main:
+        ckpt.save({"model_config": run.model_config.model_dump(mode="json"), "model": run.model.state_dict(),
+                   "step": run.step}, final_path)
+        if run.writer is not None:
+            run.writer.close()
+    barrier()
+    best_path = run.output_dir / "best.pt"
+    chosen = best_path if run.validation is not None and best_path.exists() else final_path
+    if run.process.is_main and run.config.progress:
+        print(f"trained {run.step} steps in {seconds:.0f} s; model: {chosen}")
+    return TrainResult(str(chosen), str(run.output_dir / "metrics.jsonl"), run.best_metrics, str(run.last_path),
+                       run.step)
+
+
+def _validate(run: TrainingRun) -> None:
     """Evaluate on the val split (rank 0); keep best.pt by the configured metric. Other ranks wait."""
     from gadms_model.evaluation.runner import evaluate_split
 
-    name, split = validation
+    config, (name, split) = run.config, run.validation
     metric = config.validation.metric if config.validation else "R1"
-    if process.is_main:
-        metrics = evaluate_split(model, split, device, batch_size=config.batch_size, progress=config.progress)
-        metrics_log.write({"kind": "val", "step": step, "epoch": epoch, "dataset": name, **metrics})
-        if writer is not None:
+    if run.process.is_main:
+        metrics = evaluate_split(run.model, split, run.device, batch_size=config.batch_size,
+                                 progress=config.progress)
+        run.metrics_log.write({"kind": "val", "step": run.step, "epoch": run.epoch, "dataset": name, **metrics})
+        if run.writer is not None:
             for key, value in metrics.items():
-                writer.add_scalar(f"val/{key}", value, step)
-        if metrics[metric] > best_score:
-            best_metrics, best_score = {**metrics, "step": step, "epoch": epoch}, metrics[metric]
-            ckpt.save({"model_config": model_config.model_dump(mode="json"), "model": model.state_dict(),
-                       "step": step, "metrics": metrics}, Path(config.output_dir) / "best.pt")
-        model.train()
-    best_metrics, best_score = gather_objects((best_metrics, best_score))[0]
-    return best_metrics, best_score
+                run.writer.add_scalar(f"val/{key}", value, run.step)
+        if metrics[metric] > run.best_score:
+            run.best_metrics, run.best_score = {**metrics, "step": run.step, "epoch": run.epoch}, metrics[metric]
+            ckpt.save({"model_config": run.model_config.model_dump(mode="json"), "model": run.model.state_dict(),
+                       "step": run.step, "metrics": metrics}, run.output_dir / "best.pt")
+        run.model.train()
+    run.best_metrics, run.best_score = gather_objects((run.best_metrics, run.best_score))[0]
 
 
 def _initial_activation(configured: bool | None, initial: dict, path: str) -> bool | None:

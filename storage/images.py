@@ -1,4 +1,6 @@
-"""Decode a downloaded image once: pixel limit re-checked from the header, EXIF orientation applied, RGB array."""
+"""The one decoder of image bytes from the web or from shards (hostile input): pixel limit checked from the
+header before decoding, EXIF orientation applied, transparency on white, RGB. Detection takes the pixels as an
+array, training and search as a PIL image."""
 from __future__ import annotations
 
 import io
@@ -7,6 +9,9 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+
+# Pillow's own decompression-bomb threshold: the default pixel limit of the crawl and detect stages and of readers.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 # Transparent areas become white rather than the black that a plain RGB conversion gives.
 _BACKGROUND = (255, 255, 255)
@@ -34,6 +39,11 @@ class DecodeError(Exception):
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """H×W×3 uint8 RGB pixels of `data`. Raises DecodeError("too_many_pixels" | "decode_error", detail)."""
+    return np.ascontiguousarray(np.asarray(decode_rgb(data, max_pixels)))
+
+
+def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+    """`data` as an upright RGB PIL image. Raises DecodeError("too_many_pixels" | "decode_error", detail)."""
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces Pillow's warning; Pillow still refuses images above twice its
@@ -49,17 +59,17 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_many_pixels", str(exc)[:300]) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError,
-        # and some malformed headers as SyntaxError / ValueError.
+    except Exception as exc:
+        # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError, some malformed
+        # headers as SyntaxError / ValueError; a format plugin may raise anything on crafted bytes.
         raise DecodeError("decode_error", f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
         image = Image.alpha_composite(canvas, rgba)
     if image.mode in ("I;16", "I"):  # 16-bit grey: keep the high byte, as ultralytics and OpenCV do
         image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    return image.convert("RGB")

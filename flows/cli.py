@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from gadms_model.env import apply_offline_defaults
+from storage.env import apply_offline_defaults
 from storage.errors import GadmsError, error_line
 
 # name → (module, one-line help). Keep in the order a user meets them.
