@@ -27,6 +27,8 @@ from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
 from curation.crawl import crawl_chunk, discover_images
 from curation.crawl.urllist import write_url_records
 from curation.dedup import DedupIndex
+from curation.dedup.benchmark import seed_benchmark
+from curation.dedup.takedown import drop_taken_down
 from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
@@ -38,6 +40,8 @@ from storage.layout import OutputLayout
 from storage.records import Reject
 from storage.reject_thumbnails import reject_thumbnails_table
 from storage.shards import commit_shard, shard_is_complete
+from storage.takedown import TakedownList, effective_takedown_list
+from storage.takedown_shards import complete_pending_rewrites
 
 DEFAULT_CONFIG = "flows/configs/webperson.yaml"
 SEED_LIST = "seed-pages.jsonl"  # in the work dir: the images the seed pages show, planned like any URL list
@@ -87,11 +91,11 @@ def plan_stage(cfg: BuildConfig) -> list[Chunk]:
 
 
 @task(name="crawl", cache_policy=NO_CACHE)
-def crawl_stage(chunk: Chunk, cfg: BuildConfig):
+def crawl_stage(chunk: Chunk, cfg: BuildConfig, takedown: TakedownList):
     """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
     urls = chunk_urls(chunk)
     state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
-    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir)
+    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir, takedown=takedown)
 
 
 @task(name="detect", cache_policy=NO_CACHE)
@@ -100,10 +104,20 @@ def detect_stage(downloads: list, cfg: BuildConfig):
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
-def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig):
+def dedup_stage(crops: list, shard_id: str, cfg: BuildConfig, takedown: TakedownList):
+    crops, rejects = drop_taken_down(crops, takedown, cfg.dedup.radius)
     if not cfg.dedup.enabled:
-        return crops, []
-    return _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
+        return crops, rejects
+    kept, dedup_rejects = _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius).deduplicate(crops, shard_id)
+    return kept, rejects + dedup_rejects
+
+
+@task(name="seed-benchmark-guard", cache_policy=NO_CACHE)
+def benchmark_guard_stage(cfg: BuildConfig) -> list[dict]:
+    """Seed the dedup index with the configured benchmarks' val and test images (skipped when seeded before from
+    the same annotation file)."""
+    index = _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius)
+    return [vars(seed_benchmark(index, guard.dataset, guard.root)) for guard in cfg.benchmark_guard]
 
 
 @task(name="caption", cache_policy=NO_CACHE)
@@ -119,7 +133,7 @@ def write_stage(shard_id: str, run_id: str, crops: list, captions: list, rejects
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE)
-def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
+def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, takedown: TakedownList) -> ChunkReport:
     layout = OutputLayout(cfg.output_root)
     report = ChunkReport(shard_id=chunk.shard_id)
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
@@ -135,13 +149,14 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str) -> ChunkReport:
         report.seconds[stage] = report.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
 
-    report.urls, crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg))
+    report.urls, crawled = timed("crawl", lambda: crawl_stage.with_options(**retry)(chunk, cfg, takedown))
     rejects += crawled.rejects
     report.downloaded = len(crawled.downloads)
     crops, detect_rejects = timed("detect", lambda: detect_stage(crawled.downloads, cfg))
     rejects += detect_rejects
     report.persons = len(crops)
-    kept, dedup_rejects = timed("dedup", lambda: dedup_stage.with_options(**retry)(crops, chunk.shard_id, cfg))
+    kept, dedup_rejects = timed("dedup", lambda: dedup_stage.with_options(**retry)(
+        crops, chunk.shard_id, cfg, takedown))
     rejects += dedup_rejects
     report.unique = len(kept)
     captions, caption_rejects = timed("caption", lambda: caption_stage.with_options(**retry)(kept, cfg))
@@ -232,12 +247,18 @@ def _build(cfg: BuildConfig) -> dict:
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     with output_root_lock(cfg.output_root):
+        # A takedown killed after its commit point is finished first; its lists and the config's are applied to
+        # every chunk, so a rebuild never brings a removed sample back.
+        complete_pending_rewrites(cfg.output_root)
+        takedown = effective_takedown_list(cfg.output_root, [cfg.takedown_list] if cfg.takedown_list else [])
+        benchmarks = benchmark_guard_stage(cfg) if cfg.benchmark_guard else []
         chunks = plan_stage(cfg)
         logger.info("%d input rows in %d chunks of up to %d", sum(c.rows.stop - c.rows.start for c in chunks),
                     len(chunks), cfg.shard_size)
         reports = []
         with make_task_runner(cfg.runner) as runner:
-            futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id}) for c in chunks]
+            futures = [runner.submit(process_chunk, {"chunk": c, "cfg": cfg, "run_id": run_id, "takedown": takedown})
+                       for c in chunks]
             # The bar shows on a terminal (`gadms build`); workers' logs get the per-chunk lines.
             with tqdm(total=len(chunks), unit="chunk", desc="build-webperson", disable=None) as bar:
                 for done, future in enumerate(as_completed(futures), start=1):
@@ -250,6 +271,8 @@ def _build(cfg: BuildConfig) -> dict:
                     bar.set_postfix(kept=sum(r.rows for r in reports))
         reports.sort(key=lambda r: r.shard_id)
         summary = summarize(reports, time.perf_counter() - clock)
+        summary["takedown_entries"] = len(takedown)
+        summary["benchmark_guard"] = benchmarks
         write_run_record(cfg.output_root, {
             "run_id": run_id, "flow": "build-webperson", "status": "Completed", "output_root": cfg.output_root,
             "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),

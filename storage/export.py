@@ -5,7 +5,8 @@
     <out>/README.md                           the dataset card (storage.dataset_card)
 
 `image_path` is `images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
-storage.public reads this layout back.
+storage.public reads this layout back. A sample that a takedown list matches (the lists applied to the root under
+`<root>/takedown/`, and any given) is never written.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from storage.fs import atomic_write, filesystem, is_within, join
 from storage.layout import OutputLayout
 from storage.schema import HF_IMAGE_TYPE, PUBLIC_SCHEMA
 from storage.shards import complete_shards, read_shard, write_parquet_atomic
+from storage.takedown import MATCH_COLUMNS, NEAR_DUPLICATE_RADIUS, effective_takedown_list
 
 _DATA_FILE = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
 # Hub license ids are lower case (cc-by-4.0, apache-2.0, other); anything else would go into the YAML header.
@@ -41,11 +43,14 @@ def public_table(shard: pa.Table) -> pa.Table:
     return pa.table([image, paths, shard["caption1"], shard["caption2"]], schema=PUBLIC_SCHEMA)
 
 
-def export_public(root: str, out_dir: str, license: str | None = None) -> list[str]:
+def export_public(root: str, out_dir: str, license: str | None = None, takedown_lists: tuple[str, ...] = (),
+                  radius: int = NEAR_DUPLICATE_RADIUS) -> list[str]:
     """Write the Hub layout of `root`'s complete shards into `out_dir`; return the data files' paths.
 
     Each file is written atomically; data files of an earlier export that this one does not rewrite are removed,
     so the folder holds exactly one export. `license` is a Hub license id; None leaves it unknown in the card.
+    Rows matched by the root's applied takedown lists or by `takedown_lists` (pHash entries within `radius`) are
+    left out.
     """
     if license is not None and not _LICENSE.fullmatch(license):
         raise GadmsError(f"--license {license!r}: not a Hugging Face license id (e.g. cc-by-4.0, other)")
@@ -53,12 +58,16 @@ def export_public(root: str, out_dir: str, license: str | None = None) -> list[s
     data_dir, card_path = join(out_dir, "data"), join(out_dir, "README.md")
     if is_within(data_dir, root) or is_within(card_path, root):
         raise GadmsError(f"{out_dir}: inside the output root {root}; export to a folder outside it")
+    takedown = effective_takedown_list(root, takedown_lists)  # a bad list fails before anything is written
     entries = complete_shards(layout)
     if not entries:
         raise GadmsError(f"{layout.manifest_dir}: no complete shards to export (not a WebPerson output root?)")
     written, rows, num_bytes, download_size = [], 0, 0, 0
     for index, entry in enumerate(entries):
-        shard = read_shard(layout.shard_path(entry["shard_id"]), columns=["sample_id", "image", "caption1", "caption2"])
+        columns = ["image", "caption1", "caption2", *MATCH_COLUMNS]
+        shard = read_shard(layout.shard_path(entry["shard_id"]), columns=columns)
+        if len(takedown):
+            shard = shard.filter(pa.array([m is None for m in takedown.table_matches(shard, radius)], pa.bool_()))
         table = public_table(shard)
         path = join(data_dir, data_file_name(index, len(entries)))
         download_size += write_parquet_atomic(table, path)["bytes"]
