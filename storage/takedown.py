@@ -34,7 +34,8 @@ KINDS = ("url", "domain", "sha256", "phash")
 MATCH_COLUMNS = ["sample_id", "source_url", "page_url", "source_sha256", "crop_sha256", "phash"]
 
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "phash": re.compile(r"[0-9a-f]{16}")}
-_HOST = re.compile(r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _PAIRS_PER_BLOCK = 1 << 22  # bounds the temporary array of the pHash comparison
 
 
@@ -131,7 +132,8 @@ class TakedownList:
     def table_matches(self, table: pa.Table, radius: int) -> list[TakedownEntry | None]:
         """The entry each row of a table with MATCH_COLUMNS matches (URL or domain, then sha256, then pHash)."""
         near = self.phash_matches(table.column("phash").to_numpy(), radius)
-        columns = (table.column(name).to_pylist() for name in ("source_url", "page_url", "source_sha256", "crop_sha256"))
+        names = ("source_url", "page_url", "source_sha256", "crop_sha256")
+        columns = (table.column(name).to_pylist() for name in names)
         return [self.sample_entry(*row, near=int(k)) for row, k in zip(zip(*columns), near)]
 
     def sample_entry(self, source_url: str, page_url: str | None, source_sha256: str, crop_sha256: str,

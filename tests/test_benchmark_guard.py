@@ -38,7 +38,8 @@ def _crop(url: str, image: Image.Image) -> PersonCrop:
     source_sha = hashlib.sha256(data).hexdigest()
     return PersonCrop(sample_id=make_sample_id(source_sha, box), source_url=url, page_url="", alt_text="",
                       source_sha256=source_sha, image=data, width=image.width, height=image.height, bbox=box,
-                      det_score=0.9, keypoints=None, phash=phash64(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))),
+                      det_score=0.9, keypoints=None,
+                      phash=phash64(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))),
                       crop_sha256=hashlib.sha256(data).hexdigest())
 
 

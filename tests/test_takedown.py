@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -47,8 +46,8 @@ def _build_root(root: Path) -> tuple[OutputLayout, list]:
     crops = _crops()
     for s in range(3):
         pair = crops[2 * s: 2 * s + 2]
-        commit_shard(layout, f"shard-{s:05d}", "run-1", pair, [captions_for(c, f"caption {c.sample_id}", "") for c in pair],
-                     rejects(("crawl", "http_404")))
+        captions = [captions_for(c, f"caption {c.sample_id}", "") for c in pair]
+        commit_shard(layout, f"shard-{s:05d}", "run-1", pair, captions, rejects(("crawl", "http_404")))
     return layout, crops
 
 
@@ -184,7 +183,8 @@ def test_a_killed_takedown_leaves_old_or_new_shards_and_the_rerun_completes(tmp_
     old = {p.name: p.read_bytes() for p in Path(layout.shards_dir).glob("*.parquet")}
     reference, _ = _build_root(tmp_path / "reference")
     assert main(["takedown", "--root", reference.root, "--list", str(tmp_path / "list.txt")]) == 0
-    new = {p.name: pq.read_table(p).column("sample_id").to_pylist() for p in Path(reference.shards_dir).glob("*.parquet")}
+    new = {p.name: pq.read_table(p).column("sample_id").to_pylist()
+           for p in Path(reference.shards_dir).glob("*.parquet")}
 
     result = _killed_takedown(layout.root, tmp_path / "list.txt", wrapped)
     assert result.returncode == -signal.SIGKILL, result.stderr
@@ -207,7 +207,8 @@ def test_a_killed_takedown_leaves_old_or_new_shards_and_the_rerun_completes(tmp_
     assert {p.name: pq.read_table(p).column("sample_id").to_pylist()
             for p in Path(layout.shards_dir).glob("*.parquet")} == new
     con = duckdb.connect(str(tmp_path / "root" / "catalog.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM rejects WHERE stage = 'takedown'").fetchone() == (4, 4)
+    assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM rejects "
+                       "WHERE stage = 'takedown'").fetchone() == (4, 4)
     con.close()
 
 
@@ -252,8 +253,8 @@ def test_crawl_never_fetches_a_listed_url_or_domain(tmp_path):
     try:
         urls = [UrlRecord(f"http://127.0.0.1:{port}/img/{n}.jpg", page_url=f"http://127.0.0.1:{port}/page/{n}.html")
                 for n in range(4)] + [UrlRecord(f"http://localhost:{port}/img/9.jpg")]
-        takedown = parse_takedown_list(f"url http://127.0.0.1:{port}/img/1.jpg\nurl http://127.0.0.1:{port}/page/2.html\n"
-                                       "domain localhost\n", "list.txt")
+        takedown = parse_takedown_list(f"url http://127.0.0.1:{port}/img/1.jpg\n"
+                                       f"url http://127.0.0.1:{port}/page/2.html\ndomain localhost\n", "list.txt")
         config = CrawlConfig(allow_private_addresses=["127.0.0.1"], robots=False, retries=0, workers=1)
         result = crawl_chunk(urls, config, str(tmp_path / "state"), takedown=takedown)
         assert [d.url for d in result.downloads] == [urls[0].url, urls[3].url]

@@ -3,17 +3,13 @@ at dedup; `gadms takedown` removes samples and a rebuild does not bring them bac
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
-from PIL import Image, ImageOps
 
-from curation.dedup.phash import phash64
 from curation.synthweb import SiteServer, render_site, write_url_list
 from flows.build_webperson import build_webperson
 from gadms_model.cli import main
@@ -27,10 +23,6 @@ pytestmark = pytest.mark.slow
 RADIUS = 6  # the build's dedup radius (the default)
 
 
-def _distance(a: int, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(np.uint64(a) ^ b)
-
-
 def test_planted_benchmark_images_are_caught_and_taken_down_samples_stay_removed(tmp_path, capsys):
     info = render_site(tmp_path / "site", images=40, seed=3)
     bench = tmp_path / "bench"
@@ -40,11 +32,6 @@ def test_planted_benchmark_images_are_caught_and_taken_down_samples_stay_removed
     for path in held_out:  # planted into the web, as a scraped copy of the benchmark would be
         (info.root / "www" / "planted" / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(bench / "RSTPReid" / "imgs" / path, info.root / "www" / "planted" / path)
-    benchmark_hashes = {}
-    for path in held_out:
-        with Image.open(bench / "RSTPReid" / "imgs" / path) as image:
-            benchmark_hashes[f"RSTPReid:{path}"] = phash64(image.convert("RGB"))
-    hashes = np.array(list(benchmark_hashes.values()), dtype=np.uint64)
 
     out = tmp_path / "out"
     with SiteServer(info.root, slow_seconds=3) as server:
@@ -53,7 +40,8 @@ def test_planted_benchmark_images_are_caught_and_taken_down_samples_stay_removed
         (tmp_path / "planted.jsonl").write_text("".join(
             json.dumps({"url": url, "caption": "a person walking down the street", "page_url": ""}) + "\n"
             for url in planted))
-        config = build_config(tmp_path / "urls.jsonl", out, benchmark_guard=[{"dataset": "RSTPReid", "root": str(bench)}])
+        config = build_config(tmp_path / "urls.jsonl", out,
+                              benchmark_guard=[{"dataset": "RSTPReid", "root": str(bench)}])
         config["inputs"]["url_lists"].append(str(tmp_path / "planted.jsonl"))
         summary = build_webperson(config)
 
@@ -62,22 +50,13 @@ def test_planted_benchmark_images_are_caught_and_taken_down_samples_stay_removed
         overlaps = con.execute("SELECT url, detail FROM rejects WHERE reason = 'benchmark_overlap'").fetchall()
         # Each caught crop names the very benchmark file that was planted at its URL; none of the web's own crops
         # (identities never in the benchmark) is caught.
-        assert all(planted.get(url) == detail for url, detail in overlaps), overlaps
-        assert summary["rejects"]["dedup/benchmark_overlap"] == len(overlaps) >= 10
-        # Every other crop of a planted image was kept, and is farther than the radius from every benchmark image.
-        kept_planted = con.execute("SELECT source_url, phash, image FROM samples WHERE source_url LIKE '%/planted/%'").fetchall()
-        for url, phash, jpeg in kept_planted:
-            mirrored = phash64(ImageOps.mirror(Image.open(io.BytesIO(jpeg)).convert("RGB")))
-            assert min(_distance(phash, hashes).min(), _distance(mirrored, hashes).min()) > RADIUS, url
-        lost = con.execute("""SELECT url, stage, reason FROM rejects WHERE url LIKE '%/planted/%'
-                              AND stage IN ('dedup', 'filter', 'caption', 'quality')
-                              AND reason <> 'benchmark_overlap'""").fetchall()
-        assert lost == []
-        print(f"planted 12 benchmark images: {len(overlaps)} crops caught, {len(kept_planted)} kept")
+        assert sorted(overlaps) == sorted(planted.items())  # each planted image's one crop, naming its file
+        assert summary["rejects"]["dedup/benchmark_overlap"] == 12
+        assert con.execute("SELECT count(*) FROM samples WHERE source_url LIKE '%/planted/%'").fetchone() == (0,)
 
-        # Take down three of the web's samples: by image URL, by source sha256, by pHash. They are samples dedup
-        # dropped no copy in favour of: a copy of a sample removed by URL or bytes is another image, which a
-        # rebuild of its chunk may keep in its place (list the pHash to remove copies as well).
+        # Take down three of the web's samples: by image URL, by source sha256, by pHash; samples dedup dropped no
+        # near copy in favour of, since such a copy is another image that a rebuild of its chunk would keep once
+        # the sample it duplicated is removed by URL or bytes (a pHash entry removes copies as well).
         site_samples = con.execute("""SELECT sample_id, source_url, source_sha256, phash FROM samples
                                       WHERE source_url NOT LIKE '%/planted/%' AND sample_id NOT IN
                                           (SELECT detail FROM rejects WHERE stage = 'dedup')

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=10_000, metavar="N",
                         help="URLs per chunk: one state folder and one output file each (as a build's shard_size)")
     parser.add_argument("--takedown-list", metavar="FILE", action="append", default=[],
-                        help="blocklist (storage/takedown.py format): its URLs and domains are never fetched; repeatable")
+                        help="blocklist (storage/takedown.py format): its URLs and domains are never fetched; "
+                             "repeatable")
     parser.add_argument("--run-id", metavar="ID", help="run id written to the outputs (default: a new one)")
     parser.set_defaults(func=run)
 

@@ -103,7 +103,8 @@ class DedupIndex:
     def benchmark_source(self, dataset: str) -> str | None:
         """The sha256 of the annotation file `dataset` was last seeded from, or None."""
         with self._locked() as con:
-            rows = con.execute("SELECT annotation_sha256 FROM benchmark_sources WHERE dataset = ?", [dataset]).fetchall()
+            rows = con.execute("SELECT annotation_sha256 FROM benchmark_sources WHERE dataset = ?",
+                               [dataset]).fetchall()
         return rows[0][0] if rows else None
 
     def seed_benchmark(self, dataset: str, annotation_sha256: str, files: list[str], phashes: list[int]) -> None:
@@ -148,18 +149,11 @@ class DedupIndex:
 
     def _decide(self, crops: list[PersonCrop], mirrored: np.ndarray) -> tuple[list[PersonCrop], list[Reject]]:
         hashes = as_hashes([c.phash for c in crops])
-        benchmark_near, benchmark_distance = nearest_matches(self._benchmark_mih, hashes)
-        mirror_benchmark, mirror_benchmark_distance = nearest_matches(self._benchmark_mih, mirrored)
-        mirror_closer = (mirror_benchmark >= 0) & ((benchmark_near < 0) | (mirror_benchmark_distance < benchmark_distance))
-        benchmark_near = np.where(mirror_closer, mirror_benchmark, benchmark_near)
-        benchmark_distance = np.where(mirror_closer, mirror_benchmark_distance, benchmark_distance)
-        stored_near, stored_distance = nearest_matches(self._mih, hashes)
-        mirror_near, mirror_distance = nearest_matches(self._mih, mirrored)
-        closer = (mirror_near >= 0) & ((stored_near < 0) | (mirror_distance < stored_distance))
-        stored_near = np.where(closer, mirror_near, stored_near)
-        stored_distance = np.where(closer, mirror_distance, stored_distance)
+        benchmark_near, benchmark_distance = _nearest_of_either(self._benchmark_mih, hashes, mirrored)
+        stored_near, stored_distance = _nearest_of_either(self._mih, hashes, mirrored)
         stored_exact = [self._exact.get(c.sample_id, self._exact.get(c.crop_sha256)) for c in crops]
-        blocked = (benchmark_near >= 0) | (stored_near >= 0) | np.array([m is not None for m in stored_exact], dtype=bool)
+        blocked = ((benchmark_near >= 0) | (stored_near >= 0)
+                   | np.array([m is not None for m in stored_exact], dtype=bool))
 
         later, earlier, rank = within_batch_pairs(hashes, self.radius)
         # A later crop whose mirror image is near an earlier crop (a crop and its own mirror are not a pair).
@@ -266,6 +260,15 @@ class DedupIndex:
                     con.close()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _nearest_of_either(index: MultiIndexHash, hashes: np.ndarray,
+                       mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nearest_matches of each crop's pHash or, when strictly closer, of its mirror image's."""
+    near, distance = nearest_matches(index, hashes)
+    mirror_near, mirror_distance = nearest_matches(index, mirrored)
+    closer = (mirror_near >= 0) & ((near < 0) | (mirror_distance < distance))
+    return np.where(closer, mirror_near, near), np.where(closer, mirror_distance, distance)
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):

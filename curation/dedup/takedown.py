@@ -7,7 +7,8 @@ from storage.records import PersonCrop, Reject
 from storage.takedown import TakedownList
 
 
-def drop_taken_down(crops: list[PersonCrop], takedown: TakedownList, radius: int) -> tuple[list[PersonCrop], list[Reject]]:
+def drop_taken_down(crops: list[PersonCrop], takedown: TakedownList,
+                    radius: int) -> tuple[list[PersonCrop], list[Reject]]:
     """(crops no entry matches, a dedup reject `takedown` with the entry in `detail` for each of the others)."""
     if not len(takedown) or not crops:
         return crops, []
