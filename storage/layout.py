@@ -6,7 +6,8 @@
     <root>/manifest/<shard_id>.json      manifest entry; written last, so it decides whether a shard is done
     <root>/runs/<run_id>.json            run records (config, counts, timings)
     <root>/work/                         stage state for resuming (crawl chunks, caption cache, ...)
-    <root>/dedup/                        global near-duplicate hash index
+    <root>/dedup/                        global near-duplicate hash index (and the guarded benchmarks' images)
+    <root>/takedown/                     takedown lists applied to the root; pending/ journals of a running takedown
     <root>/catalog.duckdb                DuckDB views over all of the above (local roots; configurable)
 """
 from __future__ import annotations

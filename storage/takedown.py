@@ -1,6 +1,7 @@
 """Takedown blocklists: what a site owner or a person asked to have removed, and the one matcher every stage uses.
 
-A blocklist is a UTF-8 text file, one entry per line; `#` starts a comment, blank lines are ignored:
+A blocklist is a UTF-8 text file, one entry per line; `#` at the start of a line or after whitespace starts a
+comment (a URL may hold a `#` of its own), blank lines are ignored:
 
     url https://example.org/photos/a.jpg     an image URL, or the page an image was found on
     domain example.org                       that host and every subdomain of it (www.example.org, cdn.example.org)
@@ -88,18 +89,19 @@ class TakedownList:
 
     def url_entry(self, *urls: str | None) -> TakedownEntry | None:
         """The entry that lists any of `urls` (an image URL, its page URL) or a domain they are on, or None."""
+        if not self.urls and not self.domains:
+            return None
         for url in urls:
-            if not url:
+            parsed = _split(url) if url else None
+            if parsed is None:
                 continue
-            entry = self.urls.get(normalise_url(url))
+            normalised, host = parsed
+            entry = self.urls.get(normalised)
+            while entry is None and host and self.domains:
+                entry = self.domains.get(host)
+                host = host.partition(".")[2]
             if entry is not None:
                 return entry
-            host = (urlsplit(url).hostname or "").rstrip(".")
-            while host:
-                entry = self.domains.get(host)
-                if entry is not None:
-                    return entry
-                host = host.partition(".")[2]
         return None
 
     def sha256_entry(self, *digests: str | None) -> TakedownEntry | None:
@@ -113,8 +115,8 @@ class TakedownList:
         """For each hash, the index in `phash_entries` of the closest entry within `radius` bits, or -1.
 
         A full comparison with every pHash entry: takedown requests name images one by one, so the list's pHash
-        entries stay few (1e6 crops × 1,000 entries is 1e9 popcounts, about a second); URL, domain and sha256
-        entries, which can be many, are hash lookups.
+        entries stay few (benchmarks/takedown_match.py: 100,000 crops against 1,000 entries in about 2 s on a
+        busy core); URL, domain and sha256 entries, which can be many, are hash lookups.
         """
         hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
         match = np.full(len(hashes), -1, dtype=np.int64)
@@ -146,15 +148,21 @@ class TakedownList:
 
 def normalise_url(url: str) -> str:
     """Scheme and host lower-cased, default port and fragment dropped: the same resource written two ways matches."""
+    parsed = _split(url)
+    return parsed[0] if parsed is not None else url.strip()
+
+
+def _split(url: str) -> tuple[str, str] | None:
+    """(normalised URL, host) of `url`, from one parse; None when it does not parse."""
     try:
         parts = urlsplit(url.strip())
         host = (parts.hostname or "").rstrip(".")
         port = parts.port
     except ValueError:
-        return url.strip()
+        return None
     scheme = parts.scheme.lower()
     netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")), host
 
 
 def _entry(line: str, where: str) -> TakedownEntry | None:
