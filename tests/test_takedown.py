@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -132,6 +133,12 @@ def test_takedown_removes_matches_records_them_and_refreshes_the_catalog(tmp_pat
     assert con.execute("SELECT flow, json_extract(summary, '$.removed_total')::INT FROM runs "
                        "WHERE flow = 'takedown'").fetchall() == [("takedown", 4)]
     con.close()
+    assert main(["stats", "--catalog", str(tmp_path / "root" / "catalog.duckdb"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["takedown_rejects"], stats["benchmark_overlap_rejects"], stats["samples"]) == (4, 0, 2)
+    assert stats["rejects_by_stage"]["takedown"] == {"domain": 1, "phash": 1, "sha256": 1, "url": 1}
+    assert main(["stats", "--catalog", str(tmp_path / "root" / "catalog.duckdb")]) == 0
+    assert "  takedown 4, benchmark_overlap 0\n" in capsys.readouterr().out
     assert pq.read_table(layout.shard_path("shard-00000")).num_rows == 0
     assert Path(layout.shard_path("shard-00002")).read_bytes() == untouched
     assert _sha_matches_manifest(layout) == {"shard-00000": True, "shard-00001": True, "shard-00002": True}

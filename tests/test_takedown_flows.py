@@ -53,6 +53,9 @@ def test_planted_benchmark_images_are_caught_and_taken_down_samples_stay_removed
         assert sorted(overlaps) == sorted(planted.items())  # each planted image's one crop, naming its file
         assert summary["rejects"]["dedup/benchmark_overlap"] == 12
         assert con.execute("SELECT count(*) FROM samples WHERE source_url LIKE '%/planted/%'").fetchone() == (0,)
+        capsys.readouterr()
+        assert main(["stats", "--catalog", summary["catalog"], "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["benchmark_overlap_rejects"] == 12
 
         # Take down three of the web's samples: by image URL, by source sha256, by pHash; samples dedup dropped no
         # near copy in favour of, since such a copy is another image that a rebuild of its chunk would keep once
