@@ -4,8 +4,8 @@ Each affected shard is rewritten in three steps, so a kill at any point leaves e
 1. stage: the new shard (the rows that stay) and the new rejects file (the old one plus a `takedown` row per
    removed sample: reason = the entry's kind, detail = the entry) are written beside the originals under
    dot-prefixed names that no reader lists, fsynced;
-2. journal: `<root>/takedown/pending/<shard_id>.json` names them and holds the new manifest entry (new rows,
-   bytes, sha256); written atomically, it is the commit point;
+2. journal: `<root>/takedown/pending/<shard_id>.json` holds the new manifest entry (new rows, bytes, sha256);
+   written atomically, it is the commit point;
 3. commit: each staged file is renamed onto its original, the manifest entry is written, the journal deleted.
 A kill before the journal leaves the old shard and its entry (the staged files are overwritten by the rerun);
 after it, the next `gadms takedown` (or build) completes the journal first. The list itself is kept under
@@ -68,10 +68,11 @@ def complete_pending_rewrites(root: str) -> int:
 def commit_rewrite(layout: OutputLayout, journal: dict, journal_path: str) -> None:
     """Step 3: move the staged files into place (a file already moved by a killed run is skipped), then the
     manifest entry, then drop the journal. Rerunnable at every point."""
-    for staged, target in journal["moves"]:
-        if exists(staged):
-            replace(staged, target)
-    write_manifest_entry(layout.manifest_path(journal["manifest"]["shard_id"]), journal["manifest"])
+    shard_id = journal["manifest"]["shard_id"]
+    for target in (layout.rejects_path(shard_id), layout.shard_path(shard_id)):
+        if exists(_staged(target)):
+            replace(_staged(target), target)
+    write_manifest_entry(layout.manifest_path(shard_id), journal["manifest"])
     fs, p = filesystem(journal_path)
     fs.rm(p)
 
@@ -110,8 +111,7 @@ def _rewrite_shard(layout: OutputLayout, entry: dict, matches: list, run_id: str
     write_parquet_atomic(new_rejects, staged_rejects)
     manifest = {**entry, **written, "run_id": run_id, "rejects": new_rejects.num_rows,
                 "created_at": utc_now().isoformat()}
-    journal = {"moves": [[staged_rejects, layout.rejects_path(shard_id)], [staged_shard, layout.shard_path(shard_id)]],
-               "manifest": manifest}
+    journal = {"manifest": manifest}  # the staged files' names follow from the shard id (`_staged`)
     journal_path = join(pending_dir(layout.root), f"{shard_id}.json")
     with atomic_write(journal_path, "w") as f:
         f.write(json.dumps(journal, sort_keys=True))
