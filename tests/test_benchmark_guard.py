@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 
 from curation.dedup import DedupIndex, phash64
 from curation.dedup.index import INDEX_FILE
-from gadms_model.cli import main
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from flows.cli import main
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from storage.records import PersonCrop, make_sample_id
 
 

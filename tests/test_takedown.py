@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.crawl import CrawlConfig, crawl_chunk
-from gadms_model.cli import main
+from flows.cli import main
 from storage.export import export_public
 from storage.layout import OutputLayout
 from storage.records import UrlRecord
@@ -176,7 +176,7 @@ def wrapped(*args, **kwargs):
     {'original(*args, **kwargs)' if wrapped == 'commit_rewrite' else ''}
     os.kill(os.getpid(), signal.SIGKILL)
 m.{wrapped} = wrapped
-from gadms_model.cli import main
+from flows.cli import main
 sys.exit(main(["takedown", "--root", {root!r}, "--list", {str(list_path)!r}]))
 """
     env = {**os.environ, "PYTHONPATH": str(REPO)}

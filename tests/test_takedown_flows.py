@@ -12,8 +12,8 @@ import pytest
 
 from curation.synthweb import SiteServer, render_site, write_url_list
 from flows.build_webperson import build_webperson
-from gadms_model.cli import main
-from gadms_model.data.synthetic import write_synthetic_benchmark
+from flows.cli import main
+from curation.synthweb.benchmark import write_synthetic_benchmark
 from storage.layout import OutputLayout
 from storage.shards import complete_shards
 from tests.flow_helpers import build_config
