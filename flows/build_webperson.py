@@ -34,6 +34,8 @@ from curation.crawl.hostleases import HostLeaseServer
 from curation.crawl.reasons import parse_retry_reasons, reason_selected
 from curation.crawl.urllist import write_url_records
 from curation.dedup import DedupIndex, in_source_order
+from curation.dedup.benchmark import seed_benchmark
+from curation.dedup.takedown import drop_taken_down
 from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
@@ -45,6 +47,8 @@ from storage.layout import OutputLayout
 from storage.records import Reject
 from storage.reject_thumbnails import reject_thumbnails_table
 from storage.shards import commit_shard, json_files, read_parquet, shard_is_complete, supersede_rejects
+from storage.takedown import TakedownList, effective_takedown_list
+from storage.takedown_shards import complete_pending_rewrites
 
 DEFAULT_CONFIG = "flows/configs/webperson.yaml"
 SEED_LIST = "seed-pages.jsonl"  # in the work dir: the images the seed pages show, planned like any URL list
@@ -104,15 +108,23 @@ def plan_retry_lists(cfg: BuildConfig) -> list[Chunk]:
     return [chunk for path in lists for chunk in plan_chunks([_retry_source(path, cfg)], WHOLE_LIST)]
 
 
-def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None):
+@task(name="seed-benchmark-guard", cache_policy=NO_CACHE)
+def benchmark_guard_stage(cfg: BuildConfig) -> list[dict]:
+    """Seed the dedup index with the configured benchmarks' val and test images (skipped when seeded before from
+    the same annotation file)."""
+    index = _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius)
+    return [vars(seed_benchmark(index, guard.dataset, guard.root)) for guard in cfg.benchmark_guard]
+
+
+def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None, takedown: TakedownList):
     """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
     urls = chunk_urls(chunk)
     state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
-    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir, host_leases=host_leases)
+    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir, host_leases=host_leases, takedown=takedown)
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE)
-def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None = None,
+def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, takedown: TakedownList, host_leases: str | None = None,
                   retry_reasons: tuple[str, ...] = (), retry_list: bool = False) -> ChunkReport:
     """One task run per chunk: all its stages, their wall seconds in the report (the task's result).
 
@@ -123,14 +135,15 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str 
     layout = OutputLayout(cfg.output_root)
     if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
         if retry_reasons:
-            return _retry_failed(chunk, cfg, run_id, host_leases, retry_reasons)
+            return _retry_failed(chunk, cfg, run_id, host_leases, takedown, retry_reasons)
         return ChunkReport(shard_id=chunk.shard_id, skipped=True)
     if retry_list:
         return ChunkReport(shard_id=chunk.shard_id, skipped=True)
-    return _process(chunk, cfg, run_id, host_leases)
+    return _process(chunk, cfg, run_id, host_leases, takedown)
 
 
-def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None) -> ChunkReport:
+def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None,
+             takedown: TakedownList) -> ChunkReport:
     report = ChunkReport(shard_id=chunk.shard_id)
     rejects: list[Reject] = []
 
@@ -140,19 +153,20 @@ def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | Non
         report.seconds[stage] = report.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
 
-    report.urls, crawled = timed("crawl", lambda: _crawl(chunk, cfg, host_leases))
+    report.urls, crawled = timed("crawl", lambda: _crawl(chunk, cfg, host_leases, takedown))
     rejects += crawled.rejects
     report.downloaded = len(crawled.downloads)
     crops, detect_rejects = timed("detect", lambda: detect_persons(
         crawled.downloads, _detector(cfg.detect.model_dump_json())))
     rejects += detect_rejects
     report.persons = len(crops)
-    crops = in_source_order(crops)
+    unlisted, takedown_rejects = drop_taken_down(in_source_order(crops), takedown, cfg.dedup.radius)
+    rejects += takedown_rejects
     if cfg.dedup.enabled:
         index = _dedup_index(cfg.state_layout.dedup_dir, cfg.dedup.radius)
-        kept, dedup_rejects = timed("dedup", lambda: index.deduplicate(crops, chunk.shard_id))
+        kept, dedup_rejects = timed("dedup", lambda: index.deduplicate(unlisted, chunk.shard_id))
     else:
-        kept, dedup_rejects = crops, []
+        kept, dedup_rejects = unlisted, []
     rejects += dedup_rejects
     report.unique = len(kept)
     cache_dir = join(cfg.state_layout.work_dir, "caption-cache")
@@ -169,7 +183,7 @@ def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | Non
     return report
 
 
-def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None,
+def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None, takedown: TakedownList,
                   reasons: tuple[str, ...]) -> ChunkReport:
     """Refetch the URLs of a complete shard whose crawl reject has one of `reasons`, through every stage, into a
     retry shard; then drop those rejects from the shard (storage.shards.supersede_rejects).
@@ -198,7 +212,7 @@ def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str 
     if shard_is_complete(layout.manifest_path(retry_chunk.shard_id), layout.shard_path(retry_chunk.shard_id)):
         report = ChunkReport(shard_id=retry_chunk.shard_id, skipped=True)
     else:
-        report = _process(retry_chunk, cfg, run_id, host_leases)
+        report = _process(retry_chunk, cfg, run_id, host_leases, takedown)
     report.retried = len(records)
     report.superseded = supersede_rejects(layout, chunk.shard_id, superseded)
     return report
@@ -302,6 +316,11 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
         chunks = plan_stage(cfg)
         logger.info("%d input rows in %d chunks of up to %d", sum(c.rows.stop - c.rows.start for c in chunks),
                     len(chunks), cfg.shard_size)
+        # A takedown killed after its commit point is finished first; its lists and the config's are applied to
+        # every chunk, so a rebuild never brings a removed sample back.
+        complete_pending_rewrites(cfg.output_root)
+        takedown = effective_takedown_list(cfg.output_root, [cfg.takedown_list] if cfg.takedown_list else [])
+        benchmarks = benchmark_guard_stage(cfg) if cfg.benchmark_guard else []
         submissions = [(c, False) for c in chunks]
         if retry_reasons:
             submissions += [(c, True) for c in plan_retry_lists(cfg)]
@@ -311,7 +330,7 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
                                              retry_condition_fn=_worth_retrying)
         reports = []
         with _host_leases(cfg) as host_leases, make_task_runner(cfg.runner) as runner:
-            futures = [runner.submit(process, {"chunk": c, "cfg": cfg, "run_id": run_id,
+            futures = [runner.submit(process, {"chunk": c, "cfg": cfg, "run_id": run_id, "takedown": takedown,
                                                "host_leases": host_leases, "retry_reasons": retry_reasons,
                                                "retry_list": retry_list})
                        for c, retry_list in submissions]
@@ -331,6 +350,8 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
         reports.sort(key=lambda r: r.shard_id)
         summary = summarize(reports, time.perf_counter() - clock)
         summary["retry_failed"] = list(retry_reasons)
+        summary["takedown_entries"] = len(takedown)
+        summary["benchmark_guard"] = benchmarks
         write_run_record(cfg.output_root, {
             "run_id": run_id, "flow": "build-webperson", "status": "Completed", "output_root": cfg.output_root,
             "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),

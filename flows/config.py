@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation.caption import CaptionConfig
 from curation.crawl import CrawlConfig
 from curation.dedup import DedupConfig
 from curation.detect import DetectConfig
+from storage.benchmarks import BENCHMARKS
 from storage.configfile import ConfigError, load_config, validate_config
 from storage.fs import is_local
 from storage.layout import OutputLayout
@@ -51,6 +52,22 @@ class RejectThumbnailsConfig(BaseModel):
     max_side: int = Field(default=96, ge=16, le=512, description="longest side of a thumbnail in pixels")
 
 
+class BenchmarkGuardConfig(BaseModel):
+    """A benchmark whose val and test images the dedup index is seeded with (curation.dedup.benchmark)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="cuhk-pedes, icfg-pedes or rstpreid (any case)")
+    root: str = Field(description="the folder holding the released layout (or its parent)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, dataset: str) -> str:
+        if dataset.lower() not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {dataset!r}: expected one of {sorted(BENCHMARKS)}")
+        return dataset.lower()
+
+
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +81,10 @@ class BuildConfig(BaseModel):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     reject_thumbnails: RejectThumbnailsConfig = Field(default_factory=RejectThumbnailsConfig)
+    takedown_list: str | None = Field(default=None, description="blocklist file (storage.takedown); the lists "
+                                      "`gadms takedown` applied to the root are applied as well")
+    benchmark_guard: list[BenchmarkGuardConfig] = Field(default_factory=list, description="benchmarks whose val "
+                                                        "and test images a crop may not be a near duplicate of")
     retries: int = Field(default=2, ge=0, description="retries of a chunk stage after a transient failure")
     retry_delay_seconds: float = Field(default=5.0, ge=0)
     work_dir: str | None = Field(default=None, description="local folder for resumable stage state (crawl state, "
@@ -77,6 +98,8 @@ class BuildConfig(BaseModel):
         if self.work_dir is None and not is_local(self.output_root):
             raise ValueError("a remote output_root needs work_dir: a local (or shared POSIX) folder for the "
                              "crawl state, caption cache and dedup index")
+        if self.benchmark_guard and not self.dedup.enabled:
+            raise ValueError("benchmark_guard needs dedup.enabled: the guard is part of the dedup step")
         return self
 
     @property

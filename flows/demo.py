@@ -1,13 +1,15 @@
 """`gadms demo`: the whole system, offline, on a synthetic person web (what `make demo` runs).
 
 1. render a synthetic web (curation.synthweb) and serve it on 127.0.0.1;
-2. start the SIMULATED VLM (curation.synthweb.vlm, no model) behind the OpenAI protocol, as `vllm serve` would
-   be, and run the build-webperson flow: crawl, demo-weights detection + pose check, dedup, MLLM filter and two
-   template captions per crop through the `openai` backend;
+2. write a held-out RSTPReid-format benchmark (identities never rendered into the web), start the SIMULATED VLM
+   (curation.synthweb.vlm, no model) behind the OpenAI protocol, as `vllm serve` would be, and run the
+   build-webperson flow: crawl, demo-weights detection + pose check, dedup (its benchmark contamination guard
+   seeded with the held-out val and test images), MLLM filter and two template captions per crop through the
+   `openai` backend;
 3. train a small GA-DMS on the shards on CPU for a fixed step budget, starting from the demo CLIP (flows.demo_clip:
    a tiny CLIP aligned on coarse captions of other synthetic identities, standing in for OpenAI's CLIP);
-4. evaluate the demo CLIP alone (zero-shot) and the trained model on held-out rendered identities (an
-   RSTPReid-format benchmark, never seen in the web nor by the demo CLIP);
+4. evaluate the demo CLIP alone (zero-shot) and the trained model on that held-out benchmark (never seen in the
+   web nor by the demo CLIP);
 5. print the metric table and `gadms stats`, and write a retrieval picture (a query and its top-5 crops).
 """
 from __future__ import annotations
@@ -49,7 +51,11 @@ def _say(step: str, message: str) -> None:
     print(f"[demo] {step}: {message}", flush=True)
 
 
-def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str) -> dict:
+def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str,
+                      guarded_benchmark: Path | None = None) -> dict:
+    """The demo's build; `guarded_benchmark`: an RSTPReid-format tree whose val and test images no kept crop may
+    be a near duplicate of (the benchmark contamination guard)."""
+    guard = [{"dataset": "rstpreid", "root": str(guarded_benchmark)}] if guarded_benchmark else []
     return {
         "name": "webperson-demo",
         "inputs": {"url_lists": [str(urls)]},
@@ -62,6 +68,7 @@ def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str) -> dict:
         "caption": {"backend": "openai", "endpoints": [vlm_base_url], "models": [SIMULATED_MODEL_NAME],
                     "in_flight_per_endpoint": 8},
         "runner": {"kind": "local", "max_workers": 2},
+        "benchmark_guard": guard,
     }
 
 
@@ -121,6 +128,13 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     clock = time.perf_counter()
     site = render_site(out / "site", images=images, seed=seed)
     _say("1/5 render", f"{site.scenes} scenes, {site.pages} pages, hostile cases {sorted(site.faults)} → {site.root}")
+    # Written before the build, which guards it: its identities are never rendered into the web, so the guard
+    # is expected to catch nothing here.
+    benchmark = out / "heldout"
+    write_synthetic_benchmark(benchmark, train_identities=0, val_identities=20, test_identities=40,
+                              images_per_identity=3, seed=seed + 1, train_captions="clean", size=(64, 128),
+                              first_identity=HELD_OUT_FIRST_IDENTITY)
+    _say("1/5 held-out split", f"40 test + 20 val identities never rendered into the web → {benchmark}")
     vlm = SimulatedVlm(site.root)
     with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(vlm) as vlm_server:
         urls = out / "urls.parquet"
@@ -128,18 +142,12 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
         _say("1/5 serve", f"{server.base_url} serves the site; {count} image URLs listed in {urls}")
         _say("1/5 serve", f"SIMULATED VLM '{SIMULATED_MODEL_NAME}' (no model; recognises the site's "
              f"{len(vlm.index.persons)} rendered persons) on {vlm_server.base_url}")
-        summary = build_webperson(demo_build_config(urls, out / "webperson", vlm_server.base_url))
+        summary = build_webperson(demo_build_config(urls, out / "webperson", vlm_server.base_url, benchmark))
     _say("2/5 build-webperson", f"{summary['downloaded']} downloaded, {summary['persons']} persons passed the rules, "
          f"{summary['kept']} kept after dedup and captioning; {summary['images_per_second']} images/s; "
          f"catalog {summary['catalog']}")
     quality = curation_quality(site.root, out / "webperson")
     print(format_quality_table(quality))
-
-    benchmark = out / "heldout"
-    write_synthetic_benchmark(benchmark, train_identities=0, val_identities=20, test_identities=40,
-                              images_per_identity=3, seed=seed + 1, train_captions="clean", size=(64, 128),
-                              first_identity=HELD_OUT_FIRST_IDENTITY)
-    _say("3/5 held-out split", f"40 test + 20 val identities never rendered into the web → {benchmark}")
 
     zero_shot = evaluate_model(build_model(demo_clip_model_config(mode="sdm")).eval(), "rstpreid", str(benchmark),
                                progress=False)
@@ -160,6 +168,9 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
         con.close()
     _say("5/5 faces", f"{faces} face(s) found in {with_faces} of {stats['samples']} kept crops (blurred by "
          "`gadms export --blur-faces`)")
+    _say("5/5 responsible use", f"{stats['takedown_rejects']} samples removed or blocked by takedown lists (none "
+         f"given); {stats['benchmark_overlap_rejects']} crops rejected as near duplicates of the held-out "
+         "benchmark's val/test images")
     hits = search(result.checkpoint_path, str(out / "webperson"), DEMO_QUERY, k=5,
                   sheet_path=out / "retrieval.png", progress=False)
     _say("5/5 search", f"{DEMO_QUERY!r} → top-5 crops in {hits.sheet_path}")
@@ -170,7 +181,8 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
         _say("5/5 search", f"#{hit['rank']} identity {hit['identity']}: {hit['truth']} → "
              f"{'what the query asks' if hit['matches_query'] else 'not what the query asks'}")
     report = {"build": summary, "curation_quality": quality, "zero_shot_metrics": zero_shot, "metrics": trained,
-              "stats": {k: stats[k] for k in ("samples", "vocabulary_size")},
+              "stats": {k: stats[k] for k in ("samples", "vocabulary_size", "takedown_rejects",
+                                              "benchmark_overlap_rejects")},
               "faces": {"faces": faces, "samples_with_faces": with_faces},
               "search": {"query": DEMO_QUERY, "web_identities_matching": answers, "top5": top5},
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}

@@ -7,6 +7,8 @@
 `image_path` is `images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
 storage.public reads this layout back. With `blur_faces`, the face boxes the detect stage stored (`face_boxes`)
 are blurred in the exported JPEGs; crops without faces are exported byte for byte.
+A sample that a takedown list matches (the lists applied to the root under
+`<root>/takedown/`, and any given) is never written.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from storage.fs import atomic_write, filesystem, is_within, join
 from storage.layout import OutputLayout
 from storage.schema import HF_IMAGE_TYPE, PUBLIC_SCHEMA
 from storage.shards import complete_shards, read_shard, write_parquet_atomic
+from storage.takedown import MATCH_COLUMNS, NEAR_DUPLICATE_RADIUS, effective_takedown_list
 
 _DATA_FILE = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
 # Hub license ids are lower case (cc-by-4.0, apache-2.0, other); anything else would go into the YAML header.
@@ -72,13 +75,16 @@ def public_table(shard: pa.Table, blur_faces: bool = False) -> pa.Table:
     return pa.table([image, paths, shard["caption1"], shard["caption2"]], schema=PUBLIC_SCHEMA)
 
 
-def export_public(root: str, out_dir: str, license: str | None = None, blur_faces: bool = False) -> list[str]:
+def export_public(root: str, out_dir: str, license: str | None = None, blur_faces: bool = False,
+                  takedown_lists: tuple[str, ...] = (), radius: int = NEAR_DUPLICATE_RADIUS) -> list[str]:
     """Write the Hub layout of `root`'s complete shards into `out_dir`; return the data files' paths.
 
     Each file is written atomically; data files of an earlier export that this one does not rewrite are removed,
     so the folder holds exactly one export. `license` is a Hub license id; None leaves it unknown in the card.
     `blur_faces` blurs the stored face boxes; a shard whose faces were never counted (schema v1, or
     `face_count: false`) is an error before anything is written, since its faces could not be blurred.
+    Rows matched by the root's applied takedown lists or by `takedown_lists` (pHash entries within `radius`) are
+    left out.
     """
     if license is not None and not _LICENSE.fullmatch(license):
         raise GadmsError(f"--license {license!r}: not a Hugging Face license id (e.g. cc-by-4.0, other)")
@@ -86,16 +92,20 @@ def export_public(root: str, out_dir: str, license: str | None = None, blur_face
     data_dir, card_path = join(out_dir, "data"), join(out_dir, "README.md")
     if is_within(data_dir, root) or is_within(card_path, root):
         raise GadmsError(f"{out_dir}: inside the output root {root}; export to a folder outside it")
+    takedown = effective_takedown_list(root, takedown_lists)  # a bad list fails before anything is written
     entries = complete_shards(layout)
     if not entries:
         raise GadmsError(f"{layout.manifest_dir}: no complete shards to export (not a WebPerson output root?)")
     if blur_faces:
         for entry in entries:
             _require_counted_faces(layout.shard_path(entry["shard_id"]))
-    columns = ["sample_id", "image", "caption1", "caption2", *(["face_boxes"] if blur_faces else [])]
+    columns = ["image", "caption1", "caption2", *MATCH_COLUMNS, *(["face_boxes"] if blur_faces else [])]
     written, rows, num_bytes, download_size = [], 0, 0, 0
     for index, entry in enumerate(entries):
-        table = public_table(read_shard(layout.shard_path(entry["shard_id"]), columns=columns), blur_faces)
+        shard = read_shard(layout.shard_path(entry["shard_id"]), columns=columns)
+        if len(takedown):
+            shard = shard.filter(pa.array([m is None for m in takedown.table_matches(shard, radius)], pa.bool_()))
+        table = public_table(shard, blur_faces)
         path = join(data_dir, data_file_name(index, len(entries)))
         download_size += write_parquet_atomic(table, path)["bytes"]
         rows, num_bytes = rows + table.num_rows, num_bytes + table.nbytes

@@ -98,6 +98,16 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
         raise
 
 
+def replace(source: str, target: str) -> None:
+    """Rename `source` onto `target` (one rename on a local disk; a move, i.e. copy + delete, on object stores)."""
+    fs, src = filesystem(source)
+    _, dst = filesystem(target)
+    if isinstance(fs, LocalFileSystem):
+        os.replace(src, dst)
+    else:
+        fs.mv(src, dst)
+
+
 def is_within(path: str, folder: str) -> bool:
     """True when `path` is `folder` or lies under it (same filesystem; local paths with symlinks resolved)."""
     (fs_a, a), (fs_b, b) = filesystem(path), filesystem(folder)

@@ -8,7 +8,8 @@
     <root>/runs/<run_id>.json            run records (config, counts, timings)
     <root>/retries/<shard_id>-retry-<digest>.jsonl  rows of a shard refetched by `gadms build --retry-failed`
     <root>/work/                         stage state for resuming (crawl chunks, caption cache, ...)
-    <root>/dedup/                        global near-duplicate hash index
+    <root>/dedup/                        global near-duplicate hash index (and the guarded benchmarks' images)
+    <root>/takedown/                     takedown lists applied to the root; pending/ journals of a running takedown
     <root>/catalog.duckdb                DuckDB views over all of the above (local roots; configurable)
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Per shard, the first `per_reason` rejects of every (stage, reason) of the image stages get a thumbnail no side of
 which exceeds `max_side`: the crop for person rejects (its JPEG, or the source cut to the box in
 `Reject.bbox` for persons the detect and pose rules dropped before cropping), the whole image for
-`detect/no_person`. URL-level rejects (crawl, decode) have no picture to show.
+`detect/no_person`. URL-level rejects (crawl, decode) have no picture to show; a `takedown` reject never gets
+one (its picture is what was asked to be removed).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from storage.schema import REJECT_THUMBNAIL_SCHEMA
 
 IMAGE_STAGES = ("detect", "pose", "dedup", "filter", "caption", "quality")
 JPEG_QUALITY = 80
+TAKEDOWN_REASON = "takedown"
 
 
 def reject_thumbnails_table(
@@ -33,7 +35,7 @@ def reject_thumbnails_table(
     rows = []
     for position, reject in enumerate(rejects):
         key = (reject.stage, reject.reason)
-        if reject.stage not in IMAGE_STAGES or taken[key] >= per_reason:
+        if reject.stage not in IMAGE_STAGES or reject.reason == TAKEDOWN_REASON or taken[key] >= per_reason:
             continue
         picture = _picture(reject, sources, crop_images)
         if picture is None:

@@ -130,12 +130,12 @@ def write_parquet_atomic(table: pa.Table, path: str) -> dict:
 
 
 def write_shard(table: pa.Table, path: str) -> dict:
-    """Write a shard atomically. Returns {"rows", "row_groups", "bytes", "sha256"} for its manifest entry
-    (`row_groups`: the rows of each row group, so a reader lays out its blocks without the footer)."""
+    """Write a shard atomically. Returns {"rows", "schema_version", "row_groups", "bytes", "sha256"} for its
+    manifest entry (`row_groups`: the rows of each row group, so a reader lays out its blocks without the footer)."""
     if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
         raise GadmsError(f"{path}: table does not match the shard schema v{SCHEMA_VERSION}")
     table = table.replace_schema_metadata(SHARD_SCHEMA.metadata)
-    return {"rows": table.num_rows, **write_parquet_atomic(table, path)}
+    return {"rows": table.num_rows, "schema_version": SCHEMA_VERSION, **write_parquet_atomic(table, path)}
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -346,7 +346,7 @@ def manifest_entry(shard_id: str, path: str, written: dict, run_id: str, rejects
         "run_id": run_id,
         "rejects": rejects,
         "created_at": utc_now().isoformat(),
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": written["schema_version"],
     }
 
 

@@ -172,6 +172,9 @@ def _caption_stats(merged: duckdb.DuckDBPyConnection, shards: int, top: int, his
     reject_stages: dict[str, dict[str, int]] = {}
     for stage, reason, n in rejects:
         reject_stages.setdefault(stage, {})[reason] = n
+    # Removed by `gadms takedown` (stage takedown) or never fetched / kept under a takedown list (reason takedown).
+    takedown = sum(n for stage, reason, n in rejects if stage == "takedown" or reason == "takedown")
+    benchmark_overlap = sum(n for _, reason, n in rejects if reason == "benchmark_overlap")
     mean = sum(w * n for w, n in lengths) / count if count else None
     return {
         "samples": samples,
@@ -197,6 +200,8 @@ def _caption_stats(merged: duckdb.DuckDBPyConnection, shards: int, top: int, his
         "caption_backends": [{"backend": b, "model": m, "count": n} for b, m, n in backends],
         "rejects_by_stage": reject_stages,
         "rejects_total": sum(n for _, _, n in rejects),
+        "takedown_rejects": takedown,
+        "benchmark_overlap_rejects": benchmark_overlap,
         "top_source_domains": [{"domain": d, "count": n} for d, n in top_keys("source_domain")],
     }
 
@@ -226,6 +231,7 @@ def format_stats(stats: dict) -> str:
     for b in stats["caption_backends"]:
         lines.append(f"captioner            {b['backend']} / {b['model']}: {b['count']}")
     lines.append(f"rejects              {stats['rejects_total']}")
+    lines.append(f"  takedown {stats['takedown_rejects']}, benchmark_overlap {stats['benchmark_overlap_rejects']}")
     for stage, reasons in stats["rejects_by_stage"].items():
         lines.append(f"  {stage:<10} " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
     lines.append("top source domains   " + (", ".join(f"{d['domain']} {d['count']}" for d in stats["top_source_domains"]) or "-"))

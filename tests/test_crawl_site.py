@@ -504,7 +504,7 @@ def test_fetch_provenance_reaches_downloads_and_resumes_from_old_state(hostile, 
     after = datetime.now(timezone.utc)
     path = str(tmp_path / "downloads.parquet")
     write_downloads(result.downloads_table, path, "part-00000", "run")
-    read_back = [d for batch, _ in iter_downloads(Path(path), batch_rows=256) for d in batch]  # as `gadms detect` reads
+    read_back = [d for batch, _ in iter_downloads(path, batch_rows=256) for d in batch]  # as `gadms detect` reads
     for downloads in (result.downloads, read_back):
         got = {d.url: (d.http_status, d.x_robots_tag) for d in downloads}
         assert got == {urls[0]: (203, "otherbot: noimageai, noarchive"), urls[1]: (200, None)}

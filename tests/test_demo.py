@@ -19,6 +19,9 @@ def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
     assert json.loads((out / "demo_summary.json").read_text())["metrics"] == report["metrics"]
     assert report["build"]["kept"] == report["curation_quality"]["kept"]["samples"] > 0
     assert report["curation_quality"]["urls"]["accounted"] is True
+    # The guard was seeded with the held-out benchmark, whose identities the web never shows; no takedown list.
+    assert report["build"]["benchmark_guard"] == [{"dataset": "RSTPReid", "images": 180, "skipped": False}]
+    assert report["stats"]["benchmark_overlap_rejects"] == 0 and report["stats"]["takedown_rejects"] == 0
     assert [hit["rank"] for hit in report["search"]["top5"]] == [1, 2, 3, 4, 5]
     # The face counts of the summary are those of the shards, read with pyarrow.
     counts = pq.read_table(out / "webperson" / "shards", columns=["num_faces"]).column("num_faces").to_pylist()

@@ -81,6 +81,8 @@ def oracle_stats(root: Path, top: int, histogram_bin: int = 5) -> dict:
         "top_templates": [{"template_id": t, "count": n} for t, n in templates],
         "caption_backends": [{"backend": b, "model": m, "count": n} for b, m, n in backends],
         "rejects_by_stage": stages, "rejects_total": sum(n for _, _, n in reject_rows),
+        "takedown_rejects": sum(n for stage, reason, n in reject_rows if stage == "takedown" or reason == "takedown"),
+        "benchmark_overlap_rejects": sum(n for _, reason, n in reject_rows if reason == "benchmark_overlap"),
         "top_source_domains": [{"domain": d, "count": n} for d, n in domains],
     }
 
@@ -114,6 +116,7 @@ def build_varied_root(root: Path, shards: int = 5, legacy: tuple[int, ...] = (),
             crops.append(c)
         reasons = [rng.choice([("crawl", "http_404"), ("crawl", "timeout"), ("detect", "no_person"),
                                ("dedup", "near_duplicate")]) for _ in range(rng.randrange(0, 9))]
+        reasons += [("takedown", "url"), ("crawl", "takedown"), ("filter", "benchmark_overlap")][: s % 4]
         shard_id = f"shard-{s:05d}"
         commit_shard(layout, shard_id, "run-1", crops, captions, rejects(*reasons))
         if s in legacy:

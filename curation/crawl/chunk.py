@@ -38,6 +38,7 @@ from curation.crawl.loop import run_sync
 from curation.crawl.robots import RobotsCache
 from curation.crawl.state import Outcome, SegmentWriter, load_segments, open_chunk_state, saved_rows
 from storage.records import Download, Reject, UrlRecord
+from storage.takedown import TakedownEntry, TakedownList
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class _WorkerPlan:
 
 def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
                 progress: ProgressCallback | None = None, robots_cache: RobotsCache | None = None,
-                host_leases: str | None = None) -> CrawlResult:
+                host_leases: str | None = None,
+                takedown: TakedownList | None = None) -> CrawlResult:
     """Download `urls` (one chunk) politely and safely, resuming from `state_dir`.
 
     Every input row ends in exactly one of `downloads` (in the order they were saved) or `rejects` (stage
@@ -88,8 +90,12 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
     `duplicate_sha256`, detail = the kept URL). `robots_cache` lets several chunks share fetched robots.txt.
     `host_leases` (a `HostLeaseServer`'s address) makes the per-host limits hold across all chunks crawling at
     once, wherever they run; without it they hold within this chunk.
+    A row whose URL, page URL or their domain is on `takedown` is never fetched (reason `takedown`, detail the
+    entry), also when an earlier run saved it before the entry was listed.
     """
     urls = list(urls)
+    blocked = {index: entry for index, record in enumerate(urls)
+               if takedown and (entry := takedown.url_entry(record.url, record.page_url)) is not None}
     robots_cache = robots_cache if robots_cache is not None else RobotsCache(config.robots_cache_ttl_s)
     open_chunk_state(state_dir, urls)
     segments = load_segments(state_dir)
@@ -97,7 +103,7 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
     first_row: dict[str, int] = {}
     todo: list[tuple[int, UrlRecord]] = []
     for index, record in enumerate(urls):
-        if first_row.setdefault(record.url, index) == index and index not in saved:
+        if first_row.setdefault(record.url, index) == index and index not in saved and index not in blocked:
             todo.append((index, record))
     if progress is not None:
         reasons = segments.column("reason").to_pylist()
@@ -107,11 +113,11 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
         _run(todo, config, state_dir, robots_cache, progress, host_leases)
         segments = load_segments(state_dir)
         saved = saved_rows(segments)
-    return _assemble(urls, segments, saved, first_row)
+    return _assemble(urls, segments, saved, first_row, blocked)
 
 
 def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
-              first_row: dict[str, int]) -> CrawlResult:
+              first_row: dict[str, int], blocked: dict[int, TakedownEntry]) -> CrawlResult:
     reasons = segments.column("reason").to_pylist()
     details = segments.column("detail").to_pylist()
     hashes = segments.column("sha256").to_pylist()
@@ -120,6 +126,9 @@ def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
     kept_url_by_sha: dict[str, str] = {}
     for index, record in enumerate(urls):
         first = first_row[record.url]
+        if index in blocked:
+            rejects.append(Reject(STAGE, "takedown", record.url, detail=str(blocked[index])))
+            continue
         if first != index:
             rejects.append(Reject(STAGE, "duplicate_url", record.url, detail=f"same URL as row {first}"))
             continue

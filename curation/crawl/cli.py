@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input columns kept as source_meta (default: config's extra_columns)")
     parser.add_argument("--shard-size", type=int, default=10_000, metavar="N",
                         help="URLs per chunk: one state folder and one output file each (as a build's shard_size)")
+    parser.add_argument("--takedown-list", metavar="FILE", action="append", default=[],
+                        help="blocklist (storage/takedown.py format): its URLs and domains are never fetched; "
+                             "repeatable")
     parser.add_argument("--run-id", metavar="ID", help="run id written to the outputs (default: a new one)")
     parser.set_defaults(func=run)
 
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import check_range
     from storage.fs import filesystem, is_local, join, make_folder
+    from storage.takedown import TakedownList, read_takedown_list
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     check_range("--shard-size", args.shard_size, 1, 10**8)
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
             {**config.model_dump(), "allow_private_addresses": config.allow_private_addresses + args.allow_private},
             CrawlConfig, "--allow-private",
         )
+    takedown = TakedownList()
+    for path in args.takedown_list:  # a bad line fails here, before anything is fetched
+        takedown.extend(read_takedown_list(path))
     robots_cache = RobotsCache(config.robots_cache_ttl_s)
     out = args.out
     for seed in args.seed or ():
@@ -117,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 totals["rejected"] += rejected
                 continue
             state_dir = join(out, "work", "crawl", chunk_id)
-            result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache)
+            result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache,
+                                 takedown=takedown)
             write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
             write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id,  # last: done
                             urls_fingerprint=chunk_fingerprint(chunk))

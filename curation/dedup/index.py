@@ -26,6 +26,10 @@ Exact duplicates: the same `sample_id` (same source sha256 and box) or the same 
 Near duplicates: pHash within Hamming distance `radius` of a kept crop, or the pHash of the crop's mirror image
 within it (mirrored copies are common on the web, and a mirror's own pHash is far from the original's). Both
 name the kept sample in `detail`.
+
+Benchmark guard: `benchmark(dataset, file, phash)` holds the val and test images of evaluation benchmarks
+(curation.dedup.benchmark seeds it). A crop (or its mirror image) within `radius` of one is rejected as
+`benchmark_overlap` with `<dataset>:<image path>` in `detail`, before any other check, and never enters the index.
 """
 from __future__ import annotations
 
@@ -60,6 +64,8 @@ CREATE TABLE IF NOT EXISTS kept (
     source_sha256 VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS benchmark (dataset VARCHAR NOT NULL, file VARCHAR NOT NULL, phash UBIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS benchmark_sources (dataset VARCHAR PRIMARY KEY, annotation_sha256 VARCHAR NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0);
 """
 
@@ -101,6 +107,36 @@ class DedupIndex:
         """Kept crops as of this process's last look at the index."""
         return len(self._sample_ids)
 
+    def benchmark_source(self, dataset: str) -> str | None:
+        """The sha256 of the annotation file `dataset` was last seeded from, or None."""
+        with self._locked() as con:
+            rows = con.execute("SELECT annotation_sha256 FROM benchmark_sources WHERE dataset = ?",
+                               [dataset]).fetchall()
+        return rows[0][0] if rows else None
+
+    def seed_benchmark(self, dataset: str, annotation_sha256: str, files: list[str], phashes: list[int]) -> None:
+        """Replace the benchmark images of `dataset` with `files` (named `<dataset>:<path>`) and their pHashes."""
+        rows = pa.table({"dataset": [dataset] * len(files), "file": files,
+                         "phash": pa.array(phashes, pa.uint64())})
+        with self._locked() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM benchmark WHERE dataset = ?", [dataset])
+                con.register("new_rows", rows)
+                con.execute("INSERT INTO benchmark SELECT * FROM new_rows")
+                con.unregister("new_rows")
+                con.execute("INSERT OR REPLACE INTO benchmark_sources VALUES (?, ?)", [dataset, annotation_sha256])
+                con.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._sync(con)
+
+    @property
+    def benchmark_images(self) -> int:
+        return len(self._benchmark_files)
+
     def deduplicate(self, crops: list[PersonCrop], shard_id: str) -> tuple[list[PersonCrop], list[Reject]]:
         """Keep the crops that duplicate nothing kept before (any shard) or earlier in `crops`; record them."""
         mirrored = as_hashes([mirrored_phash64(c.image) for c in crops])  # decoding stays outside the lock
@@ -120,13 +156,11 @@ class DedupIndex:
 
     def _decide(self, crops: list[PersonCrop], mirrored: np.ndarray) -> tuple[list[PersonCrop], list[Reject]]:
         hashes = as_hashes([c.phash for c in crops])
-        stored_near, stored_distance = nearest_matches(self._mih, hashes)
-        mirror_near, mirror_distance = nearest_matches(self._mih, mirrored)
-        closer = (mirror_near >= 0) & ((stored_near < 0) | (mirror_distance < stored_distance))
-        stored_near = np.where(closer, mirror_near, stored_near)
-        stored_distance = np.where(closer, mirror_distance, stored_distance)
+        benchmark_near, benchmark_distance = _nearest_of_either(self._benchmark_mih, hashes, mirrored)
+        stored_near, stored_distance = _nearest_of_either(self._mih, hashes, mirrored)
         stored_exact = [self._exact.get(c.sample_id, self._exact.get(c.crop_sha256)) for c in crops]
-        blocked = (stored_near >= 0) | np.array([m is not None for m in stored_exact], dtype=bool)
+        blocked = ((benchmark_near >= 0) | (stored_near >= 0)
+                   | np.array([m is not None for m in stored_exact], dtype=bool))
 
         later, earlier, rank = within_batch_pairs(hashes, self.radius)
         # A later crop whose mirror image is near an earlier crop (a crop and its own mirror are not a pair).
@@ -141,7 +175,10 @@ class DedupIndex:
 
         kept, rejects = [], []
         for k, crop in enumerate(crops):
-            if stored_exact[k] is not None:
+            if benchmark_near[k] >= 0:
+                file = self._benchmark_files[int(benchmark_near[k])]
+                rejects.append(_reject(crop, "benchmark_overlap", file, int(benchmark_distance[k])))
+            elif stored_exact[k] is not None:
                 rejects.append(_reject(crop, "exact_duplicate", stored_exact[k], 0))
             elif stored_near[k] >= 0:
                 match = int(stored_near[k])
@@ -184,6 +221,9 @@ class DedupIndex:
         generation = _scalar(con, "SELECT value FROM meta WHERE key = 'generation'")
         if generation != self._generation:
             self._reset(generation)
+            benchmark = con.sql("SELECT file, phash FROM benchmark ORDER BY dataset, file").to_arrow_table()
+            self._benchmark_mih.add(benchmark.column("phash").to_numpy())
+            self._benchmark_files = benchmark.column("file").to_pylist()
         rows = con.sql(
             "SELECT seq, sample_id, phash, crop_sha256 FROM kept WHERE seq > ? ORDER BY seq", params=[self._last_seq]
         ).to_arrow_table()
@@ -207,6 +247,8 @@ class DedupIndex:
         self._mih = MultiIndexHash(self.radius)
         self._sample_ids: list[str] = []
         self._exact: dict[str, str] = {}  # sample_id or crop sha256 → kept sample_id
+        self._benchmark_mih = MultiIndexHash(self.radius)
+        self._benchmark_files: list[str] = []
 
     @contextmanager
     def _locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -225,6 +267,15 @@ class DedupIndex:
                     con.close()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _nearest_of_either(index: MultiIndexHash, hashes: np.ndarray,
+                       mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nearest_matches of each crop's pHash or, when strictly closer, of its mirror image's."""
+    near, distance = nearest_matches(index, hashes)
+    mirror_near, mirror_distance = nearest_matches(index, mirrored)
+    closer = (mirror_near >= 0) & ((near < 0) | (mirror_distance < distance))
+    return np.where(closer, mirror_near, near), np.where(closer, mirror_distance, distance)
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):
@@ -248,13 +299,14 @@ def _distance(a: int, b: int) -> int:
     return (int(a) ^ int(b)).bit_count()
 
 
-def _reject(crop: PersonCrop, reason: str, kept_sample_id: str, distance: int) -> Reject:
+def _reject(crop: PersonCrop, reason: str, matched: str, distance: int) -> Reject:
+    """A dedup reject naming what the crop duplicates: a kept sample id, or a benchmark image."""
     return Reject(
         stage="dedup",
         reason=reason,
         url=crop.source_url,
         sample_id=crop.sample_id,
-        detail=kept_sample_id,
+        detail=matched,
         extra={"distance": distance},
         bbox=crop.bbox,
     )
