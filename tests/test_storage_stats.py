@@ -18,7 +18,7 @@ from flows.cli import main
 from storage.catalog import connect, memory_catalog, refresh
 from storage.layout import OutputLayout
 from storage.stats import COLOUR_WORDS, GARMENT_WORDS, caption_stats, format_stats, quantile_cont
-from storage.shards import commit_shard
+from storage.shards import commit_shard, supersede_rejects
 from tests.storage_fixtures import captions_for, crop, rejects
 
 _CAPTIONS = """
@@ -208,3 +208,22 @@ def test_a_shard_rewritten_without_its_statistics_is_counted_from_the_shard(tmp_
         con.close()
     assert stats == oracle_stats(root, top=50)
     assert stats["samples"] == sum(pq.read_metadata(p).num_rows for p in (root / "shards").glob("*.parquet"))
+
+
+def test_superseded_rejects_are_counted_from_the_rejects_file(tmp_path):
+    # `gadms build --retry-failed` drops a shard's superseded reject rows and lowers its manifest count; the shard's
+    # statistics file, counted before, no longer matches that count.
+    root = tmp_path / "root"
+    build_varied_root(root, shards=3)
+    layout = OutputLayout(str(root))
+    rejected = pq.read_table(layout.rejects_path("shard-00002")).to_pylist()
+    assert rejected
+    dropped = supersede_rejects(layout, "shard-00002", {(rejected[0]["stage"], rejected[0]["url"], rejected[0]["reason"])})
+    assert dropped == 1
+    con = connect(refresh(str(root)))
+    try:
+        stats = caption_stats(con, top=50)
+    finally:
+        con.close()
+    assert stats == oracle_stats(root, top=50)
+    assert stats["rejects_total"] == sum(pq.read_metadata(p).num_rows for p in (root / "rejects").glob("*.parquet"))
