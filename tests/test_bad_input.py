@@ -474,23 +474,75 @@ def _not_a_model(tmp: Path) -> list[str]:
     return ["--config", str(tmp / "caption.yaml")]
 
 
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> Path:
+    from test_caption_transformers import build_tiny_qwen2_5_vl
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2.5-vl")
+    build_tiny_qwen2_5_vl(folder)
+    return folder
+
+
+def _vlm_with_weights(tmp: Path, tiny_vlm: Path, name: str, content: bytes) -> list[str]:
+    """The tiny VLM's folder with its weights replaced by `content` in file `name`."""
+    import shutil
+
+    shutil.copytree(tiny_vlm, tmp / "model")
+    (tmp / "model" / "model.safetensors").unlink()
+    (tmp / "model" / name).write_bytes(content)
+    (tmp / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tmp / 'model'}\ndevice: cpu\n")
+    return ["--config", str(tmp / "caption.yaml")]
+
+
+class _CreatesAFile:
+    """Unpickled, it would create `path`: the payload a crafted weights file carries."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _garbage_weights(tmp: Path, tiny_vlm: Path) -> list[str]:
+    return _vlm_with_weights(tmp, tiny_vlm, "model.safetensors", b"\x00not safetensors" * 64)
+
+
+def _truncated_weights(tmp: Path, tiny_vlm: Path) -> list[str]:
+    return _vlm_with_weights(tmp, tiny_vlm, "model.safetensors", (tiny_vlm / "model.safetensors").read_bytes()[:4096])
+
+
+def _code_carrying_weights(tmp: Path, tiny_vlm: Path) -> list[str]:
+    import pickle
+
+    return _vlm_with_weights(tmp, tiny_vlm, "pytorch_model.bin", pickle.dumps(_CreatesAFile(tmp / "payload-ran")))
+
+
 # Found when the captioner starts, before any crop is captioned; after the progress bar, so the last line counts.
 CAPTIONER_CASES = [
     (_not_sqlite_cache, "{tmp}/cache/caption_requests.sqlite: not a caption request cache (file is not a database); "
                         "delete it to start a new one, or pass another --cache-dir"),
     (_not_a_model, "transformers_model_dir {tmp}/model: no config.json there"),
+    (_garbage_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
+    (_truncated_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
+    (_code_carrying_weights, "transformers_model_dir {tmp}/model: refused its weights: a pickle holding more than "
+                             "tensors (loading it could run code)"),
 ]
 
 
-@pytest.mark.parametrize("setup, message", CAPTIONER_CASES, ids=["cache", "model"])
-def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys):
+@pytest.mark.parametrize("setup, message", CAPTIONER_CASES,
+                         ids=["cache", "model", "garbage-weights", "truncated-weights", "code-carrying-weights"])
+def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys, request):
     _caption_inputs(tmp_path)
-    options = setup(tmp_path)
+    needs_vlm = "tiny_vlm" in setup.__code__.co_varnames[:setup.__code__.co_argcount]
+    options = setup(tmp_path, request.getfixturevalue("tiny_vlm")) if needs_vlm else setup(tmp_path)
     before = _snapshot(tmp_path)
     assert main(["caption", "--crops", str(tmp_path / "in" / "ok.parquet"), "--out", str(tmp_path / "out"), *options]) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1].replace(str(tmp_path), "{tmp}")
-    assert last_line == f"gadms caption: error: {message}"
+    assert last_line.startswith(f"gadms caption: error: {message}"), last_line
+    assert "weights_only" not in last_line
     assert _unchanged(before, tmp_path)
+    assert not (tmp_path / "payload-ran").exists()
 
 
 def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):

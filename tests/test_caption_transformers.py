@@ -111,3 +111,28 @@ def test_transformers_backend_needs_a_model_folder(tmp_path):
         CaptionConfig(backend="transformers")
     with pytest.raises(GadmsError, match="no config.json there"):
         caption_crops([make_crop(1)], local_config(tmp_path / "missing"), tmp_path)
+
+
+def test_the_caption_command_loads_the_backend_in_a_fresh_process(tiny_vlm, tmp_path):
+    """`gadms caption --backend transformers` as a user runs it: a new process, where nothing imported torchvision's
+    ops shim before transformers (whose Qwen2.5-VL processor imports torchvision)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    crop = make_crop(1)
+    pq.write_table(pa.Table.from_pylist([{"sample_id": crop.sample_id, "image": crop.image}]), tmp_path / "crops.parquet")
+    (tmp_path / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tiny_vlm}\nfilter: true\n"
+                                           "filter_max_tokens: 8\ninvalid_output_retries: 0\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "caption", "--crops", str(tmp_path / "crops.parquet"),
+         "--out", str(tmp_path / "out"), "--config", str(tmp_path / "caption.yaml")],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"1 crops: 0 captioned, 1 rejected → {tmp_path / 'out'}" in done.stdout
+    assert pq.read_table(tmp_path / "out" / "rejects.parquet").column("reason").to_pylist() == ["invalid_filter_answer"]

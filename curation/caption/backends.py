@@ -136,15 +136,26 @@ class TransformersBackend:
     def _load(self) -> None:
         if not (self.model_dir / "config.json").is_file():  # before importing transformers, which takes seconds
             raise GadmsError(f"transformers_model_dir {self.model_dir}: no config.json there")
+        from storage.compat import ensure_torchvision_ops
+
+        ensure_torchvision_ops()  # Qwen2.5-VL's processor imports torchvision
+        import pickle
+
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         dtype = "auto" if self.config.torch_dtype == "auto" else getattr(torch, self.config.torch_dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_dir)
             self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise GadmsError(f"transformers_model_dir {self.model_dir}: cannot load it: {exc}") from None
+        except pickle.UnpicklingError as exc:  # .bin weights load with weights_only=True; never pass on its advice
+            reason = ("refused its weights: a pickle holding more than tensors (loading it could run code)"
+                      if "weights only" in str(exc).lower() else "its weights are not a weights file")
+            raise GadmsError(f"transformers_model_dir {self.model_dir}: {reason}") from None
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GadmsError(f"transformers_model_dir {self.model_dir}: cannot load it: {reason}") from None
         self.model.to(self.config.device).eval()
 
     async def __aenter__(self) -> "TransformersBackend":
