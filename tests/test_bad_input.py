@@ -566,3 +566,48 @@ def test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line(tmp_path):
     with pytest.raises(DataSourceError) as raised:
         next(iter(torch.utils.data.DataLoader(CorruptImages(), num_workers=1)))
     assert "\n" not in str(raised.value) and str(raised.value).startswith(f"{tmp_path}/shard.parquet row 0")
+
+
+@pytest.fixture(scope="module")
+def benchmark_and_checkpoint(tmp_path_factory) -> tuple[Path, str]:
+    from curation.synthweb.benchmark import write_synthetic_benchmark
+    from gadms_model.model import ModelConfig
+    from gadms_model.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("benchmark")
+    write_synthetic_benchmark(root, 4, 3, 4, 2, seed=2, train_captions="clean")
+    config = TrainConfig.model_validate({
+        "output_dir": str(tmp_path_factory.mktemp("run")), "progress": False,
+        "data": {"kind": "benchmark", "path": str(root), "benchmark": "rstpreid"},
+        "model": ModelConfig.tiny(mode="irra").model_dump(mode="json"), "epochs": 1, "batch_size": 4, "num_workers": 0,
+    })
+    return root, train(config).checkpoint_path
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_corrupt_benchmark_image_read_by_cli_workers_is_one_line(split, benchmark_and_checkpoint, tmp_path, capsys):
+    """`gadms train` / `gadms eval` with two data-loader workers: the worker's error reaches the user as one line
+    naming the image file, with exit status 2."""
+    import shutil
+
+    from gadms_model.model import ModelConfig
+
+    root = tmp_path / "benchmark"
+    shutil.copytree(benchmark_and_checkpoint[0], root)
+    records = json.loads((root / "RSTPReid" / "data_captions.json").read_text())
+    image = root / "RSTPReid" / "imgs" / next(r["img_path"] for r in records if r["split"] == split)
+    image.write_bytes(b"\x89PNG but no image")
+    if split == "train":
+        config = {"output_dir": str(tmp_path / "run"), "data": {"kind": "benchmark", "path": str(root),
+                  "benchmark": "rstpreid"}, "model": ModelConfig.tiny(mode="irra").model_dump(mode="json"),
+                  "epochs": 1, "batch_size": 4, "num_workers": 2, "progress": False}
+        (tmp_path / "train.yaml").write_text(json.dumps(config))
+        argv = ["train", "--config", str(tmp_path / "train.yaml")]
+    else:
+        argv = ["eval", "--checkpoint", benchmark_and_checkpoint[1], "--dataset", "rstpreid", "--root", str(root),
+                "--num-workers", "2"]
+    before = _snapshot(root)
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert last_line.startswith(f"gadms {argv[0]}: error: {image}: image cannot be decoded: "), last_line
+    assert _snapshot(root) == before

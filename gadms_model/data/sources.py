@@ -41,13 +41,16 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 
 def open_image(path: str, where: str) -> Image.Image:
+    """A benchmark or gallery image file, decoded as shard images are (pixel limit, EXIF orientation, and around
+    ultralytics' Image.open wrapper, which would try to install a plugin for an unidentified file)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
-        raise DataSourceError(f"{where}: image {path} not found") from None
-    except Exception as exc:  # as in decode_image
-        raise DataSourceError(f"{where}: image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
+        raise DataSourceError(f"{where}: image not found") from None
+    except OSError as exc:
+        raise DataSourceError(f"{where}: image cannot be read: {exc.strerror or exc}") from None
+    return decode_image(data, where)
 
 
 @dataclass(frozen=True)
