@@ -7,11 +7,16 @@ A command module defines `add_arguments(parser)`, which adds its options (or nes
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from storage.env import apply_offline_defaults
 from storage.errors import GadmsError, error_line
+
+# What the machine refuses, whichever command writes and wherever: a folder or disk the user must change, so one line
+# naming the file (anything else raised as OSError is a bug and keeps its traceback).
+WRITE_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 # name → (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -81,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args) or 0)
     except GadmsError as exc:
         print(error_line(name, exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_REFUSED or not exc.filename:
+            raise
+        print(error_line(name, GadmsError(f"{exc.filename}: cannot write there: {exc.strerror}")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_line(name), file=sys.stderr)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -611,3 +615,69 @@ def test_a_corrupt_benchmark_image_read_by_cli_workers_is_one_line(split, benchm
     last_line = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
     assert last_line.startswith(f"gadms {argv[0]}: error: {image}: image cannot be decoded: "), last_line
     assert _snapshot(root) == before
+
+
+def _run_without_write_override(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`gadms argv` in a new process that file permissions bind: as root (CI, containers) the process drops the
+    capabilities that let root write anywhere, so a read-only folder is read-only to it too."""
+    command = [sys.executable, "-m", "flows.cli", *argv]
+    if os.geteuid() == 0:
+        drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode:
+            pytest.skip("root that cannot drop its capabilities (no setpriv or no CAP_SETPCAP): nothing is read-only")
+        command = [*drop, *command]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def _unwritable_inputs(tmp: Path) -> None:
+    _caption_inputs(tmp)
+    import pyarrow as pa
+
+    from curation.synthweb.benchmark import write_synthetic_benchmark
+
+    (tmp / "in" / "downloads").mkdir()
+    row = {"url": "https://a.example/1.jpg", "data": (tmp / "in" / "ok.parquet").read_bytes()}
+    pq.write_table(pa.Table.from_pylist([row]), tmp / "in" / "downloads" / "part-0.parquet")
+    write_synthetic_benchmark(tmp / "in" / "benchmark", 2, 1, 2, 1, seed=0, train_captions="clean")
+    (tmp / "in" / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    build_root(tmp / "in" / "root")
+    (tmp / "ro").mkdir()
+    (tmp / "in" / "ro_train.yaml").write_text(
+        f"output_dir: {tmp / 'ro' / 'model'}\ndata: {{kind: benchmark, path: {tmp / 'in' / 'benchmark'}, "
+        "benchmark: rstpreid}\n")
+
+
+# A folder the user may not write, as each writing command meets it: (argv, the error after "gadms <cmd>: error: ").
+UNWRITABLE_CASES = [
+    (["crawl", "--urls", "{tmp}/in/urls.txt", "--out", "{tmp}/ro/out"],
+     "{tmp}/ro/out: cannot write the crawl output folder: Permission denied"),
+    (["detect", "--downloads", "{tmp}/in/downloads", "--out", "{tmp}/ro/out", "--backend", "hog"],
+     "{tmp}/ro/out/dedup: cannot create the dedup index directory: Permission denied"),
+    (["caption", "--crops", "{tmp}/in/ok.parquet", "--out", "{tmp}/ro/out", "--backend", "alt-text"],
+     "{tmp}/ro/out: cannot write there: Permission denied"),
+    (["templates", "build", "--captions", "{tmp}/in/captions.txt", "--out", "{tmp}/ro/bank.jsonl", "--clusters", "1"],
+     "{tmp}/ro/bank.jsonl.cache: cannot write there: Permission denied"),
+    (["synthweb", "render", "--out", "{tmp}/ro/site", "--images", "2"],
+     "{tmp}/ro/site: cannot write there: Permission denied"),
+    (["export", "--root", "{tmp}/in/root", "--out", "{tmp}/ro/export"],
+     "{tmp}/ro/export: cannot write there: Permission denied"),
+    (["train", "--config", "{tmp}/in/ro_train.yaml"], "{tmp}/ro/model: cannot write there: Permission denied"),
+    (["demo", "--out", "{tmp}/ro/demo"], "{tmp}/ro/demo: cannot write there: Permission denied"),
+]
+
+
+@pytest.mark.parametrize("argv, message", UNWRITABLE_CASES, ids=[" ".join(c[0][:2]) for c in UNWRITABLE_CASES])
+def test_a_folder_the_user_cannot_write_is_one_line(argv, message, tmp_path):
+    _unwritable_inputs(tmp_path)
+    (tmp_path / "ro").chmod(0o555)
+    before = _snapshot(tmp_path)
+    try:
+        done = _run_without_write_override([a.replace("{tmp}", str(tmp_path)) for a in argv], tmp_path)
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert lines[-1].split("\r")[-1].replace(str(tmp_path), "{tmp}") == f"gadms {argv[0]}: error: {message}"
+    assert "Traceback" not in done.stderr
+    assert _snapshot(tmp_path) == before
