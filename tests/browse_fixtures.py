@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
@@ -21,6 +22,7 @@ IDENTITIES, IMAGES_PER_IDENTITY = 4, 3
 NICKNAMES = ("alpha", "bravo", "charlie", "delta")  # caption2 of identity i says "walker NICKNAMES[i]"
 MARKUP = "<script>document.title='pwned';window.pwned=1</script><img src=x onerror=\"document.title='pwned'\">"
 BUDGET = {"per_reason": 8, "max_side": 96}
+FETCHED_AT = datetime(2025, 1, 1, 9, 30, tzinfo=timezone.utc)  # the provenance of the kept twin, its faces and verdict
 TOO_SMALL = {"shard-00000": 10, "shard-00001": 2}  # detect/too_small rejects per shard (the budget keeps 8 + 2)
 
 
@@ -29,7 +31,7 @@ class BrowseRoot:
     root: Path
     by_identity: dict[int, list[str]]  # identity → its sample ids
     markup_sample: tuple[str, str]  # (shard_id, sample_id) of the sample with markup in alt text and caption2
-    kept_twin: tuple[str, str]  # a sample with a near-duplicate in the rejects
+    kept_twin: tuple[str, str]  # a sample with a near-duplicate in the rejects, provenance, a face and a verdict
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -100,6 +102,9 @@ def build_browse_root(root: Path, benchmark: Path) -> BrowseRoot:
             captions[0].caption2 = f"Photo 0 {MARKUP}"
             markup = (shard_id, crops[0].sample_id)
             kept_twin = (shard_id, crops[1].sample_id)
+            crops[1].fetched_at, crops[1].http_status, crops[1].x_robots_tag = FETCHED_AT, 200, "noimageai"
+            crops[1].num_faces, crops[1].face_boxes = 1, [[8.0, 6.0, 24.0, 22.0]]
+            captions[1].filter_keep, captions[1].filter_model = True, "synthweb-sim-vlm"
             twin = _crop(benchmark / "imgs" / "train" / "00000_01.jpg", 0, 7)
         rejects, downloads, rejected_crops = _rejects(shard_id, crops[1] if shard == 0 else crops[0], twin)
         thumbnails = reject_thumbnails_table(rejects, downloads, rejected_crops, shard_id, **BUDGET)

@@ -140,6 +140,22 @@ def test_sample_shows_its_near_duplicate(browser, site, built):
     assert "near_duplicate" in duplicates.text and len(duplicates.find_elements(By.TAG_NAME, "img")) == 1
 
 
+def test_sample_shows_its_provenance_faces_and_verdict(browser, site, built):
+    shard_id, sample_id = built.kept_twin
+    browser.get(f"{site}/samples/{shard_id}/{sample_id}")
+    shown = {key: browser.find_element(By.ID, key).text for key in ("fetched", "x-robots-tag", "filter", "faces")}
+    assert shown == {"fetched": "2025-01-01 09:30:00+00:00, HTTP 200", "x-robots-tag": "noimageai",
+                     "filter": "keep, synthweb-sim-vlm", "faces": "1"}
+    face = browser.find_element(By.CSS_SELECTOR, "#drawing rect.face")
+    assert [face.get_attribute(a) for a in ("x", "y", "width", "height")] == ["8.0", "6.0", "16.0", "16.0"]
+    shard_id, sample_id = built.markup_sample  # recorded by no stage: said so, not left blank
+    browser.get(f"{site}/samples/{shard_id}/{sample_id}")
+    shown = {key: browser.find_element(By.ID, key).text for key in ("fetched", "x-robots-tag", "filter", "faces")}
+    assert shown == {"fetched": "not recorded", "x-robots-tag": "none served", "filter": "not run",
+                     "faces": "not counted"}
+    assert browser.find_elements(By.CSS_SELECTOR, "#drawing rect.face") == []
+
+
 @pytest.mark.parametrize("path, status", [
     # A path's %2F is a slash to the router: these match no route.
     ("/samples/shard-00000/..%2F..%2Fcatalog.duckdb", 404),
