@@ -3,8 +3,9 @@
     gadms caption --crops crops.parquet --out captions/ [--config caption.yaml] [--backend alt-text]
 
 Writes <out>/captions.parquet (storage.schema.CAPTIONS_SCHEMA: sample_id, caption1, caption2, caption_model,
-caption_backend, template_id, prompt_version, filter_keep, filter_reason, filter_model), <out>/rejects.parquet (the rejects table's columns) and <out>/caption_config.yaml; finished
-model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
+caption_backend, template_id, prompt_version, filter_keep, filter_reason, filter_model), <out>/rejects.parquet (the
+rejects table's columns), <out>/caption_config.yaml and a run record <out>/runs/<run_id>.json (storage.jobs);
+finished model requests are cached in <out>/cache (or --cache-dir), so running the command again sends nothing new.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import datetime
     from pathlib import Path
 
     import pyarrow as pa
@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from curation.caption.config import CaptionConfig
     from curation.caption.pipeline import caption_crops
     from storage.configfile import dump_config, load_config, validate_config
+    from curation.detect.parquet_io import crop_from_row
     from storage.errors import GadmsError, check_range
+    from storage.jobs import StageRun, Unit, run_unit
     from storage.schema import CAPTIONS_SCHEMA
-    from storage.shards import rejects_table, write_parquet_atomic
 
     overrides = {key: value for key, value in (("backend", args.backend), ("endpoints", args.endpoint),
                                                ("models", args.model)) if value}
@@ -58,24 +59,33 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(config, out / "caption_config.yaml")
-    run_id = "caption-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    caption_rows: list[dict] = []
-    reject_rows: list = []
-    done = 0
-    with tqdm(total=total, unit="crop", desc=f"caption ({config.backend})") as bar:
-        for batch in crops_file.iter_batches(batch_size=CROP_BATCH):
-            crops = [_crop_from_row(row) for row in batch.to_pylist()][: total - done]
-            if not crops:
-                break
-            captions, rejects = caption_crops(crops, config, args.cache_dir or out / "cache", progress=bar.update)
-            caption_rows += [vars(c) for c in captions]
-            reject_rows += rejects
-            done += len(crops)
+    run = StageRun.start(str(out), "caption")
+    # One unit, redone by every run (another backend or --limit gives other captions): the request cache is its
+    # resumable state, so a rerun sends only the requests not answered before.
+    unit = Unit("captions", (str(out / "captions.parquet"), str(out / "rejects.parquet")), is_done=lambda _: False)
 
-    write_parquet_atomic(pa.Table.from_pylist(caption_rows, schema=CAPTIONS_SCHEMA), str(out / "captions.parquet"))
-    write_parquet_atomic(rejects_table(reject_rows, None, run_id, now), str(out / "rejects.parquet"))
-    print(f"{done} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
+    def caption(unit: Unit) -> tuple[list[dict], list]:
+        caption_rows: list[dict] = []
+        reject_rows: list = []
+        done = 0
+        with tqdm(total=total, unit="crop", desc=f"caption ({config.backend})") as bar:
+            for batch in crops_file.iter_batches(batch_size=CROP_BATCH):
+                crops = [crop_from_row(row) for row in batch.to_pylist()][: total - done]
+                if not crops:
+                    break
+                captions, rejects = caption_crops(crops, config, args.cache_dir or out / "cache", progress=bar.update)
+                caption_rows += [vars(c) for c in captions]
+                reject_rows += rejects
+                done += len(crops)
+        captions_file, rejects_file = unit.outputs
+        run.write(pa.Table.from_pylist(caption_rows, schema=CAPTIONS_SCHEMA), captions_file)
+        run.write_rejects(reject_rows, rejects_file, None)
+        return caption_rows, reject_rows
+
+    caption_rows, reject_rows = run_unit(unit, caption)
+    run.save_record(config.model_dump(mode="json"), {"counts": {
+        "crops": total, "captioned": len(caption_rows), "rejects": len(reject_rows)}})
+    print(f"{total} crops: {len(caption_rows)} captioned, {len(reject_rows)} rejected → {out}")
     if reject_rows:
         from collections import Counter
 
@@ -115,26 +125,3 @@ def _check_crops(path: str, crops_file) -> None:
             raise GadmsError(f"{path}: row {row + pc.index(pc.is_null(batch.column(0)), True).as_py()}: image is NULL")
         row += batch.num_rows
 
-
-def _crop_from_row(row: dict):
-    import hashlib
-
-    from storage.records import PersonCrop
-
-    image = row["image"]
-    return PersonCrop(
-        sample_id=row["sample_id"],
-        source_url=row.get("source_url") or "",
-        page_url=row.get("page_url") or "",
-        alt_text=row.get("alt_text") or "",
-        source_sha256=row.get("source_sha256") or "",
-        image=image,
-        width=row.get("width") or 0,
-        height=row.get("height") or 0,
-        bbox=tuple(row.get("bbox") or (0.0, 0.0, 0.0, 0.0)),
-        det_score=row.get("det_score") or 0.0,
-        keypoints=row.get("keypoints"),
-        phash=row.get("phash") or 0,
-        crop_sha256=row.get("crop_sha256") or hashlib.sha256(image).hexdigest(),
-        source_meta=row.get("source_meta"),
-    )
