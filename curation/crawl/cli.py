@@ -5,8 +5,8 @@
 
 The list is cut into chunks of `--shard-size` URLs (as `shard_size` in a build config); each chunk writes <out>/downloads/<chunk>.parquet and
 <out>/rejects/<chunk>.parquet when it is done and keeps its progress under <out>/work/crawl/<chunk>/ meanwhile;
-each run saves its record in <out>/runs/<run_id>.json (storage.jobs runs the chunks). Rerunning the same command
-skips finished chunks and resumes the interrupted one.
+each run saves its record in <out>/runs/<run_id>.json (curation.crawl.job runs the chunks as storage.jobs units).
+Rerunning the same command skips finished chunks and resumes the interrupted one.
 """
 from __future__ import annotations
 
@@ -42,16 +42,15 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from curation.crawl import CrawlConfig, crawl_chunk, read_url_list
+    from curation.crawl import CrawlConfig, read_url_list
     from curation.crawl.fetcher import check_http_url
-    from curation.crawl.output import check_same_urls, downloads_path, rejects_path, write_downloads
-    from curation.crawl.state import chunk_fingerprint
+    from curation.crawl.job import run_crawl_job
     from curation.crawl.robots import RobotsCache
     from curation.crawl.urllist import count_rows
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import check_range
     from storage.fs import is_local, join, make_folder
-    from storage.jobs import StageRun, Unit, part_id, run_unit, state_dir
+    from storage.jobs import StageRun
     from storage.takedown import TakedownList, read_takedown_list
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -107,56 +106,16 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
         bar.update(ok + rejected)
 
-    totals = {"downloaded": 0, "rejected": 0}
-    reasons: dict[str, int] = {}
-
-    def finished(unit: Unit, chunk: list) -> None:  # done in an earlier run: from the same URLs, counted from its files
-        check_same_urls(unit.outputs[1], chunk)
-        downloaded, rejected = _rows(unit.outputs[1]), _rows(unit.outputs[0])
-        progress(downloaded, rejected)
-        totals["downloaded"] += downloaded
-        totals["rejected"] += rejected
-
-    def crawl(unit: Unit, chunk: list) -> None:
-        result = crawl_chunk(chunk, config, unit.state_dir, progress=progress, robots_cache=robots_cache,
-                             takedown=takedown)
-        rejects_file, downloads_file = unit.outputs
-        run.write_rejects(result.rejects, rejects_file, unit.id)
-        write_downloads(result.downloads_table, downloads_file, unit.id, run.run_id,  # last: the marker
-                        urls_fingerprint=chunk_fingerprint(chunk))
-        totals["downloaded"] += result.downloads_table.num_rows
-        totals["rejected"] += len(result.rejects)
-        for reason, n in result.reason_counts().items():
-            reasons[reason] = reasons.get(reason, 0) + n
-
-    iterator = iter(records)
     try:
-        for number in itertools.count():
-            chunk = list(itertools.islice(iterator, args.shard_size))
-            if not chunk:
-                break
-            chunk_id = part_id(number)
-            unit = Unit(chunk_id, (rejects_path(out, chunk_id), downloads_path(out, chunk_id)),
-                        state_dir(join(out, "work"), "crawl", chunk_id))
-            run_unit(unit, lambda u: crawl(u, chunk), on_done=lambda u: finished(u, chunk))
+        totals = run_crawl_job(records, out, config, args.shard_size, run, takedown, robots_cache, progress)
     finally:
         for bar in bars:
             bar.close()
-    run.save_record(config.model_dump(mode="json"), {"counts": {**totals, "rejected_this_run": reasons}})
+    reasons = totals["rejected_this_run"]
     summary = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     print(f"crawl: {totals['downloaded']} downloaded, {totals['rejected']} rejected -> {out}/downloads, "
           f"{out}/rejects" + (f"; rejected this run: {summary}" if summary else ""))
     return 0
-
-
-def _rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    from storage.fs import filesystem
-
-    fs, p = filesystem(path)
-    with fs.open(p, "rb") as f:
-        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _seed_records(seeds: list[str], config, out: str, robots_cache) -> list:
