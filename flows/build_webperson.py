@@ -3,7 +3,7 @@
 Orchestration only: every stage is plain Python in curation/ and storage/; this module runs one chunk (= one
 shard) per Prefect task run, with retries, on the configured task runner (what Prefect tracks grows with the
 chunks, not with chunks × stages; each task's result is its ChunkReport with the stages' wall seconds), runs each
-chunk as a storage.jobs unit (skipped when its manifest says it is complete; its crawl state removed once it is),
+chunk as a storage.jobs unit (skipped when its manifest says it is complete; its crawl state kept for rebuilds),
 serves the run's per-host leases (curation.crawl.hostleases), refreshes the DuckDB catalog and publishes the run's
 artifacts.
 """
@@ -125,9 +125,10 @@ def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None, takedown: Ta
 
 
 def _unit(chunk: Chunk, cfg: BuildConfig) -> Unit:
-    """The chunk's shard as a storage.jobs unit, its crawl state in <work_dir>/crawl/<shard_id>."""
+    """The chunk's shard as a storage.jobs unit, its crawl state in <work_dir>/crawl/<shard_id>, kept when the shard
+    is done: a rebuild of the chunk (its manifest entry deleted, e.g. after a takedown) replays that crawl."""
     return shard_unit(OutputLayout(cfg.output_root), chunk.shard_id,
-                      state_dir(cfg.state_layout.work_dir, "crawl", chunk.shard_id))
+                      state_dir(cfg.state_layout.work_dir, "crawl", chunk.shard_id), keep_state=True)
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE)

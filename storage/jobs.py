@@ -7,8 +7,9 @@ and is done when they are all there and whole: a Parquet file cut short has no f
 
 `run_unit(unit, process)` is the whole protocol, the same for every stage CLI and for each task of the build
 flow: a done unit is skipped; otherwise `process(unit)` runs, with the unit's resumable state in its state
-folder. When it returns, the state folder is removed; when it raises, the state folder stays (the next run
-resumes from it) and the outputs it had written are removed, so a failed unit leaves no partial output.
+folder. When it returns, the state folder is removed (unless the unit keeps it); when it raises, the state folder
+stays (the next run resumes from it) and the outputs it had written are removed, so a failed unit leaves no
+partial output.
 
 `StageRun` is what one run of a stage shares: its run id, the rejects it writes (stamped with that id) and the run
 record `runs/<run_id>.json` it saves at the end.
@@ -72,25 +73,28 @@ def outputs_whole(unit: "Unit") -> bool:
 @dataclass(frozen=True)
 class Unit:
     """One unit of a stage's work. `outputs`: the files it writes, in writing order (the last is the marker);
-    `state_dir`: its resumable state while in progress (None: it has none); `is_done`: the done check, by default
-    every output is whole Parquet (the build's: its manifest entry says complete and the shard has that size)."""
+    `state_dir`: its resumable state while in progress (None: it has none); `keep_state`: the state stays when the
+    unit is done too (the build's crawl state, which a rebuild of the chunk replays instead of fetching again);
+    `is_done`: the done check, by default every output is whole Parquet (the build's: its manifest entry says
+    complete and the shard has that size)."""
 
     id: str
     outputs: tuple[str, ...]
     state_dir: str | None = None
+    keep_state: bool = False
     is_done: Callable[["Unit"], bool] = field(default=outputs_whole, compare=False)
 
     def done(self) -> bool:
         return self.is_done(self)
 
 
-def shard_unit(layout: OutputLayout, shard_id: str, state: str | None = None) -> Unit:
+def shard_unit(layout: OutputLayout, shard_id: str, state: str | None = None, keep_state: bool = False) -> Unit:
     """A build shard as a unit: its rejects, reject thumbnails, shard, statistics and (last, the marker) manifest
     entry (storage.shards.commit_tables); done when that entry says complete and the shard file has the size it
     records (storage.shards.shard_is_complete)."""
     outputs = (layout.rejects_path(shard_id), layout.reject_thumbnails_path(shard_id), layout.shard_path(shard_id),
                layout.shard_stats_path(shard_id), layout.manifest_path(shard_id))
-    return Unit(shard_id, outputs, state, is_done=_shard_complete)
+    return Unit(shard_id, outputs, state, keep_state, is_done=_shard_complete)
 
 
 def _shard_complete(unit: Unit) -> bool:
@@ -107,7 +111,7 @@ def run_unit(unit: Unit, process: Callable[[Unit], T], on_done: Callable[[Unit],
         for path in unit.outputs:
             _remove(path)
         raise
-    if unit.state_dir is not None:
+    if unit.state_dir is not None and not unit.keep_state:
         _remove(unit.state_dir)
     return result
 

@@ -83,6 +83,17 @@ def test_a_failed_unit_leaves_no_output_and_keeps_its_state(tmp_path):
         ("http://a.example/1.jpg", "detect", "no_person", "u0", "r1")]
 
 
+def test_a_unit_that_keeps_its_state_keeps_it_when_done(tmp_path):
+    """The build's chunks: a rebuild of a chunk whose manifest entry was deleted replays its crawl state."""
+    run = StageRun.start(str(tmp_path), "build-webperson", "r1")
+    base = _unit(tmp_path, "u0")
+    unit = Unit(base.id, base.outputs, base.state_dir, keep_state=True)
+    Path(unit.state_dir).mkdir(parents=True)
+    (Path(unit.state_dir) / "seg").write_text("outcomes")
+    assert run_unit(unit, lambda u: _write_outputs(run, u)) == "u0"
+    assert unit.done() and (Path(unit.state_dir) / "seg").read_text() == "outcomes"
+
+
 def test_the_run_record(tmp_path):
     run = StageRun.start(str(tmp_path), "detect")
     assert re.fullmatch(r"detect-\d{8}T\d{6}-[0-9a-f]{6}", run.run_id)
