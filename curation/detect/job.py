@@ -1,7 +1,7 @@
 """The standalone detect job behind `gadms detect`: every input file is one shard, processed and written whole.
 
 (The build flow calls `detect_persons` and `DedupIndex.deduplicate` per chunk itself; this module is the same
-two calls over files, with resume and a run record.)
+two calls over files, each file a storage.jobs unit: resume, clean-up of a failed shard and a run record.)
 """
 from __future__ import annotations
 
