@@ -5,11 +5,11 @@ holds the list: it streams the Parquet footers and text files. The task that pro
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
 from curation.crawl.urllist import ListRange, plan_ranges, read_range
+from storage.jobs import digest_id
 from storage.records import UrlRecord
 
 
@@ -49,7 +49,7 @@ def plan_chunks(sources: list[ListSource], shard_size: int, limit: int | None = 
 
 
 def shard_id(rows: ListRange) -> str:
-    return "shard-" + hashlib.sha256(rows.identity.encode()).hexdigest()[:16]
+    return digest_id(rows.identity)
 
 
 def chunk_urls(chunk: Chunk) -> list[UrlRecord]:

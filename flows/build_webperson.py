@@ -2,9 +2,10 @@
 
 Orchestration only: every stage is plain Python in curation/ and storage/; this module runs one chunk (= one
 shard) per Prefect task run, with retries, on the configured task runner (what Prefect tracks grows with the
-chunks, not with chunks × stages; each task's result is its ChunkReport with the stages' wall seconds), skips
-chunks whose manifest says they are complete, serves the run's per-host leases (curation.crawl.hostleases),
-refreshes the DuckDB catalog and publishes the run's artifacts.
+chunks, not with chunks × stages; each task's result is its ChunkReport with the stages' wall seconds), runs each
+chunk as a storage.jobs unit (skipped when its manifest says it is complete; its crawl state kept for rebuilds),
+serves the run's per-host leases (curation.crawl.hostleases), refreshes the DuckDB catalog and publishes the run's
+artifacts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -40,13 +40,14 @@ from curation.detect import PersonDetector, detect_persons
 from flows.artifacts import publish_build_artifacts
 from flows.config import BuildConfig, RunnerConfig, resolve_build_config
 from flows.locks import output_root_lock
-from storage.catalog import refresh, write_run_record
+from storage.catalog import refresh
 from storage.errors import GadmsError, error_line
 from storage.fs import exists, join
+from storage.jobs import StageRun, Unit, run_unit, shard_unit, state_dir
 from storage.layout import OutputLayout
 from storage.records import Reject
 from storage.reject_thumbnails import reject_thumbnails_table
-from storage.shards import commit_shard, json_files, read_parquet, shard_is_complete, supersede_rejects
+from storage.shards import commit_shard, json_files, read_parquet, supersede_rejects
 from storage.takedown import TakedownList, effective_takedown_list
 from storage.takedown_shards import complete_pending_rewrites
 
@@ -119,8 +120,15 @@ def benchmark_guard_stage(cfg: BuildConfig) -> list[dict]:
 def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None, takedown: TakedownList):
     """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
     urls = chunk_urls(chunk)
-    state_dir = join(cfg.state_layout.work_dir, "crawl", chunk.shard_id)
-    return len(urls), crawl_chunk(urls, cfg.crawl, state_dir, host_leases=host_leases, takedown=takedown)
+    return len(urls), crawl_chunk(urls, cfg.crawl, _unit(chunk, cfg).state_dir, host_leases=host_leases,
+                                  takedown=takedown)
+
+
+def _unit(chunk: Chunk, cfg: BuildConfig) -> Unit:
+    """The chunk's shard as a storage.jobs unit, its crawl state in <work_dir>/crawl/<shard_id>, kept when the shard
+    is done: a rebuild of the chunk (its manifest entry deleted, e.g. after a takedown) replays that crawl."""
+    return shard_unit(OutputLayout(cfg.output_root), chunk.shard_id,
+                      state_dir(cfg.state_layout.work_dir, "crawl", chunk.shard_id), keep_state=True)
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE)
@@ -132,14 +140,12 @@ def process_chunk(chunk: Chunk, cfg: BuildConfig, run_id: str, takedown: Takedow
     retry shard. `retry_list`: the chunk is an earlier retry's list, which only its source shard's task may
     (re)process, so here it is only a source of rejects to retry.
     """
-    layout = OutputLayout(cfg.output_root)
-    if shard_is_complete(layout.manifest_path(chunk.shard_id), layout.shard_path(chunk.shard_id)):
-        if retry_reasons:
-            return _retry_failed(chunk, cfg, run_id, host_leases, takedown, retry_reasons)
-        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
-    if retry_list:
-        return ChunkReport(shard_id=chunk.shard_id, skipped=True)
-    return _process(chunk, cfg, run_id, host_leases, takedown)
+    unit = _unit(chunk, cfg)
+    skipped = ChunkReport(shard_id=chunk.shard_id, skipped=True)
+    if retry_list and not unit.done():
+        return skipped
+    return run_unit(unit, lambda _: _process(chunk, cfg, run_id, host_leases, takedown), on_done=lambda _: (
+        _retry_failed(chunk, cfg, run_id, host_leases, takedown, retry_reasons) if retry_reasons else skipped))
 
 
 def _process(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str | None,
@@ -209,10 +215,8 @@ def _retry_failed(chunk: Chunk, cfg: BuildConfig, run_id: str, host_leases: str 
     if not exists(retry_path):
         write_url_records(records, retry_path)
     retry_chunk, = plan_chunks([_retry_source(retry_path, cfg)], WHOLE_LIST)
-    if shard_is_complete(layout.manifest_path(retry_chunk.shard_id), layout.shard_path(retry_chunk.shard_id)):
-        report = ChunkReport(shard_id=retry_chunk.shard_id, skipped=True)
-    else:
-        report = _process(retry_chunk, cfg, run_id, host_leases, takedown)
+    report = run_unit(_unit(retry_chunk, cfg), lambda _: _process(retry_chunk, cfg, run_id, host_leases, takedown),
+                      on_done=lambda _: ChunkReport(shard_id=retry_chunk.shard_id, skipped=True))
     report.retried = len(records)
     report.superseded = supersede_rejects(layout, chunk.shard_id, superseded)
     return report
@@ -309,8 +313,8 @@ def build_webperson(config: str | dict = DEFAULT_CONFIG, retry_failed: str | Non
 
 def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
     logger = get_run_logger()
-    run_id = _run_id()
-    started = datetime.now(timezone.utc)
+    run = StageRun.start(cfg.output_root, "build-webperson", _run_id())
+    run_id = run.run_id
     clock = time.perf_counter()
     with output_root_lock(cfg.output_root):
         chunks = plan_stage(cfg)
@@ -352,11 +356,7 @@ def _build(cfg: BuildConfig, retry_reasons: tuple[str, ...]) -> dict:
         summary["retry_failed"] = list(retry_reasons)
         summary["takedown_entries"] = len(takedown)
         summary["benchmark_guard"] = benchmarks
-        write_run_record(cfg.output_root, {
-            "run_id": run_id, "flow": "build-webperson", "status": "Completed", "output_root": cfg.output_root,
-            "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
-            "config": cfg.model_dump(mode="json"), "summary": summary,
-        })
+        run.save_record(cfg.model_dump(mode="json"), summary, status="Completed")
         # Sizes and row counts only: this run hashed its shards as it wrote them, and hashing every earlier shard
         # on each incremental build would read the whole dataset; `gadms catalog refresh` checks every sha256.
         catalog = refresh(cfg.output_root, cfg.catalog_path, cfg.duckdb_settings, check_sha256=False)

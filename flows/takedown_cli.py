@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from datetime import datetime, timezone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flows.locks import output_root_lock
-    from storage.catalog import refresh, write_run_record
+    from storage.catalog import refresh
     from storage.errors import check_range
     from storage.fs import require_folder
+    from storage.jobs import StageRun
     from storage.takedown import NEAR_DUPLICATE_RADIUS, parse_takedown_list, read_takedown_text, record_applied_list
     from storage.takedown_shards import remove_taken_down
 
@@ -37,17 +37,12 @@ def run(args: argparse.Namespace) -> int:
     takedown = parse_takedown_list("", "")
     for path, text in texts:  # every list is checked before anything is written
         takedown.extend(parse_takedown_list(text, path))
-    run_id = uuid.uuid4().hex
-    started = datetime.now(timezone.utc)
+    run = StageRun.start(args.root, "takedown", uuid.uuid4().hex)
     with output_root_lock(args.root):
         for _, text in texts:  # kept before any shard changes: a rebuild honours it even if this run is killed
             record_applied_list(args.root, text)
-        report = remove_taken_down(args.root, takedown, radius, run_id).as_dict()
-        write_run_record(args.root, {
-            "run_id": run_id, "flow": "takedown", "status": "Completed", "output_root": args.root,
-            "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
-            "config": {"lists": args.lists, "radius": radius, "entries": len(takedown)}, "summary": report,
-        })
+        report = remove_taken_down(args.root, takedown, radius, run.run_id).as_dict()
+        run.save_record({"lists": args.lists, "radius": radius, "entries": len(takedown)}, report, status="Completed")
         report["catalog"] = refresh(args.root, args.catalog, check_sha256=False)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,4 +1,5 @@
-"""Reading the public WebPerson layout: Parquet with `image`, `image_path`, `caption1`, `caption2`.
+"""The public WebPerson layout: Parquet with `image`, `image_path`, `caption1`, `caption2`; its files, column checks
+and image bytes, for the readers of that layout (gadms_model.data's training source, the retrieval gallery).
 
 Two encodings of `image` are read: the Hugging Face one (the `datasets` Image feature, struct<bytes, path>),
 which is how WebPerson-5M is published on the Hub and what `gadms export` writes, and plain binary (JPEG bytes),
@@ -7,10 +8,7 @@ a flat folder of Parquet files both work. The authors' JSON + images/ layout is 
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage.errors import GadmsError
 from storage.fs import filesystem, join
@@ -64,23 +62,3 @@ def image_bytes(column: pa.ChunkedArray | pa.Array, where: str) -> list[bytes]:
             raise GadmsError(f"{where}: row {row}: {field} is null (images must be embedded in the file)")
     return values
 
-
-def read_public(path: str) -> Iterator[dict]:
-    """Rows of a public-layout Parquet file or folder of them: dicts with image (bytes), image_path, caption1, caption2."""
-    files = public_files(path)
-    if not files:
-        raise GadmsError(f"{path}: no .parquet files")
-    for file in files:
-        fs, p = filesystem(file)
-        with fs.open(p, "rb") as f:
-            try:
-                parquet = pq.ParquetFile(f)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise GadmsError(f"{file}: not a readable Parquet file: {exc}") from None
-            check_columns(parquet.schema_arrow, file)
-            for index in range(parquet.metadata.num_row_groups):
-                table = parquet.read_row_group(index, columns=list(PUBLIC_COLUMNS))
-                rows = {name: table.column(name).to_pylist() for name in PUBLIC_COLUMNS if name != "image"}
-                rows["image"] = image_bytes(table.column("image"), f"{file}: row group {index}")
-                for row in range(table.num_rows):
-                    yield {name: rows[name][row] for name in PUBLIC_COLUMNS}

@@ -13,7 +13,6 @@ from flows.cli import main
 from storage.catalog import connect, refresh, write_run_record
 from storage.errors import GadmsError
 from storage.export import export_public
-from storage.public import read_public
 from storage.layout import OutputLayout
 from storage.schema import SCHEMA_VERSION, SHARD_SCHEMA
 from storage.shards import commit_shard, complete_shards, read_shard, shard_is_complete
@@ -190,9 +189,9 @@ def test_export_public_layout_and_read_back(tmp_path):
     paths = export_public(str(tmp_path / "root"), str(tmp_path / "public"))
     assert [Path(p).relative_to(tmp_path / "public").as_posix() for p in paths] == [
         "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
-    rows = list(read_public(str(tmp_path / "public")))
+    rows = [row for path in paths for row in pq.read_table(path).to_pylist()]
     assert [r["caption2"] for r in rows] == ["She carries a red bag.", "", "He has red shoes."]
-    assert rows[0]["image"] == crop(0).image
+    assert rows[0]["image"] == {"bytes": crop(0).image, "path": None}  # the `datasets` Image struct, bytes embedded
     assert rows[0]["image_path"] == f"images/{crop(0).sample_id}.jpg"
     assert list(rows[0]) == ["image", "image_path", "caption1", "caption2"]
 
@@ -216,4 +215,4 @@ def test_shards_on_an_fsspec_url(tmp_path):
         {"caption2": "He has red shoes."}]
     assert layout.default_catalog_path() == "catalog.duckdb"  # DuckDB writes local files only
     paths = export_public(root, str(tmp_path / "public"))
-    assert len(list(read_public(str(tmp_path / "public")))) == 3 and len(paths) == 2
+    assert sum(pq.read_metadata(path).num_rows for path in paths) == 3 and len(paths) == 2

@@ -4,7 +4,8 @@
     gadms crawl --seed https://example.org/gallery/ --out crawl_out --config crawl.yaml
 
 The list is cut into chunks of `--shard-size` URLs (as `shard_size` in a build config); each chunk writes <out>/downloads/<chunk>.parquet and
-<out>/rejects/<chunk>.parquet when it is done and keeps its progress under <out>/work/crawl/<chunk>/ meanwhile.
+<out>/rejects/<chunk>.parquet when it is done and keeps its progress under <out>/work/crawl/<chunk>/ meanwhile;
+each run saves its record in <out>/runs/<run_id>.json (curation.crawl.job runs the chunks as storage.jobs units).
 Rerunning the same command skips finished chunks and resumes the interrupted one.
 """
 from __future__ import annotations
@@ -38,19 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import itertools
     import logging
-    import uuid
 
     from tqdm import tqdm
 
-    from curation.crawl import CrawlConfig, crawl_chunk, read_url_list
+    from curation.crawl import CrawlConfig, read_url_list
     from curation.crawl.fetcher import check_http_url
-    from curation.crawl.output import check_same_urls, downloads_path, rejects_path, write_downloads, write_rejects
-    from curation.crawl.state import chunk_fingerprint
+    from curation.crawl.job import run_crawl_job
     from curation.crawl.robots import RobotsCache
     from curation.crawl.urllist import count_rows
     from storage.configfile import dump_config, load_config, validate_config
     from storage.errors import check_range
-    from storage.fs import filesystem, is_local, join, make_folder
+    from storage.fs import is_local, join, make_folder
+    from storage.jobs import StageRun
     from storage.takedown import TakedownList, read_takedown_list
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
         first_chunk = list(itertools.islice(records, args.shard_size))  # its rows too: an int URL, a bad line
         records = itertools.chain(first_chunk, records)
     make_folder(out, "crawl output folder")
-    fs, out_path = filesystem(out)
     if is_local(out):
         dump_config(config, join(out, "crawl_config.yaml"))
-    run_id = args.run_id or uuid.uuid4().hex[:12]
+    run = StageRun.start(out, "crawl", args.run_id)
     if not config.contact_url:
         logging.getLogger("curation.crawl").warning(
             "no contact_url in the config: site owners cannot reach you from the User-Agent; please set one")
@@ -107,50 +106,16 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
         bar.update(ok + rejected)
 
-    totals = {"downloaded": 0, "rejected": 0}
-    reasons: dict[str, int] = {}
-    iterator = iter(records)
     try:
-        for number in itertools.count():
-            chunk = list(itertools.islice(iterator, args.shard_size))
-            if not chunk:
-                break
-            chunk_id = f"part-{number:05d}"
-            if fs.exists(filesystem(downloads_path(out, chunk_id))[1]):  # finished in an earlier run
-                check_same_urls(downloads_path(out, chunk_id), chunk)
-                downloaded, rejected = _rows(downloads_path(out, chunk_id)), _rows(rejects_path(out, chunk_id))
-                progress(downloaded, rejected)
-                totals["downloaded"] += downloaded
-                totals["rejected"] += rejected
-                continue
-            state_dir = join(out, "work", "crawl", chunk_id)
-            result = crawl_chunk(chunk, config, state_dir, progress=progress, robots_cache=robots_cache,
-                                 takedown=takedown)
-            write_rejects(result.rejects, rejects_path(out, chunk_id), chunk_id, run_id)
-            write_downloads(result.downloads_table, downloads_path(out, chunk_id), chunk_id, run_id,  # last: done
-                            urls_fingerprint=chunk_fingerprint(chunk))
-            fs.rm(filesystem(state_dir)[1], recursive=True)
-            totals["downloaded"] += result.downloads_table.num_rows
-            totals["rejected"] += len(result.rejects)
-            for reason, n in result.reason_counts().items():
-                reasons[reason] = reasons.get(reason, 0) + n
+        totals = run_crawl_job(records, out, config, args.shard_size, run, takedown, robots_cache, progress)
     finally:
         for bar in bars:
             bar.close()
+    reasons = totals["rejected_this_run"]
     summary = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     print(f"crawl: {totals['downloaded']} downloaded, {totals['rejected']} rejected -> {out}/downloads, "
           f"{out}/rejects" + (f"; rejected this run: {summary}" if summary else ""))
     return 0
-
-
-def _rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    from storage.fs import filesystem
-
-    fs, p = filesystem(path)
-    with fs.open(p, "rb") as f:
-        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _seed_records(seeds: list[str], config, out: str, robots_cache) -> list:

@@ -1,7 +1,7 @@
 """The crawl CLI's Parquet outputs: downloads (raw image bytes and provenance) and rejects (REJECT_SCHEMA).
 
     <out>/downloads/<chunk_id>.parquet   DOWNLOAD_SCHEMA, one row per kept image
-    <out>/rejects/<chunk_id>.parquet     storage.schema.REJECT_SCHEMA, stage "crawl"
+    <out>/rejects/<chunk_id>.parquet     storage.schema.REJECT_SCHEMA, stage "crawl" (storage.jobs writes it)
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from storage.errors import GadmsError
 from storage.fs import atomic_write, filesystem, join
 from storage.records import UrlRecord
 from storage.schema import DOWNLOAD_SCHEMA
-from storage.shards import rejects_table, utc_now, write_parquet_atomic
+from storage.shards import utc_now
 
 # Images are compressed already and all different: zstd, dictionary encoding and min/max statistics would spend
 # CPU on hundreds of MB for nothing (dictionary + statistics alone take seconds per 10,000 images).
@@ -62,7 +62,3 @@ def check_same_urls(path: str, urls: list[UrlRecord]) -> None:
     if recorded is not None and recorded.decode() != chunk_fingerprint(urls):
         raise GadmsError(f"{path}: crawled from another URL list (its chunk of {len(urls)} URLs differs); "
                          "use another --out for this list")
-
-
-def write_rejects(rejects, path: str, chunk_id: str, run_id: str) -> None:
-    write_parquet_atomic(rejects_table(rejects, chunk_id, run_id), path)

@@ -130,8 +130,27 @@ def read_crops(path: str | Path) -> list[PersonCrop]:
     missing = [name for name in CROP_SCHEMA.names if name not in present and name not in OPTIONAL_CROP_COLUMNS]
     if missing:
         raise GadmsError(f"{path}: missing column {missing[0]!r} (not a crops file of `gadms detect`)")
-    crops = []
-    for record in table.select(present).to_pylist():
-        record["bbox"] = tuple(record["bbox"])
-        crops.append(PersonCrop(**record))
-    return crops
+    return [crop_from_row(record) for record in table.select(present).to_pylist()]
+
+
+def crop_from_row(row: dict) -> PersonCrop:
+    """A PersonCrop from one row of a crops file (read_crops; the caption CLI's batches). Only `sample_id` and
+    `image` are required: a missing or NULL column gives the field's empty value, a missing crop_sha256 is
+    computed from the image."""
+    image = row["image"]
+    return PersonCrop(
+        sample_id=row["sample_id"],
+        source_url=row.get("source_url") or "",
+        page_url=row.get("page_url") or "",
+        alt_text=row.get("alt_text") or "",
+        source_sha256=row.get("source_sha256") or "",
+        image=image,
+        width=row.get("width") or 0,
+        height=row.get("height") or 0,
+        bbox=tuple(row.get("bbox") or (0.0, 0.0, 0.0, 0.0)),
+        det_score=row.get("det_score") or 0.0,
+        keypoints=row.get("keypoints"),
+        phash=row.get("phash") or 0,
+        crop_sha256=row.get("crop_sha256") or hashlib.sha256(image).hexdigest(),
+        **{name: row.get(name) for name in OPTIONAL_CROP_COLUMNS},
+    )
