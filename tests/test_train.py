@@ -173,8 +173,8 @@ def test_the_train_command_warns_of_random_weights_and_only_then(synthetic_root,
     (tmp_path / "random.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     assert main(["train", "--config", str(tmp_path / "random.yaml")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == [f"gadms train: warning: {tmp_path / 'random.yaml'}: neither model.pretrained nor init_from is "
-                        "set, so the CLIP towers start from random weights (the paper starts from CLIP ViT-B/16)"]
+    assert warnings == ["warning: neither model.pretrained nor init_from is set, so the CLIP towers start from random "
+                        "weights (the paper starts from CLIP ViT-B/16)"]
     tuned = config_for(synthetic_root, tmp_path / "tuned", epochs=1, max_steps=1,
                        init_from=str(tmp_path / "run" / "final.pt"))
     (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(tuned.model_dump(mode="json")))

@@ -15,16 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     from gadms_model.training import TrainConfig, train
     from gadms_model.training.distributed import shutdown
     from storage.configfile import load_config
 
     config = load_config(args.config, TrainConfig)
-    if config.model.pretrained is None and config.init_from is None and not args.resume:
-        print(f"gadms train: warning: {args.config}: neither model.pretrained nor init_from is set, so the CLIP towers "
-              "start from random weights (the paper starts from CLIP ViT-B/16)", file=sys.stderr)
     try:
         result = train(config, resume=args.resume)
     finally:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -240,6 +241,9 @@ def set_up(config: TrainConfig, resume: bool) -> TrainingRun:
     random.seed(config.seed)
     model = build_model(ModelConfig.model_validate(model_fields))
     model_config = model.config  # its activation resolved: the checkpoints record the choice
+    if initial is None and latest is None and config.model.pretrained is None and process.is_main:
+        print("warning: neither model.pretrained nor init_from is set, so the CLIP towers start from random weights "
+              "(the paper starts from CLIP ViT-B/16)", file=sys.stderr)
     if initial is not None:
         _load_initial_weights(model, initial["model"])
         del initial
