@@ -196,3 +196,23 @@ def test_a_chunk_that_cannot_reach_the_lease_server_fails_and_rejects_nothing(tm
         with HostLeaseServer(2, 0.0) as leases:
             result = crawl_chunk(urls, config(robots=False), str(tmp_path / "state"), host_leases=leases.address)
     assert (len(result.downloads), result.rejects) == (3, [])
+
+
+def test_the_lease_server_serves_only_clients_that_know_the_run_secret():
+    async def lease_once(address: str) -> str:
+        client = HostLeaseClient(address)
+        try:
+            async with asyncio.timeout(10):
+                async with client.lease("h:80", 0.0):
+                    return "granted"
+        except HostLeaseError as exc:
+            return str(exc)
+        finally:
+            await client.aclose()
+
+    with HostLeaseServer(1, 0.0) as leases:
+        secret, _, where = leases.address.partition("@")
+        assert len(secret) == 32 and where == f"127.0.0.1:{leases.port}"
+        outcomes = [asyncio.run(lease_once(address))
+                    for address in (where, f"{'0' * 32}@{where}", f"{secret[:-1]}@{where}", leases.address)]
+    assert outcomes == [f"host lease server {where}: connection lost"] * 3 + ["granted"]

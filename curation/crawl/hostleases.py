@@ -15,6 +15,9 @@ Why this shape (see the README's "Scaling out"):
   its own lanes; the other hosts' requests are granted at once.
 - A slot is one small message each way on a kept-alive connection (`A id host delay` → `G id`, then `R id`);
   a worker that dies closes its connection and the server frees its slots: nothing to expire or heart-beat.
+- On a cluster the server listens on a network address, so a connection's first line must be the run's secret
+  (`K secret`), which travels only inside the address the flow hands its workers (`secret@host:port`, never on a
+  command line): a stranger on the network can neither take the run's slots nor pause its hosts.
 - One server is the serialisation point; it does no I/O but these lines (tens of thousands a second on one
   core), so it is not the bottleneck of a crawl whose every request is an HTTP download.
 
@@ -23,8 +26,10 @@ Hosts travel percent-encoded (`urllib.parse.quote`), so no hostile host name can
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +42,7 @@ from urllib.parse import quote, unquote
 
 from storage.errors import GadmsError
 
+SECRET_ENV = "GADMS_HOST_LEASE_SECRET"  # how the server process gets the run's secret (not argv: `ps` shows argv)
 MAX_LINE = 4096  # a host name is at most 253 characters; anything longer is not our client
 
 
@@ -169,12 +175,14 @@ class HostLeaseServer:
         self.min_delay_s = min_delay_s
         self.bind_host = bind_host
         self.port = port
-        self.address = ""
+        self.address = ""  # secret@host:port, what every HostLeaseClient of the run is given
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> HostLeaseServer:
         package_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        secret = secrets.token_hex(16)
+        env = {**os.environ, SECRET_ENV: secret,
+               "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(self.per_host_concurrency), repr(float(self.min_delay_s)),
              self.bind_host, str(self.port)],
@@ -187,8 +195,8 @@ class HostLeaseServer:
             self._process.wait()
             raise HostLeaseError(f"host lease server: cannot listen on {self.bind_host}:{self.port}: "
                                  f"{error[-1] if error else 'it exited'}")
-        self.address = line[1]
-        self.port = int(self.address.rpartition(":")[2])
+        self.address = f"{secret}@{line[1]}"
+        self.port = int(line[1].rpartition(":")[2])
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -203,11 +211,13 @@ class HostLeaseServer:
             self._process.stderr.close()
 
 
-async def serve(per_host_concurrency: int, min_delay_s: float, bind_host: str, port: int) -> None:
-    """Serve leases until stdin closes; the first line on stdout says `listening host:port`."""
+async def serve(per_host_concurrency: int, min_delay_s: float, bind_host: str, port: int, secret: str) -> None:
+    """Serve leases to connections that first send `secret`, until stdin closes; the first line on stdout says
+    `listening host:port`."""
     loop = asyncio.get_running_loop()
     table = _LeaseTable(loop, per_host_concurrency, min_delay_s)
-    server = await asyncio.start_server(lambda r, w: _serve_connection(table, r, w), bind_host, port, limit=MAX_LINE)
+    server = await asyncio.start_server(lambda r, w: _serve_connection(table, r, w, secret), bind_host, port,
+                                        limit=MAX_LINE)
     print(f"listening {bind_host}:{server.sockets[0].getsockname()[1]}", flush=True)
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
@@ -215,12 +225,18 @@ async def serve(per_host_concurrency: int, min_delay_s: float, bind_host: str, p
     server.close()
 
 
-async def _serve_connection(table: _LeaseTable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_connection(table: _LeaseTable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            secret: str) -> None:
     connection = _Connection(_Lines(writer))
+    trusted = False
     try:
         async for line in _read_lines(reader):
             parts = line.decode("ascii").split()
-            if parts[0] == "A" and len(parts) == 4:
+            if not trusted:
+                if parts[0] != "K" or len(parts) != 2 or not hmac.compare_digest(parts[1], secret):
+                    return  # silently: a stranger's connections must not fill the stderr pipe nobody reads
+                trusted = True
+            elif parts[0] == "A" and len(parts) == 4:
                 table.ask(connection, int(parts[1]), unquote(parts[2]), float(parts[3]))
             elif parts[0] == "R" and len(parts) == 2:
                 table.release(connection, int(parts[1]))
@@ -238,10 +254,12 @@ async def _serve_connection(table: _LeaseTable, reader: asyncio.StreamReader, wr
 
 
 class HostLeaseClient:
-    """One event loop's connection to the run's lease server (`host:port`); opened at the first lease."""
+    """One event loop's connection to the run's lease server (`secret@host:port`, HostLeaseServer.address); opened
+    at the first lease."""
 
     def __init__(self, address: str):
-        self.address = address
+        secret, _, self.address = address.rpartition("@")  # the secret stays out of every message it is in
+        self._secret = secret
         self._ids = itertools.count()
         self._granted: dict[int, asyncio.Future] = {}
         self._quoted: dict[str, str] = {}  # host → its percent-encoded form (a chunk has at most shard_size hosts)
@@ -259,6 +277,7 @@ class HostLeaseClient:
                 except (OSError, ValueError) as exc:
                     raise HostLeaseError(f"host lease server {self.address}: cannot connect: {exc}") from None
                 self._lines = _Lines(self._writer)
+                self._lines.send(f"K {self._secret}\n".encode("ascii"))
                 self._reading = asyncio.ensure_future(self._read(reader))
         return self._lines
 
@@ -312,7 +331,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the build's to handle; stdin ends us
     concurrency, delay, bind, listen_port = sys.argv[1:5]
     try:
-        asyncio.run(serve(int(concurrency), float(delay), bind, int(listen_port)))
+        asyncio.run(serve(int(concurrency), float(delay), bind, int(listen_port), os.environ.pop(SECRET_ENV)))
     except OSError as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)
