@@ -53,10 +53,10 @@ class DetectConfig(BaseModel):
 
     # Face counting on each kept crop (curation.detect.faces: a Haar cascade bundled with opencv-python)
     face_count: bool = True
-    face_max_side: int = Field(144, ge=20)  # the searched region is downscaled to this longest side (cost bound)
+    face_max_side: int = Field(112, ge=20)  # the searched region is downscaled to this longest side (cost bound)
     face_search_share: float = Field(0.5, gt=0.0, le=1.0)  # the upper share of the crop that is searched
-    face_scale_factor: float = Field(1.15, gt=1.0, le=2.0)  # cascade pyramid step
-    face_min_neighbors: int = Field(3, ge=0)  # overlapping hits a face needs; higher: fewer false faces
+    face_scale_factor: float = Field(1.12, gt=1.0, le=2.0)  # cascade pyramid step
+    face_min_neighbors: int = Field(2, ge=0)  # overlapping hits a face needs; higher: fewer false faces
 
     # Cropping and decoding
     crop_margin: float = Field(0.05, ge=0.0, le=1.0)  # each side grows by this share of the box size, clipped
