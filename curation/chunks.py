@@ -52,9 +52,15 @@ def shard_id(rows: ListRange) -> str:
     return digest_id(rows.identity)
 
 
+def chunk_rows(chunk: Chunk) -> list[UrlRecord]:
+    """Every row of the chunk, in order, repeated URLs included: the crawl (curation.crawl.crawl_chunk) fetches a
+    URL once and makes each later row of it a `duplicate_url` reject, so every input row is accounted for. A URL in
+    two chunks is crawled by both; the build's sha256/pHash dedup keeps one copy of its image."""
+    return list(read_range(chunk.rows))
+
+
 def chunk_urls(chunk: Chunk) -> list[UrlRecord]:
-    """The chunk's rows, deduplicated by URL (first occurrence kept). A URL in two chunks is crawled by both; the
-    build's sha256/pHash dedup keeps one copy of its image."""
+    """The chunk's rows, one per URL (its first row): what a retry refetches."""
     seen: set[str] = set()
     unique = []
     for record in read_range(chunk.rows):

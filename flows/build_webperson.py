@@ -28,7 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from curation.caption import caption_crops
-from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
+from curation.chunks import Chunk, ListSource, chunk_rows, chunk_urls, plan_chunks
 from curation.crawl import crawl_chunk, discover_images
 from curation.crawl.hostleases import HostLeaseServer
 from curation.crawl.reasons import parse_retry_reasons, reason_selected
@@ -118,8 +118,9 @@ def benchmark_guard_stage(cfg: BuildConfig) -> list[dict]:
 
 
 def _crawl(chunk: Chunk, cfg: BuildConfig, host_leases: str | None, takedown: TakedownList):
-    """(URLs of the chunk, their crawl result): the chunk's rows are read here, where it runs."""
-    urls = chunk_urls(chunk)
+    """(rows of the chunk, their crawl result): the chunk's rows are read here, where it runs; a repeated URL's
+    later rows become duplicate_url rejects there."""
+    urls = chunk_rows(chunk)
     return len(urls), crawl_chunk(urls, cfg.crawl, _unit(chunk, cfg).state_dir, host_leases=host_leases,
                                   takedown=takedown)
 

@@ -71,24 +71,39 @@ def join(root: str, *parts: str) -> str:
 
 
 @contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator:
+def atomic_write(path: str, mode: str = "wb", native: bool = False) -> Iterator:
     """Open a temporary sibling of `path`; rename it onto `path` only when the block finishes.
 
     A writer killed inside the block leaves at most a dot-prefixed temporary file, which no reader globs.
-    On object stores the final upload is a single PUT, which is atomic already.
+    On object stores the final upload is a single PUT, which is atomic already. `native` (binary writes): on a local
+    disk the file is a pyarrow NativeFile, so an Arrow or Parquet writer writes to the disk directly; through a
+    Python file object every piece it writes is first copied into a new bytes object (hundreds of MB of image
+    bytes per crawl chunk).
     """
     fs, p = filesystem(path)
     parent, name = p.rsplit("/", 1) if "/" in p else ("", p)
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     if parent:
         fs.makedirs(parent, exist_ok=True)
+    local = isinstance(fs, LocalFileSystem)
     try:
-        with fs.open(tmp, mode) as f:
-            yield f
-            if isinstance(fs, LocalFileSystem):
-                f.flush()
-                os.fsync(f.fileno())
-        if isinstance(fs, LocalFileSystem):
+        if native and local:
+            import pyarrow as pa
+
+            with pa.OSFile(tmp, "wb") as f:
+                yield f
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            with fs.open(tmp, mode) as f:
+                yield f
+                if local:
+                    f.flush()
+                    os.fsync(f.fileno())
+        if local:
             os.replace(tmp, p)
         else:
             fs.mv(tmp, p)

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.chunks import Chunk, ListSource, chunk_urls, plan_chunks
+from curation.chunks import Chunk, ListSource, chunk_rows, chunk_urls, plan_chunks
 from flows.config import resolve_build_config
 from storage.errors import GadmsError
 
@@ -25,6 +25,13 @@ def test_chunks_are_stable_and_deduplicated(tmp_path):
     assert changed[0].shard_id == chunks[0].shard_id  # same rows, same shard: skipped on a rebuild
     assert changed[1].shard_id != chunks[1].shard_id  # different rows get a new shard instead of an overwrite
     assert [c.shard_id for c in changed[2:]] == [c.shard_id for c in chunks[2:]]  # later chunks keep their ids
+
+
+def test_chunk_rows_keep_repeated_urls_for_the_crawl_to_reject(tmp_path):
+    urls = ["http://x.example/a.jpg", "http://x.example/b.jpg", "http://x.example/a.jpg", "http://x.example/a.jpg"]
+    chunk, = _plan(_write_lines(tmp_path / "urls.txt", urls), shard_size=4)
+    assert [r.url for r in chunk_rows(chunk)] == urls  # crawl_chunk makes rows 2 and 3 duplicate_url rejects
+    assert [r.url for r in chunk_urls(chunk)] == urls[:2]  # one per URL: what a retry refetches
 
 
 def test_shard_ids_survive_an_added_file_and_appended_rows(tmp_path):

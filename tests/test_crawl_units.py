@@ -293,3 +293,16 @@ def test_host_limiter_concurrency_without_delay():
         return peaks
 
     assert asyncio.run(scenario()) == {"host": 2, "all": 2}  # the global cap (2) binds before the host's (3)
+
+
+def test_binary_column_keeps_bytes_empties_and_nulls_in_order():
+    import pyarrow as pa
+
+    from curation.crawl.state import binary_column
+
+    values = [b"\xff\xd8\xff" + bytes(range(256)), None, b"", b"png", None, b"last"]
+    column = binary_column(values, rows_per_chunk=4)
+    column.validate(full=True)
+    assert column.type == pa.large_binary() and [len(c) for c in column.chunks] == [4, 2]
+    assert column.to_pylist() == values and column.null_count == 2
+    assert binary_column([None]).to_pylist() == [None] and binary_column([]).to_pylist() == []

@@ -153,6 +153,25 @@ def test_rebuild_with_an_added_file_and_appended_rows_processes_only_new_chunks(
     con.close()
 
 
+def test_a_url_repeated_within_a_chunk_is_a_duplicate_url_reject(site, tmp_path):
+    """As `gadms crawl` does: the URL is fetched once, each later row of it is a crawl reject, so every row of the
+    list is accounted for."""
+    plain = [r for r in map(json.loads, open(site["urls"]))
+             if re.fullmatch(r"/img/s\d{5}\.jpg", urlsplit(r["url"]).path)]
+    rows = [plain[0], plain[1], plain[0], plain[2], plain[0], plain[1]]
+    _write_jsonl(tmp_path / "urls.jsonl", rows)
+    with served(site):
+        summary = build_webperson(build_config(tmp_path / "urls.jsonl", tmp_path / "out", shard_size=6))
+    assert (summary["chunks"], summary["urls"], summary["downloaded"]) == (1, 6, 3)
+    assert summary["rejects"].get("crawl/duplicate_url") == 3
+    assert sum(n for key, n in summary["rejects"].items() if key.startswith("crawl/")) == 3
+    con = connect(summary["catalog"])
+    assert con.execute("SELECT url, detail FROM rejects WHERE reason = 'duplicate_url' ORDER BY detail, url"
+                       ).fetchall() == [(plain[0]["url"], "same URL as row 0"), (plain[0]["url"], "same URL as row 0"),
+                                        (plain[1]["url"], "same URL as row 1")]
+    con.close()
+
+
 def test_seed_pages_build_takes_the_first_limit_images(site, tmp_path):
     """Images found on seed pages are planned as a list in the work dir; `limit` takes the first N rows."""
     base = f"http://127.0.0.1:{site['port']}"

@@ -105,6 +105,29 @@ def test_writer_killed_mid_shard_leaves_no_visible_shard(tmp_path):
     assert con.execute("SELECT count(*) FROM samples").fetchone() == (0,)
 
 
+def test_native_atomic_write_renames_only_a_finished_file(tmp_path):
+    import pyarrow as pa
+
+    from storage.fs import atomic_write
+
+    target = tmp_path / "out" / "part.arrow"
+    with pytest.raises(ValueError, match="stop"):
+        with atomic_write(str(target), native=True) as f:
+            assert isinstance(f, pa.NativeFile)  # Arrow writes to the disk without a copy through Python
+            f.write(b"half")
+            raise ValueError("stop")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the target nor the temporary file
+    with atomic_write(str(target), native=True) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole" and [p.name for p in (tmp_path / "out").iterdir()] == ["part.arrow"]
+    with atomic_write("memory://native/part.arrow", native=True) as f:  # elsewhere: the fsspec file, as before
+        assert not isinstance(f, pa.NativeFile)
+        f.write(b"remote")
+    from storage.fs import filesystem
+    fs, p = filesystem("memory://native/part.arrow")
+    assert fs.cat(p) == b"remote"
+
+
 def test_shard_without_manifest_entry_is_not_counted(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_BEFORE_MANIFEST, str(tmp_path)], cwd=REPO,

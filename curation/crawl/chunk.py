@@ -239,21 +239,25 @@ async def crawl_items(items: list[tuple[int, UrlRecord]], config: CrawlConfig, s
             continue
         queues[host_key(url)].append((index, url))
 
-    async with Fetcher(config, robots_cache, plan.concurrency, plan.per_host_concurrency, plan.delay_scale,
-                       plan.host_leases) as fetcher:
+    try:
+        async with Fetcher(config, robots_cache, plan.concurrency, plan.per_host_concurrency, plan.delay_scale,
+                           plan.host_leases) as fetcher:
 
-        async def lane(host_queue: deque[tuple[int, URL]]) -> None:
-            while host_queue:
-                index, url = host_queue.popleft()
-                record(await fetch_image(fetcher, index, url, config))
+            async def lane(host_queue: deque[tuple[int, URL]]) -> None:
+                while host_queue:
+                    index, url = host_queue.popleft()
+                    record(await fetch_image(fetcher, index, url, config))
 
-        lanes = [
-            lane(host_queue)
-            for host_queue in queues.values()
-            for _ in range(min(plan.per_host_concurrency, len(host_queue)))
-        ]
-        await asyncio.gather(*lanes)
-    writer.flush()
+            lanes = [
+                lane(host_queue)
+                for host_queue in queues.values()
+                for _ in range(min(plan.per_host_concurrency, len(host_queue)))
+            ]
+            await asyncio.gather(*lanes)
+    except BaseException:
+        writer.close(raise_errors=False)  # what was fetched is kept for the rerun; the first error is the one raised
+        raise
+    writer.close()
 
 
 async def fetch_image(fetcher: Fetcher, index: int, url: URL, config: CrawlConfig) -> Outcome:

@@ -56,10 +56,14 @@ class HostLimiter:
         measured between grants."""
         state = self._host(host)
         async with state.slots:
-            await _wait_turn(state)
-            async with in_flight:
+            if max(state.next_start, state.paused_until) > time.monotonic():  # most requests need not wait
                 await _wait_turn(state)
-                state.next_start = time.monotonic() + state.min_delay_s
+            async with in_flight:
+                now = time.monotonic()
+                if max(state.next_start, state.paused_until) > now:
+                    await _wait_turn(state)
+                    now = time.monotonic()
+                state.next_start = now + state.min_delay_s
                 async with self.shared.lease(host, state.min_delay_s) if self.shared else nullcontext():
                     yield
 

@@ -46,7 +46,7 @@ def write_downloads(downloads: pa.Table, path: str, chunk_id: str, run_id: str,
     table = table.append_column("created_at", created).cast(DOWNLOAD_SCHEMA)
     if urls_fingerprint:
         table = table.replace_schema_metadata({**DOWNLOAD_SCHEMA.metadata, URLS_FINGERPRINT_KEY: urls_fingerprint})
-    with atomic_write(path) as f:
+    with atomic_write(path, native=True) as f:
         pq.write_table(table, f, compression=_COMPRESSION, row_group_size=256, use_dictionary=_SMALL_COLUMNS,
                        write_statistics=_SMALL_COLUMNS)
 
