@@ -527,6 +527,9 @@ INPUT_CASES = [
      "{tmp}/in/captions.txt: contact sheet's folder is a file, not a folder"),
     (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/in/captions.txt"],
      "{tmp}/in/captions.txt: detector work folder is a file, not a folder"),
+    # A local build checks this machine's devices before it crawls anything.
+    (lambda tmp: _build_inputs(tmp, device="cuda:99"), ["build", "--config", "{tmp}/build.yaml"],
+     f"detect.device {CUDA99}"),
     (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/td", "--device", "tpu"],
      "train-detector options: field 'device': Value error, must be cpu, cuda, cuda:N or GPU indices as ultralytics "
      "takes them (0, or 0,1)"),
@@ -600,6 +603,14 @@ class _CreatesAFile:
         return (Path.touch, (self.path,))
 
 
+def _device_not_here(tmp: Path, device: str) -> list[str]:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "config.json").write_text("{}")  # the device is checked before the model loads
+    (tmp / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tmp / 'model'}\n"
+                                      f"device: '{device}'\n")
+    return ["--config", str(tmp / "caption.yaml")]
+
+
 def _garbage_weights(tmp: Path, tiny_vlm: Path) -> list[str]:
     return _vlm_with_weights(tmp, tiny_vlm, "model.safetensors", b"\x00not safetensors" * 64)
 
@@ -619,6 +630,8 @@ CAPTIONER_CASES = [
     (_not_sqlite_cache, "{tmp}/cache/caption_requests.sqlite: not a caption request cache (file is not a database); "
                         "delete it to start a new one, or pass another --cache-dir"),
     (_not_a_model, "transformers_model_dir {tmp}/model: no config.json there"),
+    (lambda tmp: _device_not_here(tmp, "tpu"), "caption.device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (lambda tmp: _device_not_here(tmp, "cuda:99"), f"caption.device {CUDA99}"),
     (_garbage_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
     (_truncated_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
     (_code_carrying_weights, "transformers_model_dir {tmp}/model: refused its weights: a pickle holding more than "
@@ -627,7 +640,8 @@ CAPTIONER_CASES = [
 
 
 @pytest.mark.parametrize("setup, message", CAPTIONER_CASES,
-                         ids=["cache", "model", "garbage-weights", "truncated-weights", "code-carrying-weights"])
+                         ids=["cache", "model", "device-tpu", "device-cuda99", "garbage-weights", "truncated-weights",
+                              "code-carrying-weights"])
 def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys, request):
     _caption_inputs(tmp_path)
     needs_vlm = "tiny_vlm" in setup.__code__.co_varnames[:setup.__code__.co_argcount]
