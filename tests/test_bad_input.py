@@ -13,14 +13,17 @@ loses work   export --out R/shards: ROOT, test_export_hf::test_export_replaces_a
 hangs        Ctrl-C in build: test_flows::test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes;
              eval --num-workers 10^9, render --images 10^9: CASES; model.image_size: INPUT; crawl retries 10^9:
              test_crawl_retries_are_bounded; crawl/train-detector workers 10^9: CRAWL, INPUT
-silent       crawl rerun with another list: RERUN; --seed notaurl, synthweb urls --base-url notaurl: CRAWL; wrong sha256
-             or rows, missing caption1, missing root: ROOT (refresh, export, stats, train); NULL/duplicate sample_id,
+silent       crawl rerun with another list: RERUN; --seed notaurl, synthweb urls --base-url notaurl: CRAWL; wrong
+             size or rows, missing caption1, missing root: ROOT (refresh, export, train; stats reads what refresh
+             verified, a shard damaged since: ROOT); wrong sha256: ROOT (refresh, the one reader that hashes, as the
+             README says: export and train check size, rows and columns); NULL/duplicate sample_id,
              negative --limit, search "", empty template bank: INPUT; truncated crops file:
              test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard
 traceback    crawl (empty/truncated Parquet, int/list URLs, 128 KiB CSV field, --out a file, foo://): CRAWL; damaged
              state: RERUN; unwritable --out: UNWRITABLE; 300-character host, foo:// rows:
              test_a_host_name_longer_than_dns_allows_or_a_foreign_scheme_is_an_invalid_url_reject.
-             detect int alt_text: DETECT; imgsz: test_detect_imgsz_is_bounded; --device cuda: INPUT.
+             detect int alt_text: DETECT; imgsz: test_detect_imgsz_is_bounded; --device cuda: INPUT (caption.device:
+             CAPTIONER; a local build's devices, train-detector's --device: INPUT).
              caption int/NULL sample_id, NULL image: INPUT; cache not SQLite, not a model, damaged weights: CAPTIONER.
              templates non-UTF-8, negative count, --out a folder: INPUT.
              build failure inside the flow: test_a_failure_inside_a_build_task_is_one_line,
