@@ -726,6 +726,23 @@ def test_a_corrupt_benchmark_image_read_by_cli_workers_is_one_line(split, benchm
     assert _snapshot(root) == before
 
 
+def test_an_image_folder_gallery_with_a_file_that_is_no_image_is_one_line(benchmark_and_checkpoint, tmp_path, capsys):
+    """The line names the file and says the same on every run (Pillow's own message names an object address)."""
+    from tests.storage_fixtures import jpeg
+
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "a.jpg").write_bytes(jpeg((200, 30, 30)))
+    (tmp_path / "gallery" / "b.jpg").write_bytes(b"GIF? no, nothing Pillow knows")
+    argv = ["search", "--checkpoint", benchmark_and_checkpoint[1], "--gallery", str(tmp_path / "gallery"), "a man",
+            "--index", str(tmp_path / "index.pt"), "--sheet", str(tmp_path / "sheet.png")]
+    before = _snapshot(tmp_path)
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert last_line == (f"gadms search: error: {tmp_path / 'gallery' / 'b.jpg'}: image cannot be decoded: "
+                         "UnidentifiedImageError: not an image format Pillow reads")
+    assert _snapshot(tmp_path) == before
+
+
 def _run_without_write_override(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`gadms argv` in a new process that file permissions bind: as root (CI, containers) the process drops the
     capabilities that let root write anywhere, so a read-only folder is read-only to it too."""
