@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from flows.build_webperson import build_webperson
     from flows.config import resolve_build_config
 
-    resolve_build_config(args.config)  # a bad config or reason fails here, in one line, before Prefect starts
+    config = resolve_build_config(args.config)  # a bad config or reason fails here, in one line, before Prefect starts
+    if config.runner.kind == "local":  # devices of this machine (a Ray cluster's workers have their own)
+        _check_devices(config)
     if args.retry_failed is not None:
         parse_retry_reasons(args.retry_failed)
     _show_task_failures_once()
@@ -46,6 +48,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"kept {summary['kept']} samples ({summary['chunks'] - summary['chunks_skipped']} new shards, "
               f"{summary['chunks_skipped']} skipped{retried}); catalog: {summary['catalog']}")
     return 0
+
+
+def _check_devices(config) -> None:
+    """The detect and caption devices exist here, before any chunk is crawled (the stages check them again)."""
+    from storage.devices import existing_device
+
+    if config.detect.device != "auto":
+        existing_device(config.detect.device, "detect.device")
+    if config.caption.backend == "transformers":
+        existing_device(config.caption.device, "caption.device")
 
 
 def _is_not_a_task_failure(record: logging.LogRecord) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from storage.errors import GadmsError
+from storage.errors import GadmsError, unpickling_reason
 
 FORMAT = "gadms-checkpoint"
 VERSION = 1
@@ -58,7 +58,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # unpickling errors of a foreign or damaged file come in many types
-        raise CheckpointError(f"{path}: not a loadable checkpoint: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint: {unpickling_reason(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gadms checkpoint (no format tag {FORMAT!r})")
     if payload.get("version") != VERSION:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from storage.errors import GadmsError
+from storage.errors import GadmsError, unpickling_reason
 
 
 class ScoreStore:
@@ -65,7 +65,7 @@ def load_token_scores(path: str, store: ScoreStore) -> None:
     except FileNotFoundError:
         raise GadmsError(f"token_scores {path}: no such file") from None
     except Exception as exc:  # a corrupt file or one holding code: never a traceback, never executed
-        raise GadmsError(f"token_scores {path}: not a torch tensor file ({' '.join(str(exc).split())[:160]})") from None
+        raise GadmsError(f"token_scores {path}: not a torch tensor file ({unpickling_reason(exc)})") from None
     if not isinstance(state, dict) or "scores" not in state:
         found = "a dict without 'scores'" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise GadmsError(f"token_scores {path}: expected {{'scores': tensor}}, found {found}")

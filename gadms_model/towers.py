@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.compat import ensure_torchvision_ops
-from storage.errors import GadmsError
+from storage.errors import GadmsError, unpickling_reason
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -283,8 +283,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GadmsError(f"{path}: not a weights-only PyTorch checkpoint: {reason}") from None
+            raise GadmsError(f"{path}: not a weights-only PyTorch checkpoint: {unpickling_reason(exc)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -59,9 +59,12 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_many_pixels", str(exc)[:300]) from None
+    except Image.UnidentifiedImageError:
+        # Its message names the BytesIO object's address: a detail that differed between two runs of one input.
+        raise DecodeError("decode_error", "UnidentifiedImageError: not an image format Pillow reads") from None
     except Exception as exc:
-        # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError, some malformed
-        # headers as SyntaxError / ValueError; a format plugin may raise anything on crafted bytes.
+        # PIL reports truncation as OSError, some malformed headers as SyntaxError / ValueError; a format plugin
+        # may raise anything on crafted bytes.
         raise DecodeError("decode_error", f"{type(exc).__name__}: {exc}"[:300]) from None
 
 

@@ -1,5 +1,42 @@
 """Bad input, as a careless or hostile user gives it (issue 21): each probe is a one-line error with exit status 2,
-and whatever was already written stays as it was."""
+and whatever was already written stays as it was.
+
+Where each probe of issue 21's table is tested (this file unless a file is named; ROOT, CRAWL, RERUN, DETECT,
+INPUT, CAPTIONER and UNWRITABLE are the *_CASES tables below, CASES the first one):
+
+runs code    detect --weights evil.pt: test_detect_weights::test_detect_refuses_a_crafted_checkpoint_without_running_it;
+             synthweb train-detector --model evil.pt: test_detect_weights::test_train_detector_refuses_a_crafted_model_
+             before_rendering; code-carrying transformers weights: CAPTIONER
+loses work   export --out R/shards: ROOT, test_export_hf::test_export_replaces_an_earlier_export_and_refuses_the_root;
+             demo after a bad --train-steps: CASES (checked before anything is written); demo after Ctrl-C: the demo's
+             own tests (flows/demo.py)
+hangs        Ctrl-C in build: test_flows::test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes;
+             eval --num-workers 10^9, render --images 10^9: CASES; model.image_size: INPUT; crawl retries 10^9:
+             test_crawl_retries_are_bounded; crawl/train-detector workers 10^9: CRAWL, INPUT
+silent       crawl rerun with another list: RERUN; --seed notaurl, synthweb urls --base-url notaurl: CRAWL; wrong
+             size or rows, missing caption1, missing root: ROOT (refresh, export, train; stats reads what refresh
+             verified, a shard damaged since: ROOT); wrong sha256: ROOT (refresh, the one reader that hashes, as the
+             README says: export and train check size, rows and columns); NULL/duplicate sample_id,
+             negative --limit, search "", empty template bank: INPUT; truncated crops file:
+             test_detect_rerun_after_a_truncated_crops_file_redoes_that_shard
+traceback    crawl (empty/truncated Parquet, int/list URLs, 128 KiB CSV field, --out a file, foo://): CRAWL; damaged
+             state: RERUN; unwritable --out: UNWRITABLE; 300-character host, foo:// rows:
+             test_a_host_name_longer_than_dns_allows_or_a_foreign_scheme_is_an_invalid_url_reject.
+             detect int alt_text: DETECT; imgsz: test_detect_imgsz_is_bounded; --device cuda: INPUT (caption.device:
+             CAPTIONER; a local build's devices, train-detector's --device: INPUT).
+             caption int/NULL sample_id, NULL image: INPUT; cache not SQLite, not a model, damaged weights: CAPTIONER.
+             templates non-UTF-8, negative count, --out a folder: INPUT.
+             build failure inside the flow: test_a_failure_inside_a_build_task_is_one_line,
+             test_a_failed_build_run_has_the_error_line_as_its_state_message.
+             catalog/stats/export --root a file, run record a list, --top -1, missing column: ROOT.
+             train/eval/search batch <= 0, workers, cuda/tpu: CASES, INPUT; corrupt image in a worker:
+             test_a_corrupt_image_read_in_a_dataloader_worker_is_one_line, test_a_corrupt_benchmark_image_read_by_cli_
+             workers_is_one_line; --sheet a folder: INPUT, not writable: UNWRITABLE.
+             synthweb/demo --out a file, corrupt ground_truth.jsonl: CRAWL, INPUT; --port 99999: CASES
+misleading   YAML/JPEG as a GA-DMS checkpoint, JPEG as detector weights: INPUT (never torch's weights_only=False
+             advice), test_model_loading::test_unreadable_or_unsafe_files_are_refused; pickle as detector weights:
+             test_detect_weights::test_files_that_are_no_checkpoint_are_named; a *.duckdb that is not DuckDB: ROOT
+"""
 from __future__ import annotations
 
 import hashlib
@@ -112,6 +149,17 @@ def _run_record_list(tmp: Path) -> None:
     (tmp / "root" / "runs" / "run-1.json").write_text("[1, 2]")
 
 
+def _refreshed_then_truncated(tmp: Path) -> None:
+    assert main(["catalog", "refresh", "--root", str(tmp / "root")]) == 0
+    _truncate_shard(tmp)
+
+
+def _train_on_root(tmp: Path, damage) -> None:
+    damage(tmp)
+    (tmp / "train.yaml").write_text(f"output_dir: {tmp / 'model'}\ndata: {{kind: webperson, path: {tmp / 'root'}}}\n"
+                                    "device: cpu\n")
+
+
 def _not_duckdb(tmp: Path) -> None:
     (tmp / "root" / "catalog.duckdb").write_bytes(b"not a database" * 100)
     (tmp / "root" / "train.yaml").write_text(f"output_dir: {tmp / 'model'}\ndata: {{kind: webperson, path: "
@@ -140,7 +188,18 @@ ROOT_CASES = [
     (_run_record_list, ["catalog", "refresh", "--root", "{tmp}/root"],
      "{tmp}/root/runs/run-1.json: corrupt run record: expected an object with a run_id string"),
     (None, ["stats", "--catalog", "{tmp}/root/catalog.duckdb", "--top", "-1"], "--top must lie in 1..100000, got -1"),
+    (_refreshed_then_truncated, ["stats", "--catalog", "{tmp}/root/catalog.duckdb"],
+     "{tmp}/root/catalog.duckdb: not a readable gadms catalog: Invalid Input Error: No magic bytes found at end of "
+     f"file '{SHARD0}'"),
+    (_drop_caption1, ["export", "--root", "{tmp}/root", "--out", "{tmp}/public"],
+     f"{SHARD0}: missing column(s) caption1: {FIX0}"),
+    (None, ["export", "--root", "{tmp}/root", "--out", "{tmp}/root/shards"],
+     "{tmp}/root/shards: inside the output root {tmp}/root; export to a folder outside it"),
+    (lambda tmp: _train_on_root(tmp, _truncate_shard), ["train", "--config", "{tmp}/train.yaml"],
+     f"{SHARD0}: 100 bytes, its manifest entry says "),
     (_not_duckdb, ["train", "--config", "{tmp}/root/train.yaml"], "{tmp}/root/catalog.duckdb: not a readable gadms catalog: "),
+    (_not_duckdb, ["stats", "--catalog", "{tmp}/root/catalog.duckdb"],
+     "{tmp}/root/catalog.duckdb: not a readable gadms catalog: IO Error: The file "),
 ]
 
 
@@ -179,6 +238,8 @@ def _url_lists(tmp: Path) -> None:
     # A contact_url, so the crawl logs no warning: Prefect, once imported, logs to the stream of an earlier test.
     (folder / "crawl.yaml").write_text("contact_url: https://example.org/contact\n")
     (folder / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pages": []}\n')
+    (folder / "cut_site").mkdir()
+    (folder / "cut_site" / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pa\n')
 
 
 def _crawled_a(tmp: Path) -> None:
@@ -227,7 +288,11 @@ CRAWL_CASES = [
      "--base-url 'notaurl': not an absolute http(s) URL: 'notaurl'"),
     (["synthweb", "urls", "{tmp}/in", "--base-url", "http://127.0.0.1:8000", "--out", "{tmp}/urls.jsonl"],
      "{tmp}/in/ground_truth.jsonl:1: field 'alt_text' must be a str"),
+    (["synthweb", "urls", "{tmp}/in/cut_site", "--base-url", "http://127.0.0.1:8000", "--out", "{tmp}/urls.jsonl"],
+     "{tmp}/in/cut_site/ground_truth.jsonl:1: not valid JSON: Unterminated string starting at"),
     (["synthweb", "render", "--out", "{tmp}/in/a.txt", "--images", "2"], "{tmp}/in/a.txt: site folder is a file, not a folder"),
+    (["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG, "--workers", "1000000000"],
+     "{tmp}/in/crawl.yaml: field 'workers': Input should be less than or equal to 256"),
     (["demo", "--out", "{tmp}/in/a.txt"], "{tmp}/in/a.txt: demo output folder is a file, not a folder"),
 ]
 RERUN_CASES = [
@@ -252,17 +317,19 @@ def test_bad_crawl_and_site_inputs_are_one_line_errors(setup, argv, message, tmp
     assert err.startswith(f"gadms {argv[0]}: error: {message}")
 
 
-def test_a_host_name_longer_than_dns_allows_is_an_invalid_url_reject(tmp_path, capsys):
+def test_a_host_name_longer_than_dns_allows_or_a_foreign_scheme_is_an_invalid_url_reject(tmp_path, capsys):
+    """Rows of a URL list, unlike --seed, are rejects: one bad row does not stop the crawl of the others."""
     import pyarrow.parquet as pq
 
     _url_lists(tmp_path)
-    (tmp_path / "urls.txt").write_text(f"http://{'a' * 300}.example/1.jpg\n")
+    (tmp_path / "urls.txt").write_text(f"http://{'a' * 300}.example/1.jpg\nfoo://x.example/2.jpg\n")
     assert main(["crawl", "--urls", str(tmp_path / "urls.txt"), "--out", str(tmp_path / "out"),
                  "--config", str(tmp_path / "in" / "crawl.yaml")]) == 0
     assert "Traceback" not in capsys.readouterr().err
     rejects = pq.read_table(tmp_path / "out" / "rejects" / "part-00000.parquet").to_pylist()
-    assert [r["reason"] for r in rejects] == ["invalid_url"]
+    assert [r["reason"] for r in rejects] == ["invalid_url", "invalid_url"]
     assert rejects[0]["detail"].startswith("host name longer than DNS allows")
+    assert rejects[1]["detail"] == "not an absolute http(s) URL: 'foo://x.example/2.jpg'"
 
 
 def _downloads(tmp: Path, **columns) -> None:
@@ -354,7 +421,8 @@ def test_a_failure_inside_a_build_task_is_one_line(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"gadms build: error: weights '{tmp_path / 'garbage.pt'}': refused: "
-                                        "not a weights-only PyTorch checkpoint"]
+                                        "not a weights-only PyTorch checkpoint: not a PyTorch file (unpickler: "
+                                        "Unsupported operand 0)"]
     assert _unchanged(before, tmp_path)
 
 
@@ -410,6 +478,16 @@ def _train_config(tmp: Path, line: str) -> None:
         handle.write(line + "\n")
 
 
+def _not_weights(tmp: Path) -> None:
+    """A JPEG named as weights (photo.pt) and as a checkpoint (photo.jpg), a YAML as a checkpoint; detect's input."""
+    from tests.storage_fixtures import jpeg
+
+    _downloads(tmp)
+    (tmp / "in" / "photo.pt").write_bytes(jpeg((200, 30, 30)))
+    (tmp / "in" / "photo.jpg").write_bytes(jpeg((200, 30, 30)))
+    (tmp / "in" / "train.yaml").write_text("output_dir: model\n")
+
+
 CROPS = ["caption", "--backend", "alt-text", "--out", "{tmp}/out", "--crops"]
 SEARCH = ["search", "--checkpoint", "{tmp}/none.pt", "--gallery", "{tmp}"]
 EVAL = ["eval", "--checkpoint", "{tmp}/none.pt", "--dataset", "rstpreid", "--root", "{tmp}"]
@@ -452,6 +530,25 @@ INPUT_CASES = [
      "{tmp}/in/captions.txt: contact sheet's folder is a file, not a folder"),
     (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/in/captions.txt"],
      "{tmp}/in/captions.txt: detector work folder is a file, not a folder"),
+    # A local build checks this machine's devices before it crawls anything.
+    (lambda tmp: _build_inputs(tmp, device="cuda:99"), ["build", "--config", "{tmp}/build.yaml"],
+     f"detect.device {CUDA99}"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/td", "--device", "tpu"],
+     "train-detector options: field 'device': Value error, must be cpu, cuda, cuda:N or GPU indices as ultralytics "
+     "takes them (0, or 0,1)"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/td", "--device", "cuda:99"], f"--device {CUDA99}"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/td", "--workers", "1000000000"],
+     "train-detector options: field 'workers': Input should be less than or equal to 256"),
+    (_caption_inputs, ["synthweb", "train-detector", "--out", "{tmp}/td", "--train-images", "1000000000"],
+     "train-detector options: field 'train_images': Input should be less than or equal to 1000000"),
+    # Files that are no checkpoint: what the unpickler found, never torch's advice to load with weights_only=False.
+    (_not_weights, ["detect", "--downloads", "{tmp}/in", "--out", "{tmp}/out", "--weights", "{tmp}/in/photo.pt"],
+     "weights '{tmp}/in/photo.pt': refused: not a weights-only PyTorch checkpoint: not a PyTorch file (unpickler: "
+     "Unsupported operand 255)"),
+    (_not_weights, ["eval", "--checkpoint", "{tmp}/in/train.yaml", "--dataset", "rstpreid", "--root", "{tmp}"],
+     "{tmp}/in/train.yaml: not a loadable checkpoint: not a PyTorch file (unpickler: Unsupported operand 111)"),
+    (_not_weights, ["search", "--checkpoint", "{tmp}/in/photo.jpg", "--gallery", "{tmp}", "a man"],
+     "{tmp}/in/photo.jpg: not a loadable checkpoint: not a PyTorch file (unpickler: Unsupported operand 255)"),
 ]
 
 
@@ -462,6 +559,7 @@ def test_bad_devices_captions_templates_and_queries_are_one_line_errors(setup, a
     status, err = _probe(tmp_path, argv, capsys)
     assert status == 2 and "\n" not in err, err
     assert err.startswith(f"gadms {argv[0]}: error: {message}"), err
+    assert "weights_only" not in err  # torch's advice to load a refused file unsafely is never passed on
 
 
 def _not_sqlite_cache(tmp: Path) -> list[str]:
@@ -508,6 +606,14 @@ class _CreatesAFile:
         return (Path.touch, (self.path,))
 
 
+def _device_not_here(tmp: Path, device: str) -> list[str]:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "config.json").write_text("{}")  # the device is checked before the model loads
+    (tmp / "caption.yaml").write_text(f"backend: transformers\ntransformers_model_dir: {tmp / 'model'}\n"
+                                      f"device: '{device}'\n")
+    return ["--config", str(tmp / "caption.yaml")]
+
+
 def _garbage_weights(tmp: Path, tiny_vlm: Path) -> list[str]:
     return _vlm_with_weights(tmp, tiny_vlm, "model.safetensors", b"\x00not safetensors" * 64)
 
@@ -527,6 +633,8 @@ CAPTIONER_CASES = [
     (_not_sqlite_cache, "{tmp}/cache/caption_requests.sqlite: not a caption request cache (file is not a database); "
                         "delete it to start a new one, or pass another --cache-dir"),
     (_not_a_model, "transformers_model_dir {tmp}/model: no config.json there"),
+    (lambda tmp: _device_not_here(tmp, "tpu"), "caption.device 'tpu': not a device (expected cpu, cuda or cuda:N)"),
+    (lambda tmp: _device_not_here(tmp, "cuda:99"), f"caption.device {CUDA99}"),
     (_garbage_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
     (_truncated_weights, "transformers_model_dir {tmp}/model: cannot load it: Error while deserializing header: "),
     (_code_carrying_weights, "transformers_model_dir {tmp}/model: refused its weights: a pickle holding more than "
@@ -535,7 +643,8 @@ CAPTIONER_CASES = [
 
 
 @pytest.mark.parametrize("setup, message", CAPTIONER_CASES,
-                         ids=["cache", "model", "garbage-weights", "truncated-weights", "code-carrying-weights"])
+                         ids=["cache", "model", "device-tpu", "device-cuda99", "garbage-weights", "truncated-weights",
+                              "code-carrying-weights"])
 def test_a_captioner_that_cannot_start_is_one_line(setup, message, tmp_path, capsys, request):
     _caption_inputs(tmp_path)
     needs_vlm = "tiny_vlm" in setup.__code__.co_varnames[:setup.__code__.co_argcount]
@@ -617,6 +726,23 @@ def test_a_corrupt_benchmark_image_read_by_cli_workers_is_one_line(split, benchm
     assert _snapshot(root) == before
 
 
+def test_an_image_folder_gallery_with_a_file_that_is_no_image_is_one_line(benchmark_and_checkpoint, tmp_path, capsys):
+    """The line names the file and says the same on every run (Pillow's own message names an object address)."""
+    from tests.storage_fixtures import jpeg
+
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "a.jpg").write_bytes(jpeg((200, 30, 30)))
+    (tmp_path / "gallery" / "b.jpg").write_bytes(b"GIF? no, nothing Pillow knows")
+    argv = ["search", "--checkpoint", benchmark_and_checkpoint[1], "--gallery", str(tmp_path / "gallery"), "a man",
+            "--index", str(tmp_path / "index.pt"), "--sheet", str(tmp_path / "sheet.png")]
+    before = _snapshot(tmp_path)
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert last_line == (f"gadms search: error: {tmp_path / 'gallery' / 'b.jpg'}: image cannot be decoded: "
+                         "UnidentifiedImageError: not an image format Pillow reads")
+    assert _snapshot(tmp_path) == before
+
+
 def _run_without_write_override(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`gadms argv` in a new process that file permissions bind: as root (CI, containers) the process drops the
     capabilities that let root write anywhere, so a read-only folder is read-only to it too."""
@@ -664,6 +790,10 @@ UNWRITABLE_CASES = [
      "{tmp}/ro/export: cannot write there: Permission denied"),
     (["train", "--config", "{tmp}/in/ro_train.yaml"], "{tmp}/ro/model: cannot write there: Permission denied"),
     (["demo", "--out", "{tmp}/ro/demo"], "{tmp}/ro/demo: cannot write there: Permission denied"),
+    # Checked before the checkpoint is loaded and the gallery embedded, not when the sheet is written at the end.
+    (["search", "--checkpoint", "{tmp}/none.pt", "--gallery", "{tmp}/in/root", "a man",
+      "--sheet", "{tmp}/ro/sheet.png"],
+     "{tmp}/ro: cannot write the contact sheet's folder: Permission denied"),
 ]
 
 

@@ -137,6 +137,9 @@ class TransformersBackend:
         if not (self.model_dir / "config.json").is_file():  # before importing transformers, which takes seconds
             raise GadmsError(f"transformers_model_dir {self.model_dir}: no config.json there")
         from storage.compat import ensure_torchvision_ops
+        from storage.devices import existing_device
+
+        existing_device(self.config.device, "caption.device")  # before the model loads, not at model.to()
 
         ensure_torchvision_ops()  # Qwen2.5-VL's processor imports torchvision
         import pickle

@@ -22,7 +22,7 @@ class CrawlConfig(BaseModel):
     per_host_concurrency: int = Field(4, ge=1)
     per_host_min_delay_s: float = Field(0.1, ge=0.0)  # between the starts of two requests to one host
     max_crawl_delay_s: float = Field(10.0, ge=0.0)  # robots.txt Crawl-delay is obeyed up to this
-    workers: int = Field(0, ge=0)  # processes; 0 = one per CPU core
+    workers: int = Field(0, ge=0, le=256)  # processes; 0 = one per CPU core (bounded: each is a process)
     min_urls_per_worker: int = Field(2000, ge=1)  # smaller chunks run in fewer processes (start-up costs)
 
     # Timeouts, retries, redirects.

@@ -19,14 +19,13 @@ import threading
 import zipfile
 from pathlib import Path
 
-from storage.errors import GadmsError
+from storage.errors import GadmsError, unpickling_reason
 
 # Packages walked for nn.Module classes, and single modules. Not all of ultralytics.nn: its text_model module
 # tries to pip-install CLIP on import.
 _NETWORK_PACKAGES = ("torch.nn.modules", "ultralytics.nn.modules")
 _NETWORK_MODULES = ("ultralytics.nn.tasks",)
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
-_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error: ([^\n]+)")
 _SAFE_GLOBALS_LOCK = threading.Lock()
 
 
@@ -70,13 +69,8 @@ def check_yolo_weights(weights: str, field: str) -> None:
             raise GadmsError(f"{field} {weights!r}: refused: the checkpoint asks for {found.group(1)}, which is not "
                              "a torch or ultralytics network class (loading it could run code)") from None
         # torch's own message goes on to advise weights_only=False: pass on only what the unpickler found.
-        reason = _UNPICKLER_ERROR.search(str(exc))
-        raise GadmsError(f"{field} {weights!r}: refused: not a weights-only PyTorch checkpoint"
-                         + (f" ({reason.group(1).strip()})" if reason else "")) from None
+        raise GadmsError(f"{field} {weights!r}: refused: not a weights-only PyTorch checkpoint: "
+                         f"{unpickling_reason(exc)}") from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise GadmsError(f"{field} {weights!r}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise GadmsError(f"{field} {weights!r}: not a PyTorch checkpoint ({unpickling_reason(exc)})") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

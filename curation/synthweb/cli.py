@@ -110,8 +110,12 @@ def _train(args) -> int:
     from curation.synthweb.detector import DetectorTrainConfig, train_detector
     from storage.configfile import validate_config
 
+    from storage.devices import existing_device
+
     options = {name: getattr(args, name) for name in DetectorTrainConfig.model_fields}
     config = validate_config(options, DetectorTrainConfig, "train-detector options")
+    for device in config.torch_devices():  # before the dataset is rendered
+        existing_device(device, "--device")
     metrics = train_detector(config)
     print(f"weights: {metrics['weights']}")
     print(f"held-out box mAP50 {metrics['box_map50']:.3f}, pose mAP50 {metrics['pose_map50']:.3f}")

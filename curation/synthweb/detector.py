@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.detect.config import DetectConfig
 from curation.detect.rules import box_reject, score_reject
@@ -38,19 +39,34 @@ VAL_SEED_OFFSET = 1_000  # validation scenes use texture bank `seed + VAL_SEED_O
 class DetectorTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Bounded as `synthweb render --images`, detect's imgsz and the data-loader workers are: a typo must not
+    # fill the disk or spawn processes until the machine stops.
     out: str
-    train_images: int = Field(6000, ge=1)
-    val_images: int = Field(400, ge=1)
-    epochs: int = Field(40, ge=1)
-    imgsz: int = Field(256, ge=32)
-    batch: int = Field(16, ge=1)
-    nbs: int = Field(16, ge=1)  # ultralytics' default 64 gives too few optimiser steps on small datasets
+    train_images: int = Field(6000, ge=1, le=1_000_000)
+    val_images: int = Field(400, ge=1, le=1_000_000)
+    epochs: int = Field(40, ge=1, le=100_000)
+    imgsz: int = Field(256, ge=32, le=4096)
+    batch: int = Field(16, ge=1, le=65536)
+    nbs: int = Field(16, ge=1, le=65536)  # ultralytics' default 64 gives too few optimiser steps on small datasets
     device: str = "cpu"
-    workers: int = Field(2, ge=0)
-    render_workers: int = Field(1, ge=1)
+    workers: int = Field(2, ge=0, le=256)
+    render_workers: int = Field(1, ge=1, le=256)
     seed: int = 0
     model: str = "yolo11n-pose.yaml"
     time_hours: float | None = Field(None, gt=0)  # overrides epochs: ultralytics fits its schedule into it
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|\d+(,\d+)*", value):
+            raise ValueError("must be cpu, cuda, cuda:N or GPU indices as ultralytics takes them (0, or 0,1)")
+        return value
+
+    def torch_devices(self) -> list[str]:
+        """The torch devices `device` names (ultralytics' "0,1" is cuda:0 and cuda:1), to check they exist."""
+        if self.device == "cpu" or self.device.startswith("cuda"):
+            return [self.device]
+        return [f"cuda:{index}" for index in self.device.split(",")]
 
 
 # ---------------------------------------------------------------- dataset

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gadms_model.retrieval.gallery import Gallery
-from storage.errors import GadmsError
+from storage.errors import GadmsError, unpickling_reason
 
 FORMAT = "gadms-gallery-index"
 
@@ -86,7 +86,7 @@ def load_or_build_index(model, checkpoint: str, gallery: Gallery, device: torch.
         try:
             stored = torch.load(path, weights_only=True)
         except Exception as exc:  # a damaged or foreign file: say which, do not guess
-            raise GadmsError(f"{path}: not a readable gallery index: {str(exc).splitlines()[0]}") from None
+            raise GadmsError(f"{path}: not a readable gallery index: {unpickling_reason(exc)}") from None
         if (isinstance(stored, dict) and stored.get("format") == FORMAT
                 and stored.get("checkpoint_sha256") == checkpoint_sha and stored.get("gallery") == fingerprint):
             return GalleryIndex(stored["ids"], stored["captions"], stored["embeddings"]), path, False
