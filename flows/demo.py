@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from curation.synthweb import SiteServer, render_site, write_url_list
 from curation.synthweb.detector import DEMO_IMGSZ, DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
@@ -51,12 +53,32 @@ HELD_OUT_TEST_FIRST_IDENTITY = HELD_OUT_FIRST_IDENTITY + 20
 HELD_OUT_VAL_IDENTITIES = 100
 HELD_OUT_IMAGES_PER_IDENTITY = 3
 DEMO_CLIP_WEIGHTS = DEMO_CLIP_DIR / WEIGHTS_FILE
+# The site is served on this port when it is free: the URL list's rows hold it, the build's shard ids digest the
+# list's rows, and training reads the shards in shard-id order. On a random port every run gets new shard ids, so
+# the same crops reach training in another order, as if under another seed.
+DEMO_SITE_PORT = 18321
 # 2,000 steps with the cosine reaching 0 at the last (benchmarks/demo_training.py, chosen on the val split).
 DEMO_TRAIN_STEPS = 2000
 
 
 def _say(step: str, message: str) -> None:
     print(f"[demo] {step}: {message}", flush=True)
+
+
+@contextmanager
+def demo_site_server(site_root: Path, port: int = DEMO_SITE_PORT) -> Iterator[SiteServer]:
+    """The demo's site server (slow answers after 2 s) on `port`, or on a free port (with a note) when that one
+    is taken; stopped on exit."""
+    try:
+        server = SiteServer(site_root, port=port, slow_seconds=2).start()
+    except GadmsError as exc:
+        _say("1/5 serve", f"{exc}: serving on a free port instead (the shard ids, and so the training order, "
+             "then differ from a run on the usual port)")
+        server = SiteServer(site_root, slow_seconds=2).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str,
@@ -187,7 +209,7 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = DE
     _say("1/5 held-out split", f"{HELD_OUT_TEST_IDENTITIES} test + {HELD_OUT_VAL_IDENTITIES} val identities never "
          f"rendered into the web → {benchmark}")
     vlm = SimulatedVlm(site.root)
-    with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(vlm) as vlm_server:
+    with demo_site_server(site.root) as server, SimulatedVlmServer(vlm) as vlm_server:
         urls = out / "urls.parquet"
         count = write_url_list(site.root, server.base_url, urls)
         _say("1/5 serve", f"{server.base_url} serves the site; {count} image URLs listed in {urls}")

@@ -69,3 +69,34 @@ def test_learning_rate_decays_to_zero_over_the_step_budget(tiny_demo_data, tmp_p
     peak = 5e-4
     expected = [peak * 0.1, peak * 0.55] + [peak * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert lrs == pytest.approx(expected, rel=1e-12)  # float arithmetic of the same formula, in another order
+
+
+def test_demo_site_port_makes_the_shard_ids_of_two_runs_equal(tmp_path):
+    # The shard ids (and so the order training reads the shards in) digest the URL list's rows, which hold the
+    # site server's port: two runs on the demo's port plan the same shards; a run on another port plans others.
+    from curation.chunks import ListSource, plan_chunks
+    from curation.synthweb import render_site, write_url_list
+    from flows.demo import DEMO_SITE_PORT, demo_site_server
+
+    site = render_site(tmp_path / "site", images=40, seed=0)
+    ids = {}
+    for run in ("a", "b"):
+        with demo_site_server(site.root) as server:
+            urls = tmp_path / run / "urls.parquet"
+            write_url_list(site.root, server.base_url, urls)
+            assert server.base_url == f"http://127.0.0.1:{DEMO_SITE_PORT}"
+        ids[run] = [chunk.shard_id for chunk in plan_chunks([ListSource(str(urls))], 20)]
+    write_url_list(site.root, f"http://127.0.0.1:{DEMO_SITE_PORT + 1}", tmp_path / "c" / "urls.parquet")
+    other = [chunk.shard_id for chunk in plan_chunks([ListSource(str(tmp_path / "c" / "urls.parquet"))], 20)]
+    assert len(ids["a"]) == 4 and ids["a"] == ids["b"]  # the 40-scene web lists 61 image URLs
+    assert not set(other) & set(ids["a"])
+
+
+def test_demo_site_server_falls_back_to_a_free_port(tmp_path):
+    from curation.synthweb import render_site
+    from flows.demo import DEMO_SITE_PORT, demo_site_server
+
+    site = render_site(tmp_path / "site", images=4, seed=0)
+    with demo_site_server(site.root) as first, demo_site_server(site.root) as second:
+        assert first.base_url == f"http://127.0.0.1:{DEMO_SITE_PORT}"
+        assert second.base_url.startswith("http://127.0.0.1:") and second.base_url != first.base_url
