@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from curation.synthweb import SiteServer, render_site, write_url_list
 from curation.synthweb.detector import DEMO_IMGSZ, DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
@@ -42,13 +44,41 @@ DEMO_QUERY = "a woman with long hair in a red top and a blue skirt"
 DEMO_QUERY_ATTRIBUTES = {"gender": "woman", "hair_length": "long", "top_colour": "red", "bottom_colour": "blue",
                          "bottom_type": "skirt"}
 # Held-out identities are numbered far above those the rendered web uses (0 .. images/4), and below the demo
-# CLIP's (flows.demo_clip.DEMO_CLIP_FIRST_IDENTITY).
+# CLIP's (flows.demo_clip.DEMO_CLIP_FIRST_IDENTITY). The 40 test identities are 1,000,020 .. 1,000,059 (as since
+# the demo first had a held-out split); the val identities, which select the model, are the ones before them.
 HELD_OUT_FIRST_IDENTITY = 1_000_000
+HELD_OUT_TEST_IDENTITIES = 40
+HELD_OUT_TEST_FIRST_IDENTITY = HELD_OUT_FIRST_IDENTITY + 20
+# 100 val identities (one query each): model selection on 20 moved in steps of 5 R@1 points and chose noise.
+HELD_OUT_VAL_IDENTITIES = 100
+HELD_OUT_IMAGES_PER_IDENTITY = 3
 DEMO_CLIP_WEIGHTS = DEMO_CLIP_DIR / WEIGHTS_FILE
+# The site is served on this port when it is free: the URL list's rows hold it, the build's shard ids digest the
+# list's rows, and training reads the shards in shard-id order. On a random port every run gets new shard ids, so
+# the same crops reach training in another order, as if under another seed.
+DEMO_SITE_PORT = 18321
+# 2,000 steps with the cosine reaching 0 at the last (benchmarks/demo_training.py, chosen on the val split).
+DEMO_TRAIN_STEPS = 2000
 
 
 def _say(step: str, message: str) -> None:
     print(f"[demo] {step}: {message}", flush=True)
+
+
+@contextmanager
+def demo_site_server(site_root: Path, port: int = DEMO_SITE_PORT) -> Iterator[SiteServer]:
+    """The demo's site server (slow answers after 2 s) on `port`, or on a free port (with a note) when that one
+    is taken; stopped on exit."""
+    try:
+        server = SiteServer(site_root, port=port, slow_seconds=2).start()
+    except GadmsError as exc:
+        _say("1/5 serve", f"{exc}: serving on a free port instead (the shard ids, and so the training order, "
+             "then differ from a run on the usual port)")
+        server = SiteServer(site_root, slow_seconds=2).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str,
@@ -79,20 +109,37 @@ def demo_clip_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**(values | overrides))
 
 
-def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, steps: int) -> TrainConfig:
+def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, steps: int, seed: int = 0,
+                      lr: float = 5e-4, batch_size: int = 32, decay_over_budget: bool = True,
+                      warmup_epochs: float = 0.5, progress: bool = True) -> TrainConfig:
+    """The demo's GA-DMS training (the defaults are what `gadms demo` runs; benchmarks/demo_training.py varies
+    them). `decay_over_budget`: the cosine reaches 0 at step `steps` (else it decays over the 1,000 nominal
+    epochs, so within the budget the lr stays near its peak)."""
     return TrainConfig(
         output_dir=str(model_dir),
         data={"kind": "webperson", "path": str(output_root)},
         model=demo_clip_model_config().model_dump(exclude_defaults=True),
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
-        optim={"lr": 5e-4, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": 0.5},
+        optim={"lr": lr, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": warmup_epochs,
+               **({"schedule_steps": steps} if decay_over_budget else {})},
         epochs=1000,
         max_steps=steps,
-        batch_size=32,
+        batch_size=batch_size,
         num_workers=0,
         checkpoint_every_steps=steps,
-        seed=0,
+        seed=seed,
+        progress=progress,
     )
+
+
+def write_heldout_benchmark(root: Path, seed: int = 0) -> Path:
+    """The demo's held-out RSTPReid-format benchmark: HELD_OUT_VAL_IDENTITIES val and HELD_OUT_TEST_IDENTITIES
+    test identities never rendered into the web (nor seen by the demo CLIP), 3 images each, one clean caption
+    per identity."""
+    return write_synthetic_benchmark(
+        root, train_identities=0, val_identities=HELD_OUT_VAL_IDENTITIES, test_identities=HELD_OUT_TEST_IDENTITIES,
+        images_per_identity=HELD_OUT_IMAGES_PER_IDENTITY, seed=seed + 1, train_captions="clean", size=(64, 128),
+        first_identity=HELD_OUT_TEST_FIRST_IDENTITY - HELD_OUT_VAL_IDENTITIES)
 
 
 def _matches_query(person: Identity) -> bool:
@@ -120,7 +167,34 @@ def hits_against_ground_truth(site_dir: Path, output_root: Path, hits: list[dict
     return checked
 
 
-def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 1000) -> dict:
+def description_queries(site_dir: Path, output_root: Path, checkpoint: str) -> dict:
+    """One query per identity the kept crops show (its ground-truth description, curation.synthweb.identities.
+    clean_caption), searched over the kept crops: how often the top-1 (top-5) crop shows a person of exactly that
+    description. One query's top-1 is one draw; this is the rate behind it. `chance_top1`: the mean share of kept
+    crops a query describes (what a random ranking's top-1 would hit)."""
+    from gadms_model.retrieval import TextSearch
+
+    searcher = TextSearch(checkpoint, str(output_root), progress=False)
+    identities = identities_of_samples(site_dir, output_root, list(searcher.index.ids))
+    described = {sample_id: clean_caption(identity_attributes(number)) if number is not None else None
+                 for sample_id, number in identities.items()}
+    queries = sorted({text for text in described.values() if text is not None})
+    crops_per_text = {text: 0 for text in queries}
+    for text in described.values():
+        if text is not None:
+            crops_per_text[text] += 1
+    top1 = top5 = 0
+    for query in queries:
+        found = [described[searcher.index.ids[position]] == query for position, _ in searcher.top(query, 5)]
+        top1 += found[0]
+        top5 += any(found)
+    crops = len(searcher.index.ids)
+    return {"queries": len(queries), "top1_right": top1, "top5_right": top5, "crops": crops,
+            "top1_rate": round(top1 / len(queries), 4), "top5_rate": round(top5 / len(queries), 4),
+            "chance_top1": round(sum(crops_per_text.values()) / len(queries) / crops, 4)}
+
+
+def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = DEMO_TRAIN_STEPS) -> dict:
     out = Path(out)
     check_range("--train-steps", train_steps, 1, 1_000_000)
     if out.exists() and any(out.iterdir()):
@@ -131,12 +205,11 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     # Written before the build, which guards it: its identities are never rendered into the web, so the guard
     # is expected to catch nothing here.
     benchmark = out / "heldout"
-    write_synthetic_benchmark(benchmark, train_identities=0, val_identities=20, test_identities=40,
-                              images_per_identity=3, seed=seed + 1, train_captions="clean", size=(64, 128),
-                              first_identity=HELD_OUT_FIRST_IDENTITY)
-    _say("1/5 held-out split", f"40 test + 20 val identities never rendered into the web → {benchmark}")
+    write_heldout_benchmark(benchmark, seed)
+    _say("1/5 held-out split", f"{HELD_OUT_TEST_IDENTITIES} test + {HELD_OUT_VAL_IDENTITIES} val identities never "
+         f"rendered into the web → {benchmark}")
     vlm = SimulatedVlm(site.root)
-    with SiteServer(site.root, slow_seconds=2) as server, SimulatedVlmServer(vlm) as vlm_server:
+    with demo_site_server(site.root) as server, SimulatedVlmServer(vlm) as vlm_server:
         urls = out / "urls.parquet"
         count = write_url_list(site.root, server.base_url, urls)
         _say("1/5 serve", f"{server.base_url} serves the site; {count} image URLs listed in {urls}")
@@ -154,6 +227,9 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     result = train(demo_train_config(out / "webperson", benchmark, out / "model", train_steps))
     _say("4/5 train", f"{result.steps} steps of GA-DMS from the demo CLIP (tiny ViT, CPU); checkpoint "
          f"{result.checkpoint_path}; metrics log {result.metrics_path}")
+    chosen = result.best_metrics or {}
+    _say("4/5 train", f"chosen on the {HELD_OUT_VAL_IDENTITIES} val identities: step {chosen.get('step')} "
+         f"(val R@1 {chosen.get('R1', float('nan')):.1f}, mAP {chosen.get('mAP', float('nan')):.1f})")
     trained = evaluate(result.checkpoint_path, "rstpreid", str(benchmark), progress=False)
     print(format_table({"demo CLIP, zero-shot (coarse captions only)": {"rstpreid": zero_shot},
                         "GA-DMS from the demo CLIP (WebPerson-synthetic)": {"rstpreid": trained}}))
@@ -180,11 +256,18 @@ def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = 10
     for hit in top5:
         _say("5/5 search", f"#{hit['rank']} identity {hit['identity']}: {hit['truth']} → "
              f"{'what the query asks' if hit['matches_query'] else 'not what the query asks'}")
+    rates = description_queries(site.root, out / "webperson", result.checkpoint_path)
+    _say("5/5 search", f"one query per identity the kept crops show (its true description): the top-1 crop is a "
+         f"person of that description for {rates['top1_right']} of {rates['queries']} "
+         f"({100 * rates['top1_rate']:.1f} %; a random top-1: {100 * rates['chance_top1']:.1f} %), one in the "
+         f"top 5 for {rates['top5_right']} ({100 * rates['top5_rate']:.1f} %)")
     report = {"build": summary, "curation_quality": quality, "zero_shot_metrics": zero_shot, "metrics": trained,
+              "training": {"steps": result.steps, "val_chosen": chosen},
               "stats": {k: stats[k] for k in ("samples", "vocabulary_size", "takedown_rejects",
                                               "benchmark_overlap_rejects")},
               "faces": {"faces": faces, "samples_with_faces": with_faces},
-              "search": {"query": DEMO_QUERY, "web_identities_matching": answers, "top5": top5},
+              "search": {"query": DEMO_QUERY, "web_identities_matching": answers, "top5": top5,
+                         "description_queries": rates},
               "retrieval_picture": hits.sheet_path, "seconds": round(time.perf_counter() - clock, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2, default=str))
     _say("done", f"{report['seconds']} s; summary in {out / 'demo_summary.json'}")

@@ -7,7 +7,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (must be empty or absent)")
     parser.add_argument("--images", type=int, default=2000, help="scenes rendered into the synthetic web")
-    parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps of the small GA-DMS")
+    parser.add_argument("--train-steps", type=int,
+                        help="optimiser steps of the small GA-DMS (default: the demo's budget, "
+                             "flows.demo.DEMO_TRAIN_STEPS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -17,5 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from storage.fs import refuse_file
 
     refuse_file(args.out, "demo output folder")
-    run_demo(args.out, images=args.images, seed=args.seed, train_steps=args.train_steps)
+    steps = {} if args.train_steps is None else {"train_steps": args.train_steps}
+    run_demo(args.out, images=args.images, seed=args.seed, **steps)
     return 0

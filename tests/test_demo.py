@@ -20,7 +20,8 @@ def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
     assert report["build"]["kept"] == report["curation_quality"]["kept"]["samples"] > 0
     assert report["curation_quality"]["urls"]["accounted"] is True
     # The guard was seeded with the held-out benchmark, whose identities the web never shows; no takedown list.
-    assert report["build"]["benchmark_guard"] == [{"dataset": "RSTPReid", "images": 180, "skipped": False}]
+    # (100 val + 40 test identities, 3 images each.)
+    assert report["build"]["benchmark_guard"] == [{"dataset": "RSTPReid", "images": 420, "skipped": False}]
     assert report["stats"]["benchmark_overlap_rejects"] == 0 and report["stats"]["takedown_rejects"] == 0
     assert [hit["rank"] for hit in report["search"]["top5"]] == [1, 2, 3, 4, 5]
     # The face counts of the summary are those of the shards, read with pyarrow.
@@ -42,3 +43,8 @@ def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
     # chunk threads reach dedup in either order). Chance is 1 and 5 in 57; the bounds are three times chance.
     assert len(shown) >= 40, len(shown)
     assert sum(right) >= 3 and sum(in_top5) >= 15, (sum(right), sum(in_top5), len(shown))
+    # The demo's own rate over the same crops: one query per distinct true description shown.
+    rates = report["search"]["description_queries"]
+    assert rates["queries"] == len({clean_caption(identity_attributes(n)) for n in shown})
+    assert rates["crops"] == len(searcher.index.ids) == report["build"]["kept"]
+    assert rates["top1_right"] >= 3 and rates["top5_right"] >= 15, rates

@@ -56,6 +56,9 @@ class OptimConfig(BaseModel):
     weight_decay: float = 4e-5
     warmup_epochs: float = Field(5.0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    schedule_steps: int | None = Field(
+        None, ge=1, description="optimiser steps the cosine decays to 0 over (default: epochs × steps per epoch); "
+                                "a fixed max_steps budget names it so the lr reaches 0 at its end")
     new_module_lr_factor: float = Field(1.0, gt=0, description="IRRA fine-tuning uses 5 for non-CLIP modules")
     bias_lr_factor: float = Field(1.0, gt=0, description="IRRA fine-tuning uses 2 (and no decay) for biases")
     grad_clip_norm: float | None = Field(None, gt=0)

@@ -267,8 +267,9 @@ def set_up(config: TrainConfig, resume: bool) -> TrainingRun:
     optimizer = torch.optim.Adam(
         parameter_groups(model, config.optim), lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps
     )
+    schedule_steps = config.optim.schedule_steps or total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, config.optim.warmup_start_factor)
+        optimizer, lambda step: lr_factor(step, warmup_steps, schedule_steps, config.optim.warmup_start_factor)
     )
     train_model = model
     if distributed():
@@ -314,7 +315,7 @@ def _restore(run: TrainingRun, state: dict) -> None:
 
 def train_one_epoch(run: TrainingRun) -> None:
     """The rest of the current epoch (all of it, unless resuming inside it, or until max_steps); then validation
-    at the epoch's end; checkpoints at the epoch's end, every checkpoint_every_steps and at the last step."""
+    at the epoch's end and at the last step; checkpoints at the epoch's end, every checkpoint_every_steps and at the last step."""
     from gadms_model.data.loading import collate_pairs
 
     config = run.config
@@ -331,8 +332,11 @@ def train_one_epoch(run: TrainingRun) -> None:
         if end_of_epoch:
             run.epoch, run.step_in_epoch = run.epoch + 1, 0
             every = config.validation.every_epochs if config.validation else 1
-            if run.validation is not None and (run.epoch % every == 0 or run.epoch == config.epochs):
+            if run.validation is not None and (run.epoch % every == 0 or run.epoch == config.epochs
+                                               or run.step == run.total_steps):
                 _validate(run)
+        elif run.step == run.total_steps and run.validation is not None:
+            _validate(run)  # a step budget ending inside an epoch: the model it ends with is a candidate too
         if end_of_epoch or (config.checkpoint_every_steps and run.step % config.checkpoint_every_steps == 0) \
                 or run.step == run.total_steps:
             run.last_path = save_training_checkpoint(run)
@@ -444,8 +448,9 @@ def _validate(run: TrainingRun) -> None:
     config, (name, split) = run.config, run.validation
     metric = config.validation.metric if config.validation else "R1"
     if run.process.is_main:
-        metrics = evaluate_split(run.model, split, run.device, batch_size=config.batch_size,
-                                 progress=config.progress)
+        with torch.random.fork_rng(devices=[]):  # evaluating draws a DataLoader seed; training must not see it
+            metrics = evaluate_split(run.model, split, run.device, batch_size=config.batch_size,
+                                     progress=config.progress)
         run.metrics_log.write({"kind": "val", "step": run.step, "epoch": run.epoch, "dataset": name, **metrics})
         if run.writer is not None:
             for key, value in metrics.items():
