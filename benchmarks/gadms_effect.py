@@ -120,6 +120,28 @@ def test_once(run: dict, data_root: Path, device: torch.device) -> dict:
     return metrics
 
 
+MASK_KEYS = ("noise_mask_rate", "mtp_mask_rate", "gass_noise_masked", "gass_informative_masked")
+
+
+def mask_rates(output_dir: Path) -> dict:
+    """Means over a run's training steps (metrics.jsonl) of its masking rates and of the mean score of the tokens
+    each branch masked; empty for an arm that masks nothing (SDM)."""
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if line.get("kind") == "train"]
+    return {key: statistics.fmean(line[key] for line in steps) for key in MASK_KEYS
+            if steps and all(key in line for line in steps)}
+
+
+def start_metrics(args, clean_root: Path, device: torch.device) -> dict:
+    """The aligned start itself (no training) on val and test: what every arm starts from. A fixed model, so its
+    test figures choose nothing."""
+    from gadms_model.evaluation import evaluate_model
+
+    model = build_model(model_config(args, "sdm")).to(device).eval()
+    return {split: evaluate_model(model, "rstpreid", str(clean_root), split, device, progress=False)
+            for split in ("val", "test")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", default="runs/gadms_effect")
@@ -241,6 +263,7 @@ def main() -> None:
         "hallucinated_words": sum(sum(v["noise"]) for v in flags.values()),
         "oracle_scores": oracle_info,
     }
+    result["aligned_start_metrics"] = start_metrics(args, clean_root, device)
     start = build_model(model_config(args, "gadms"))
     result["gass_aligned_start"] = gass_by_token_kind(start, noisy_root / "RSTPReid", device)
     save()
@@ -253,12 +276,14 @@ def main() -> None:
             test = test_once(run, clean_root if arm == "sdm-clean" else noisy_root, device)
             records.append({"seed": run["seed"], "hallucination_rate": rate, "val_best": run["val_best"],
                             "test": test, "seconds": run["seconds"],
+                            "mask_rates": mask_rates(Path(run["checkpoint"]).parent),
                             "gass": gass_by_token_kind(run["checkpoint"], noisy_root / "RSTPReid", device)})
         result["runs"][arm] = records
         result["summary"][arm] = {
             "val_R1": mean_std([r["val_best"]["R1"] for r in records]),
             **{key: mean_std([r["test"][key] for r in records]) for key in METRICS},
             "gass": {key: mean_std([r["gass"][key] for r in records]) for key in GASS_KEYS},
+            "mask_rates": {key: mean_std([r["mask_rates"].get(key) for r in records]) for key in MASK_KEYS},
         }
     clean = {key: [r["test"][key] for r in result["runs"]["sdm-clean"]] for key in METRICS}
     noisy = {key: [r["test"][key] for r in result["runs"]["sdm"]] for key in METRICS}

@@ -90,3 +90,17 @@ def test_pooled_auroc_counts_ties_half():
     assert pooled_auroc([0.1, 0.5], [0.5, 0.9]) == 0.875
     assert pooled_auroc([0.9], [0.1, 0.2]) == 0.0
     assert pooled_auroc([], [0.3]) is None
+
+
+def test_mask_rates_average_the_training_steps_only(tmp_path):
+    from benchmarks.gadms_effect import mask_rates
+
+    keys = {"gass_noise_masked": 0.0, "gass_informative_masked": 1.0}
+    lines = [{"kind": "train", "step": 1, "noise_mask_rate": 0.25, "mtp_mask_rate": 0.5, **keys},
+             {"kind": "train", "step": 2, "noise_mask_rate": 0.75, "mtp_mask_rate": 0.5, **keys},
+             {"kind": "val", "step": 2, "R1": 10.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert mask_rates(tmp_path) == {"noise_mask_rate": 0.5, "mtp_mask_rate": 0.5, "gass_noise_masked": 0.0,
+                                    "gass_informative_masked": 1.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "sdm": 3.0}) + "\n")
+    assert mask_rates(tmp_path) == {}  # SDM masks nothing
