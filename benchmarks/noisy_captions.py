@@ -205,14 +205,18 @@ def run_training(spec: dict) -> dict:
     """Train one run (or reuse a finished one in its output_dir); its best val metrics and checkpoint."""
     output_dir = Path(spec["output_dir"])
     started = time.time()
+    timing = output_dir / "training_seconds.json"  # how long the training took, for a rerun that reuses it
     if (output_dir / "final.pt").exists():
         checkpoint = output_dir / "best.pt"
         val_best = torch.load(checkpoint, weights_only=True)["metrics"]
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
     else:
         torch.set_num_threads(1)  # runs share the machine's cores
         result = train(TrainConfig.model_validate(spec))
         checkpoint, val_best = result.checkpoint_path, result.best_metrics
-    return {"checkpoint": str(checkpoint), "val_best": val_best, "seconds": round(time.time() - started, 1)}
+        seconds = round(time.time() - started, 1)
+        timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    return {"checkpoint": str(checkpoint), "val_best": val_best, "seconds": seconds}
 
 
 def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict:
