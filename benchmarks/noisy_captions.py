@@ -68,7 +68,10 @@ GASS_KEYS = ("mean_gass_noise_tokens", "mean_gass_description_tokens", "batch_no
              "batch_normalised_mean_gass_description_tokens", "mean_gass_wrong_colour_words",
              "mean_gass_other_noise_tokens", "within_caption_auroc_description_over_noise",
              "within_mixed_captions_mean_gass_noise", "within_mixed_captions_mean_gass_description",
-             "share_noise_tokens_below_switch", "share_description_tokens_below_switch")
+             "share_noise_tokens_below_switch", "share_description_tokens_below_switch",
+             "batch_normalised_share_noise_tokens_below_switch",
+             "batch_normalised_share_description_tokens_below_switch", "pooled_auroc_description_over_noise",
+             "batch_normalised_pooled_auroc_description_over_noise")
 
 
 def token_words(tokenizer, caption: str, noise: list[bool]) -> list[tuple[str, bool] | None]:
@@ -95,12 +98,33 @@ def within_caption_auroc(per_caption: list[tuple[list[float], list[float]]]) -> 
 
 
 @torch.no_grad()
-def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device, batch_size: int = 64) -> dict:
-    """Mean GASS of noise vs description tokens of the training alt texts, under the model of `checkpoint`.
+def pooled_auroc(noise: list[float], description: list[float]) -> float | None:
+    """P(a description token outscores a noise token of any caption), ties count half: the ranking a normalisation
+    across captions (batch vs per caption) changes, where the within-caption AUROC cannot change."""
+    if not noise or not description:
+        return None
+    ranked = sorted([(v, 0) for v in noise] + [(v, 1) for v in description])
+    wins, start = 0.0, 0
+    noise_below = 0.0
+    while start < len(ranked):  # walk ties as one block: each description token beats the noise below it
+        end = start
+        while end < len(ranked) and ranked[end][0] == ranked[start][0]:
+            end += 1
+        block_noise = sum(1 for _, kind in ranked[start:end] if kind == 0)
+        block_description = (end - start) - block_noise
+        wins += block_description * (noise_below + 0.5 * block_noise)
+        noise_below += block_noise
+        start = end
+    return wins / (len(noise) * len(description))
+
+
+def gass_by_token_kind(checkpoint, dataset_dir: Path, device: torch.device, batch_size: int = 64) -> dict:
+    """Mean GASS of noise vs description tokens of the training captions, under the model of `checkpoint` (a
+    checkpoint path, or a built model such as an aligned start).
 
     Scored as training scores them (the model's own normalisation), and also with the batch normalisation of the
     authors' code, which does not lift a caption that is all noise to a maximum of 1."""
-    model = load_model(checkpoint, device)
+    model = load_model(checkpoint, device) if isinstance(checkpoint, (str, Path)) else checkpoint.to(device).eval()
     noise_words = json.loads((dataset_dir / "noise_words.json").read_text())
     names = sorted(noise_words)
     transform = eval_transform(tuple(model.config.image_size))
@@ -155,6 +179,13 @@ def gass_by_token_kind(checkpoint: str, dataset_dir: Path, device: torch.device,
         "share_noise_tokens_below_switch": sum(v < switch for v in values["noise"]) / max(len(values["noise"]), 1),
         "share_description_tokens_below_switch":
             sum(v < switch for v in values["description"]) / max(len(values["description"]), 1),
+        "batch_normalised_share_noise_tokens_below_switch":
+            sum(v < switch for v in values["noise_batch_norm"]) / max(len(values["noise_batch_norm"]), 1),
+        "batch_normalised_share_description_tokens_below_switch":
+            sum(v < switch for v in values["description_batch_norm"]) / max(len(values["description_batch_norm"]), 1),
+        "pooled_auroc_description_over_noise": pooled_auroc(values["noise"], values["description"]),
+        "batch_normalised_pooled_auroc_description_over_noise":
+            pooled_auroc(values["noise_batch_norm"], values["description_batch_norm"]),
         "noise_tokens": len(values["noise"]),
         "description_tokens": len(values["description"]),
         "captions_with_both": len(mixed),
@@ -174,14 +205,18 @@ def run_training(spec: dict) -> dict:
     """Train one run (or reuse a finished one in its output_dir); its best val metrics and checkpoint."""
     output_dir = Path(spec["output_dir"])
     started = time.time()
+    timing = output_dir / "training_seconds.json"  # how long the training took, for a rerun that reuses it
     if (output_dir / "final.pt").exists():
         checkpoint = output_dir / "best.pt"
         val_best = torch.load(checkpoint, weights_only=True)["metrics"]
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
     else:
         torch.set_num_threads(1)  # runs share the machine's cores
         result = train(TrainConfig.model_validate(spec))
         checkpoint, val_best = result.checkpoint_path, result.best_metrics
-    return {"checkpoint": str(checkpoint), "val_best": val_best, "seconds": round(time.time() - started, 1)}
+        seconds = round(time.time() - started, 1)
+        timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    return {"checkpoint": str(checkpoint), "val_best": val_best, "seconds": seconds}
 
 
 def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict:

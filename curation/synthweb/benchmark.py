@@ -4,6 +4,9 @@ Used by tests, the search demo and benchmarks/noisy_captions.py: train identitie
 (or clean captions) as training captions; val and test identities, disjoint from train and from each other,
 carry clean captions as queries. `noise_words.json` beside the annotations keeps, for every train caption,
 one flag per whitespace-separated word (True = injected noise), for measuring GASS on noise tokens.
+Train captions "vlm" are the simulated VLM's own (curation.synthweb.vlm.fill_caption on a template of the bank,
+in process, no HTTP), at a hallucination rate: their flags mark the hallucinated words, and
+`hallucination_log.jsonl` keeps the VLM's log entries (slot, word, truth, word index) per caption.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ def write_synthetic_benchmark(
     test_identities: int,
     images_per_identity: int,
     seed: int = 0,
-    train_captions: Literal["alt_text", "described_alt_text", "clean", "coarse"] = "alt_text",
+    train_captions: Literal["alt_text", "described_alt_text", "clean", "coarse", "vlm"] = "alt_text",
     size: tuple[int, int] = (32, 64),
     first_identity: int = 0,
     query_captions: Literal["identity", "per_image", "coarse"] = "identity",
+    templates: list[str] | None = None,
+    hallucination_rate: float = 0.0,
 ) -> Path:
     """Write `<root>/RSTPReid/{data_captions.json, noise_words.json, imgs/}`; return the dataset directory.
 
@@ -36,9 +41,24 @@ def write_synthetic_benchmark(
     "coarse" gives gender and colours only. `train_captions` "coarse": the same for train (the demo CLIP's data).
     Train images whose alt text is empty are skipped (a captionless image cannot be a training pair);
     "described_alt_text" also skips those whose alt text has no word about the person (spam, file names), leaving
-    only noise within captions.
+    only noise within captions. "vlm": one caption per train image from the simulated VLM's caption function
+    with a template of `templates` (the caption stage's hash assignment of the image's name) and
+    `hallucination_rate`; the template choice and the VLM's random stream depend on the image only, so the
+    captions at rate 0 are the truth of those at any other rate, word for word except the hallucinated ones.
     """
+    import random
+
+    from curation.caption.prompts import Template, assign_templates
     from curation.synthweb.dataset import iter_identity_dataset
+    from curation.synthweb.identities import identity_attributes
+    from curation.synthweb.vlm import fill_caption, hallucinated_word_flags
+
+    if train_captions == "vlm" and not templates:
+        raise GadmsError("train_captions 'vlm' needs the template bank's texts (templates)")
+    if not 0.0 <= hallucination_rate <= 1.0:
+        raise GadmsError(f"hallucination rate must lie in [0, 1], got {hallucination_rate}")
+    bank = [Template(id=str(k), text=text) for k, text in enumerate(templates or [])]
+    log_lines: list[str] = []
 
     dataset_dir = Path(root) / "RSTPReid"
     images_dir = dataset_dir / "imgs"
@@ -54,6 +74,14 @@ def write_synthetic_benchmark(
                 caption, flags = sample.alt_text, list(sample.noise_words)
                 if train_captions == "described_alt_text" and all(flags):
                     continue  # only alt texts that describe the person at least in part: noise within captions
+            elif split == "train" and train_captions == "vlm":
+                template = assign_templates(name, bank, 1, salt=f"synthweb-vlm-{seed}")[0].text
+                rng = random.Random(f"synthweb-vlm-{seed}:{name}")
+                caption, hallucinated = fill_caption(template, identity_attributes(sample.identity), "main", rng,
+                                                     hallucination_rate)
+                flags = hallucinated_word_flags(caption, hallucinated, f"{dataset_dir}: {name}")
+                log_lines += [json.dumps({"img_path": name, "identity": sample.identity, "caption": caption, **entry})
+                              for entry in hallucinated]
             elif (split == "train" and train_captions == "coarse") or (split != "train" and query_captions == "coarse"):
                 caption, flags = sample.coarse, [False] * len(sample.coarse.split())
             else:
@@ -70,4 +98,7 @@ def write_synthetic_benchmark(
         raise GadmsError(f"{dataset_dir}: no identities to write")
     (dataset_dir / "data_captions.json").write_text(json.dumps(records, indent=0), encoding="utf-8")
     (dataset_dir / "noise_words.json").write_text(json.dumps(noise_words), encoding="utf-8")
+    if train_captions == "vlm":
+        (dataset_dir / "hallucination_log.jsonl").write_text("".join(line + "\n" for line in log_lines),
+                                                             encoding="utf-8")
     return dataset_dir

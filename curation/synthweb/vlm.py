@@ -282,6 +282,21 @@ def read_hallucination_log(path: str | Path) -> list[dict]:
     return [entry for _, entry in read_jsonl(path)]
 
 
+def hallucinated_word_flags(caption: str, hallucinated: list[dict], where: str = "caption") -> list[bool]:
+    """One flag per word of `caption.split()`: True where a logged hallucination (fill_caption's entries, or the
+    log's lines for this caption) put a wrong word. An entry whose index or word does not fit the caption is an
+    error naming `where` (the log belongs to another caption)."""
+    words = caption.split()
+    flags = [False] * len(words)
+    for entry in hallucinated:
+        index = entry.get("word_index")
+        if not isinstance(index, int) or not 0 <= index < len(words) or words[index].strip(".,;") != entry.get("word"):
+            raise GadmsError(f"{where}: hallucinated word {entry.get('word')!r} at index {index!r} is not in the "
+                             f"caption {caption!r}")
+        flags[index] = True
+    return flags
+
+
 class SimulatedVlmServer(LoopbackAiohttpServer):
     """The simulated VLM behind the OpenAI protocol on 127.0.0.1 (GET /v1/models, POST /v1/chat/completions),
     as `vllm serve` exposes it, in a thread of its own: `SimulatedVlmServer(vlm).start()`, `.base_url`, `.stop()`."""

@@ -1,0 +1,106 @@
+"""benchmarks/gadms_effect.py's new logic: simulated-VLM train captions with their hallucination log, oracle token
+scores derived from it, the cost-of-noise gap and the share of it an arm closes, and the pooled AUROC."""
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks.gadms_effect import gap_closed, noise_gap
+from benchmarks.noisy_captions import pooled_auroc, write_oracle_scores
+from curation.caption.prompts import load_templates
+from curation.synthweb.benchmark import write_synthetic_benchmark
+from curation.synthweb.vlm import hallucinated_word_flags
+from storage.errors import GadmsError
+
+TEMPLATES = [t.text for t in load_templates("prompts/templates.jsonl")]
+
+
+def _vlm_benchmark(root, rate):
+    return write_synthetic_benchmark(root, 2, 1, 1, 1, seed=0, train_captions="vlm", size=(16, 32),
+                                     first_identity=3_000_000, query_captions="per_image", templates=TEMPLATES,
+                                     hallucination_rate=rate)
+
+
+def test_flags_follow_the_log_and_a_log_of_another_caption_is_refused():
+    caption = "A woman in a red coat."
+    assert hallucinated_word_flags(caption, [{"word": "red", "word_index": 4}]) == [False] * 4 + [True, False]
+    assert hallucinated_word_flags(caption, [{"word": "coat", "word_index": 5}]) == [False] * 5 + [True]  # "coat."
+    with pytest.raises(GadmsError, match=r"^log\.jsonl: train/1\.jpg: hallucinated word 'blue' at index 4"):
+        hallucinated_word_flags(caption, [{"word": "blue", "word_index": 4}], "log.jsonl: train/1.jpg")
+    with pytest.raises(GadmsError, match="at index 9"):
+        hallucinated_word_flags(caption, [{"word": "red", "word_index": 9}])
+
+
+def test_oracle_scores_zero_exactly_the_tokens_of_hallucinated_words(tmp_path):
+    noisy = _vlm_benchmark(tmp_path / "noisy", 1.0)
+    clean = _vlm_benchmark(tmp_path / "clean", 0.0)
+    captions = json.loads((noisy / "noise_words.json").read_text())
+    first = captions["train/3000000_00.jpg"]
+    assert first["caption"] == ("A woman with long blonde hair wears a red coat and yellow trousers and has a "
+                                "backpack.")
+    log = [json.loads(line) for line in (noisy / "hallucination_log.jsonl").read_text().splitlines()]
+    assert [(e["slot"], e["word"], e["truth"], e["word_index"]) for e in log if e["identity"] == 3_000_000] == [
+        ("man/woman", "woman", "man", 1), ("colored outerwear", "red", "white coat", 8),
+        ("colored bottom", "yellow", "black trousers", 11)]
+    assert [i for i, flag in enumerate(first["noise"]) if flag] == [1, 8, 11]
+    # Rate 0: the same template and stream, so the caption is the truth of the noisy one at the flagged words.
+    truth = json.loads((clean / "noise_words.json").read_text())["train/3000000_00.jpg"]
+    assert truth["caption"] == "A man with long blonde hair wears a white coat and black trousers and has a backpack."
+    assert [i for i, (a, b) in enumerate(zip(truth["caption"].split(), first["caption"].split())) if a != b] == [1, 8, 11]
+    assert (clean / "hallucination_log.jsonl").read_text() == ""
+
+    write_oracle_scores(noisy.parent, tmp_path / "oracle.pt", 77)
+    row = torch.load(tmp_path / "oracle.pt", weights_only=True)["scores"][0]
+    # SOT at 0; 17 words in 18 tokens ("backpack." is two); EOT at 19: only positions 2, 9, 12 are hallucinated.
+    expected = torch.zeros(77)
+    expected[1:19] = 1.0
+    expected[[2, 9, 12]] = 0.0
+    assert torch.equal(row, expected)
+
+
+def test_vlm_captions_need_the_template_bank(tmp_path):
+    with pytest.raises(GadmsError, match="needs the template bank"):
+        write_synthetic_benchmark(tmp_path, 1, 1, 1, 1, train_captions="vlm")
+    with pytest.raises(GadmsError, match=r"hallucination rate must lie in \[0, 1\], got 1.5"):
+        write_synthetic_benchmark(tmp_path, 1, 1, 1, 1, train_captions="vlm", templates=TEMPLATES,
+                                  hallucination_rate=1.5)
+
+
+def test_gap_closed_share_per_seed():
+    # gap = 8 - 4 = 4: seeds at 6 and 8 close half and all of it.
+    share = gap_closed([6.0, 8.0], [3.0, 5.0], [7.0, 9.0])
+    assert share["values"] == [0.5, 1.0]
+    assert share["mean"] == 0.75
+    assert share["std"] == pytest.approx(math.sqrt(0.125), rel=1e-12)  # sample std of (0.5, 1.0); float rounding
+    assert gap_closed([2.0, 3.0], [3.0, 5.0], [7.0, 9.0])["values"] == [-0.5, -0.25]  # worse than the baseline
+    assert gap_closed([5.0], [5.0, 5.0], [4.0, 4.0]) is None  # clean no better: nothing to close
+
+
+def test_noise_gap_against_three_seed_std():
+    wide = noise_gap([10.0, 12.0], [4.0, 6.0])  # std sqrt(2) each
+    assert wide["gap"] == 6.0 and wide["max_seed_std"] == pytest.approx(math.sqrt(2), rel=1e-12)
+    assert wide["at_least_3_std"] is True
+    narrow = noise_gap([10.0, 14.0], [8.0, 10.0])  # gap 3, std 2.83: 1.06 std
+    assert narrow["gap"] == 3.0 and narrow["at_least_3_std"] is False
+
+
+def test_pooled_auroc_counts_ties_half():
+    # pairs (description, noise): 0.5>0.1, 0.5=0.5 (half), 0.9>0.1, 0.9>0.5 → 3.5 of 4
+    assert pooled_auroc([0.1, 0.5], [0.5, 0.9]) == 0.875
+    assert pooled_auroc([0.9], [0.1, 0.2]) == 0.0
+    assert pooled_auroc([], [0.3]) is None
+
+
+def test_mask_rates_average_the_training_steps_only(tmp_path):
+    from benchmarks.gadms_effect import mask_rates
+
+    keys = {"gass_noise_masked": 0.0, "gass_informative_masked": 1.0}
+    lines = [{"kind": "train", "step": 1, "noise_mask_rate": 0.25, "mtp_mask_rate": 0.5, **keys},
+             {"kind": "train", "step": 2, "noise_mask_rate": 0.75, "mtp_mask_rate": 0.5, **keys},
+             {"kind": "val", "step": 2, "R1": 10.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert mask_rates(tmp_path) == {"noise_mask_rate": 0.5, "mtp_mask_rate": 0.5, "gass_noise_masked": 0.0,
+                                    "gass_informative_masked": 1.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "sdm": 3.0}) + "\n")
+    assert mask_rates(tmp_path) == {}  # SDM masks nothing
