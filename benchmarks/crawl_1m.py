@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crawl_vs_img2dataset import DEFAULT_CACHE, REPO, free_port, make_images  # noqa: E402
+from crawl_vs_img2dataset import DEFAULT_CACHE, REPO, free_port, make_images, run_nginx  # noqa: E402
 
 FILES = 20_000
 LOG_FORMAT = "$pid $connection $msec $request_time $status"
@@ -77,17 +77,7 @@ http {{
     }}
 }}
 """)
-    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
-    import socket
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit(f"nginx did not start; see {workdir}/error.log")
+    return run_nginx(nginx, conf, workdir, port)
 
 
 def write_url_list(path: Path, port: int, n: int) -> None:

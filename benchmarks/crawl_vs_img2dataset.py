@@ -130,6 +130,11 @@ http {{
     server {{ listen 127.0.0.1:{port} backlog=8192; root {docroot}; }}
 }}
 """)
+    return run_nginx(nginx, conf, workdir, port)
+
+
+def run_nginx(nginx: str, conf: Path, workdir: Path, port: int) -> subprocess.Popen:
+    """nginx on `conf`, once it accepts connections on `port` (exits the benchmark when it does not start)."""
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
