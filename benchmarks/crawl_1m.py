@@ -39,45 +39,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crawl_vs_img2dataset import DEFAULT_CACHE, REPO, free_port, make_images, run_nginx  # noqa: E402
+from crawl_vs_img2dataset import DEFAULT_CACHE, REPO, free_port, make_images  # noqa: E402
+from crawl_vs_img2dataset import start_nginx as start_shared_nginx  # noqa: E402
 
 FILES = 20_000
 LOG_FORMAT = "$pid $connection $msec $request_time $status"
 
 
 def start_nginx(docroot: Path, workdir: Path, port: int) -> subprocess.Popen:
-    """nginx as in crawl_vs_img2dataset.py, plus the access log and the /m/ rewrite."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        sys.exit("nginx is not installed: apt-get install -y nginx")
-    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir(exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(f"""
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 2;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-daemon off;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    log_format conns '{LOG_FORMAT}';
-    access_log {workdir}/access.log conns buffer=256k flush=1s;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_timeout 65; keepalive_requests 1000000;
-    types {{ image/jpeg jpg; text/plain txt; }}
-    default_type application/octet-stream;
-    client_body_temp_path {temp['body']}; proxy_temp_path {temp['proxy']}; fastcgi_temp_path {temp['fastcgi']};
-    uwsgi_temp_path {temp['uwsgi']}; scgi_temp_path {temp['scgi']};
-    server {{
-        listen 127.0.0.1:{port} backlog=8192;
-        root {docroot};
-        rewrite ^/m/[0-9]+/([0-9]+)\\.jpg$ /img/$1.jpg last;
-    }}
-}}
-""")
-    return run_nginx(nginx, conf, workdir, port)
+    """nginx as in crawl_vs_img2dataset.py, plus the connection log and the /m/ rewrite."""
+    return start_shared_nginx(
+        docroot, workdir, port,
+        access_log=f"log_format conns '{LOG_FORMAT}'; access_log {workdir}/access.log conns buffer=256k flush=1s;",
+        server_extra=r"rewrite ^/m/[0-9]+/([0-9]+)\.jpg$ /img/$1.jpg last;")
 
 
 def write_url_list(path: Path, port: int, n: int) -> None:

@@ -104,7 +104,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nginx(docroot: Path, workdir: Path, port: int) -> subprocess.Popen:
+def start_nginx(docroot: Path, workdir: Path, port: int, access_log: str = "access_log off;",
+                server_extra: str = "") -> subprocess.Popen:
+    """nginx serving `docroot` on 127.0.0.1:`port`, once it accepts connections; `access_log` and `server_extra`
+    are nginx directives (crawl_1m.py logs connections and rewrites its many URLs onto few files)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         sys.exit("nginx is not installed: apt-get install -y nginx")
@@ -120,21 +123,16 @@ error_log {workdir}/error.log warn;
 daemon off;
 events {{ worker_connections 8192; multi_accept on; }}
 http {{
-    access_log off;
+    {access_log}
     sendfile on; tcp_nopush on; tcp_nodelay on;
     keepalive_timeout 65; keepalive_requests 1000000;
     types {{ image/jpeg jpg; text/plain txt; }}
     default_type application/octet-stream;
     client_body_temp_path {temp['body']}; proxy_temp_path {temp['proxy']}; fastcgi_temp_path {temp['fastcgi']};
     uwsgi_temp_path {temp['uwsgi']}; scgi_temp_path {temp['scgi']};
-    server {{ listen 127.0.0.1:{port} backlog=8192; root {docroot}; }}
+    server {{ listen 127.0.0.1:{port} backlog=8192; root {docroot}; {server_extra} }}
 }}
 """)
-    return run_nginx(nginx, conf, workdir, port)
-
-
-def run_nginx(nginx: str, conf: Path, workdir: Path, port: int) -> subprocess.Popen:
-    """nginx on `conf`, once it accepts connections on `port` (exits the benchmark when it does not start)."""
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
