@@ -14,13 +14,12 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterable
 
-import pyarrow.parquet as pq
-
 from curation.crawl.chunk import crawl_chunk
 from curation.crawl.config import CrawlConfig
 from curation.crawl.output import check_same_urls, downloads_path, rejects_path, write_downloads
 from curation.crawl.state import chunk_fingerprint
-from storage.fs import filesystem, join
+from curation.crawl.urllist import count_rows
+from storage.fs import join
 from storage.jobs import StageRun, Unit, part_id, run_unit, state_dir
 from storage.records import UrlRecord
 from storage.takedown import TakedownList
@@ -38,7 +37,7 @@ def run_crawl_job(records: Iterable[UrlRecord], out: str, config: CrawlConfig, s
     def finished(unit: Unit, chunk: list[UrlRecord]) -> None:
         rejects_file, downloads_file = unit.outputs
         check_same_urls(downloads_file, chunk)
-        downloaded, rejected = _rows(downloads_file), _rows(rejects_file)
+        downloaded, rejected = count_rows(downloads_file), count_rows(rejects_file)
         progress(downloaded, rejected)
         counts["downloaded"] += downloaded
         counts["rejected"] += rejected
@@ -67,9 +66,3 @@ def run_crawl_job(records: Iterable[UrlRecord], out: str, config: CrawlConfig, s
     summary = {"counts": {**counts, "rejected_this_run": reasons}}
     run.save_record({**config.model_dump(mode="json"), "shard_size": shard_size}, summary)
     return summary["counts"]
-
-
-def _rows(path: str) -> int:
-    fs, p = filesystem(path)
-    with fs.open(p, "rb") as f:
-        return pq.ParquetFile(f).metadata.num_rows
