@@ -51,12 +51,11 @@ def write_synthetic_benchmark(
     from curation.caption.prompts import Template, assign_templates
     from curation.synthweb.dataset import iter_identity_dataset
     from curation.synthweb.identities import identity_attributes
-    from curation.synthweb.vlm import fill_caption, hallucinated_word_flags
+    from curation.synthweb.vlm import check_hallucination_rate, fill_caption, hallucinated_word_flags
 
     if train_captions == "vlm" and not templates:
         raise GadmsError("train_captions 'vlm' needs the template bank's texts (templates)")
-    if not 0.0 <= hallucination_rate <= 1.0:
-        raise GadmsError(f"hallucination rate must lie in [0, 1], got {hallucination_rate}")
+    check_hallucination_rate(hallucination_rate)
     bank = [Template(id=str(k), text=text) for k, text in enumerate(templates or [])]
     log_lines: list[str] = []
 

@@ -238,8 +238,7 @@ class SimulatedVlm:
 
     def __init__(self, site_dir: str | Path, hallucination_rate: float = 0.0, log_path: str | Path | None = None,
                  crop_margin: float = 0.05):
-        if not 0.0 <= hallucination_rate <= 1.0:
-            raise GadmsError(f"hallucination rate must lie in [0, 1], got {hallucination_rate}")
+        check_hallucination_rate(hallucination_rate)
         self.index = PersonIndex(site_dir, crop_margin)
         self.hallucination_rate = hallucination_rate
         self.log_path = Path(log_path) if log_path else None
@@ -280,6 +279,12 @@ class SimulatedVlm:
 
 def read_hallucination_log(path: str | Path) -> list[dict]:
     return [entry for _, entry in read_jsonl(path)]
+
+
+def check_hallucination_rate(rate: float) -> None:
+    """fill_caption's rate, checked where a caller takes it (before any caption is made)."""
+    if not 0.0 <= rate <= 1.0:
+        raise GadmsError(f"hallucination rate must lie in [0, 1], got {rate}")
 
 
 def hallucinated_word_flags(caption: str, hallucinated: list[dict], where: str = "caption") -> list[bool]:
