@@ -5,8 +5,9 @@
     <out>/README.md                           the dataset card (storage.dataset_card)
 
 `image_path` is `images/<sample_id>.jpg`, the name the crop would have in the authors' JSON + images/ layout.
-gadms_model.data.public_parquet_source reads this layout back (with storage.public's checks). With `blur_faces`, the face boxes the detect stage stored (`face_boxes`)
-are blurred in the exported JPEGs; crops without faces are exported byte for byte.
+gadms_model.data.public_parquet_source reads this layout back (with storage.public's checks). With `blur_faces`,
+the face boxes the detect stage stored (`face_boxes`) are blurred in the exported JPEGs; crops without faces are
+exported byte for byte.
 A sample that a takedown list matches (the lists applied to the root under
 `<root>/takedown/`, and any given) is never written.
 """
