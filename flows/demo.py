@@ -179,10 +179,7 @@ def description_queries(site_dir: Path, output_root: Path, checkpoint: str) -> d
     described = {sample_id: clean_caption(identity_attributes(number)) if number is not None else None
                  for sample_id, number in identities.items()}
     queries = sorted({text for text in described.values() if text is not None})
-    crops_per_text = {text: 0 for text in queries}
-    for text in described.values():
-        if text is not None:
-            crops_per_text[text] += 1
+    described_crops = sum(text is not None for text in described.values())
     top1 = top5 = 0
     for query in queries:
         found = [described[searcher.index.ids[position]] == query for position, _ in searcher.top(query, 5)]
@@ -191,7 +188,7 @@ def description_queries(site_dir: Path, output_root: Path, checkpoint: str) -> d
     crops = len(searcher.index.ids)
     return {"queries": len(queries), "top1_right": top1, "top5_right": top5, "crops": crops,
             "top1_rate": round(top1 / len(queries), 4), "top5_rate": round(top5 / len(queries), 4),
-            "chance_top1": round(sum(crops_per_text.values()) / len(queries) / crops, 4)}
+            "chance_top1": round(described_crops / len(queries) / crops, 4)}
 
 
 def run_demo(out: Path, images: int = 2000, seed: int = 0, train_steps: int = DEMO_TRAIN_STEPS) -> dict:
