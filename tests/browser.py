@@ -50,3 +50,15 @@ def serving(app) -> Iterator[str]:
         server.should_exit = True
         thread.join()
         sock.close()
+
+
+def click_and_wait(browser, element, timeout_s: float = 30) -> None:
+    """Click a link or submit button and wait until the next page has replaced this one: a click returns before
+    the navigation, so reading the page right after it can read the old page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, timeout_s).until(expected_conditions.staleness_of(page))

@@ -16,7 +16,7 @@ from flows.cli import main
 from gadms_model.retrieval import TextSearch
 from storage.catalog import connect
 from tests.browse_fixtures import MARKUP, TOO_SMALL, build_browse_root
-from tests.browser import chromium, serving
+from tests.browser import chromium, click_and_wait, serving
 from tests.flow_helpers import REPO
 
 
@@ -106,7 +106,7 @@ def test_reject_reason_shows_its_thumbnails(browser, site, tmp_path):
     browser.get(site + "/rejects")
     assert "bytes of JPEG per shard" in browser.find_element(By.ID, "thumbnail-cost").text
     shoot(browser, tmp_path, "rejects")
-    browser.find_element(By.LINK_TEXT, "too_small").click()
+    click_and_wait(browser, browser.find_element(By.LINK_TEXT, "too_small"))
     images = browser.find_elements(By.CSS_SELECTOR, "#thumbnails img")
     assert len(images) == 8 + TOO_SMALL["shard-00001"]  # the budget keeps 8 of shard-00000's 10
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in images)
@@ -114,7 +114,7 @@ def test_reject_reason_shows_its_thumbnails(browser, site, tmp_path):
     assert "shorter side 12.0px <= 90.0" in browser.find_element(By.ID, "thumbnails").text
     shoot(browser, tmp_path, "reject_reason")
     Select(browser.find_element(By.NAME, "shard")).select_by_visible_text("shard-00001")
-    browser.find_element(By.CSS_SELECTOR, "form button").click()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "form button"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#thumbnails img")) == TOO_SMALL["shard-00001"]
     browser.get(site + "/rejects/crawl/http_404")
     assert browser.find_elements(By.CSS_SELECTOR, "#thumbnails img") == []
