@@ -36,10 +36,17 @@ def validate_config(data: Any, model: type[ModelT], source: str = "config") -> M
 
 
 def load_config(path: str | Path, model: type[ModelT], overrides: dict | None = None) -> ModelT:
-    """Read `path` (YAML or JSON) with yaml.safe_load (no object tags), merge `overrides`, validate."""
+    """Read `path` (YAML or JSON) with yaml.safe_load (no object tags), merge `overrides`, validate. An error in a
+    field that `overrides` set is the command line's, not the file's."""
     data = read_config_data(path)
-    data.update(overrides or {})
-    return validate_config(data, model, str(path))
+    overrides = overrides or {}
+    data.update(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        source = "command line" if loc and loc[0] in overrides else str(path)
+        raise ConfigError(describe_validation_error(source, exc)) from None
 
 
 def read_config_data(path: str | Path) -> dict:

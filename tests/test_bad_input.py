@@ -292,7 +292,7 @@ CRAWL_CASES = [
      "{tmp}/in/cut_site/ground_truth.jsonl:1: not valid JSON: Unterminated string starting at"),
     (["synthweb", "render", "--out", "{tmp}/in/a.txt", "--images", "2"], "{tmp}/in/a.txt: site folder is a file, not a folder"),
     (["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG, "--workers", "1000000000"],
-     "{tmp}/in/crawl.yaml: field 'workers': Input should be less than or equal to 256"),
+     "command line: field 'workers': Input should be less than or equal to 256"),
     (["demo", "--out", "{tmp}/in/a.txt"], "{tmp}/in/a.txt: demo output folder is a file, not a folder"),
 ]
 RERUN_CASES = [

@@ -62,6 +62,21 @@ def test_config_file_missing_or_overridden(tmp_path):
     assert load_config(path, _Job, {"size": 3}) == _Job(name="x", size=3)
 
 
+NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an integer"
+
+
+def test_a_bad_value_is_blamed_on_the_file_or_on_the_command_line_that_gave_it(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: x\nsize: big\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(path, _Job, {"name": "y"})
+    assert str(from_file.value) == f"{path}: field 'size': {NOT_AN_INTEGER}"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError) as from_command_line:
+        load_config(path, _Job, {"size": "big"})
+    assert str(from_command_line.value) == f"command line: field 'size': {NOT_AN_INTEGER}"
+
+
 def test_build_config_error_is_one_line(tmp_path, capsys):
     path = tmp_path / "build.yaml"
     path.write_text("output_root: out\ninputs: {}\n")
