@@ -5,13 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
-import sys
-import threading
-
-# After Ctrl-C, the seconds Prefect gets to record the run as crashed before this process leaves regardless.
-CTRL_C_GRACE_S = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from curation.crawl.reasons import parse_retry_reasons
     from flows.build_webperson import build_webperson
     from flows.config import resolve_build_config
+    from flows.interrupt import leave_promptly_on_ctrl_c
 
     config = resolve_build_config(args.config)  # a bad config or reason fails here, in one line, before Prefect starts
     if config.runner.kind == "local":  # devices of this machine (a Ray cluster's workers have their own)
@@ -35,12 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if args.retry_failed is not None:
         parse_retry_reasons(args.retry_failed)
     _show_task_failures_once()
-    _start_temporary_api_beyond_ctrl_c()
-    _leave_at_most_seconds_after_ctrl_c(CTRL_C_GRACE_S)
+    leave = leave_promptly_on_ctrl_c("build")
     try:
         summary = build_webperson(args.config, retry_failed=args.retry_failed)
     except KeyboardInterrupt:
-        _leave_the_running_chunks()
+        leave()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -75,55 +68,3 @@ def _show_task_failures_once() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_is_not_a_task_failure)
-
-
-def _start_temporary_api_beyond_ctrl_c() -> None:
-    """Start Prefect's temporary API server (when no PREFECT_API_URL is set) with SIGINT blocked.
-
-    A terminal's Ctrl-C signals the whole process group, and the server is our child: it would stop at once, and
-    recording the interrupted run would then retry connections for minutes. A blocked signal stays blocked in a
-    child, so Ctrl-C reaches only this process; the server stops when this process leaves. (A Ctrl-C in the seconds
-    the server takes to start acts once it has started.)
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        SubprocessASGIServer().start()  # the one instance the Prefect client uses when it needs an API
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-
-def _leave_at_most_seconds_after_ctrl_c(seconds: float) -> None:
-    """Ctrl-C raises KeyboardInterrupt as usual, and also starts a timer that leaves after `seconds`: in a full
-    test run a build was once still running 45 s after Ctrl-C, though it leaves in about a second when Prefect's
-    engine passes the interrupt on."""
-    default = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        signal.signal(signal.SIGINT, default)
-        timer = threading.Timer(seconds, _leave_the_running_chunks)
-        timer.daemon = True  # a build that ends by itself meanwhile is not held up by it
-        timer.start()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_interrupt)
-
-
-def _leave_the_running_chunks():
-    """Ctrl-C: the flow run is recorded as crashed; end now rather than when the running chunks end.
-
-    Their threads cannot be stopped and Python waits for them at exit, possibly for minutes. What they have
-    written is resumable as after a kill (a rerun skips finished chunks and resumes crawls), so leave without them.
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-
-    from flows.cli import interrupted_line
-
-    SubprocessASGIServer().stop()
-    print(interrupted_line("build"), file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(130)

@@ -11,6 +11,7 @@ import errno
 import importlib
 import sys
 
+from flows.interrupt import interrupted_line
 from storage.env import apply_offline_defaults
 from storage.errors import GadmsError, error_line
 
@@ -60,10 +61,6 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"gadms {name}", description=help_)
     module.add_arguments(parser)
     return parser
-
-
-def interrupted_line(command: str) -> str:
-    return f"gadms {command}: interrupted"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,9 @@ runs code    detect --weights evil.pt: test_detect_weights::test_detect_refuses_
              synthweb train-detector --model evil.pt: test_detect_weights::test_train_detector_refuses_a_crafted_model_
              before_rendering; code-carrying transformers weights: CAPTIONER
 loses work   export --out R/shards: ROOT, test_export_hf::test_export_replaces_an_earlier_export_and_refuses_the_root;
-             demo after a bad --train-steps: CASES (checked before anything is written); demo after Ctrl-C: the demo's
-             own tests (flows/demo.py)
+             demo after a bad --train-steps: CASES (checked before anything is written); demo after Ctrl-C:
+             test_demo::test_short_demo_interrupted_while_training_resumes_and_retrieves_the_identity_a_caption_
+             describes (finished stages skipped, training resumed; other arguments refused)
 hangs        Ctrl-C in build: test_flows::test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes;
              eval --num-workers 10^9, render --images 10^9: CASES; model.image_size: INPUT; crawl retries 10^9:
              test_crawl_retries_are_bounded; crawl/train-detector workers 10^9: CRAWL, INPUT
@@ -240,6 +241,8 @@ def _url_lists(tmp: Path) -> None:
     (folder / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pages": []}\n')
     (folder / "cut_site").mkdir()
     (folder / "cut_site" / "ground_truth.jsonl").write_text('{"path": "/img/1.jpg", "pa\n')
+    (folder / "cut_demo").mkdir()
+    (folder / "cut_demo" / "demo_run.json").write_text('{"arguments": ')
 
 
 def _crawled_a(tmp: Path) -> None:
@@ -294,6 +297,10 @@ CRAWL_CASES = [
     (["crawl", "--urls", "{tmp}/in/a.txt", "--out", "{tmp}/out", *CRAWL_CONFIG, "--workers", "1000000000"],
      "command line: field 'workers': Input should be less than or equal to 256"),
     (["demo", "--out", "{tmp}/in/a.txt"], "{tmp}/in/a.txt: demo output folder is a file, not a folder"),
+    (["demo", "--out", "{tmp}/in"], "{tmp}/in: output folder is not empty and holds no demo_run.json of an earlier "
+     "demo; remove it or pass another --out"),
+    (["demo", "--out", "{tmp}/in/cut_demo"], "{tmp}/in/cut_demo/demo_run.json: not a demo progress record "
+     "(Expecting value: line 1 column 15 (char 14)); remove {tmp}/in/cut_demo or pass another --out"),
 ]
 RERUN_CASES = [
     (_crawled_a, ["crawl", "--urls", "{tmp}/in/b.txt", "--out", "{tmp}/out", *CRAWL_CONFIG],

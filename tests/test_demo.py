@@ -1,7 +1,13 @@
-"""A short `gadms demo`: every stage runs, and its trained model finds the person a caption describes."""
+"""A short `gadms demo`, interrupted by Ctrl-C while training and rerun: every stage runs once, and its trained
+model finds the person a caption describes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,13 +15,70 @@ import pytest
 from curation.synthweb.identities import clean_caption, identity_attributes
 from curation.synthweb.quality import identities_of_samples
 from flows.demo import run_demo
+from gadms_model.checkpoint import step_checkpoints
 from gadms_model.retrieval import TextSearch
+from storage.errors import GadmsError
+from storage.jsonl import read_jsonl
+from tests.flow_helpers import REPO, stop_group
+
+IMAGES, TRAIN_STEPS = 240, 120
+
+
+def _interrupt_while_training(out, tmp_path) -> str:
+    """`gadms demo` in a subprocess, Ctrl-C'd (SIGINT to its process group, as a terminal does) once training
+    has written a step checkpoint; returns its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    command = [sys.executable, "-m", "flows.cli", "demo", "--out", str(out), "--images", str(IMAGES),
+               "--train-steps", str(TRAIN_STEPS)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 900
+        while not step_checkpoints(out / "model" / "checkpoints"):
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the demo reached no training checkpoint in time"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        stop_group(process, signal.SIGKILL)
+    assert process.returncode == 130, err[-3000:]
+    return err
 
 
 @pytest.mark.slow
-def test_short_demo_retrieves_the_identity_a_caption_describes(tmp_path):
+def test_short_demo_interrupted_while_training_resumes_and_retrieves_the_identity_a_caption_describes(
+        tmp_path, capsys):
     out = tmp_path / "demo"
-    report = run_demo(out, images=240, train_steps=120)
+    err = _interrupt_while_training(out, tmp_path)
+    # (after the training bar's last line, which has no newline)
+    assert err.rstrip().endswith(f"gadms demo: interrupted; rerun `gadms demo --out {out}` with the same arguments "
+                                 "to continue"), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    progress = json.loads((out / "demo_run.json").read_text())
+    assert progress["arguments"] == {"images": IMAGES, "seed": 0, "train_steps": TRAIN_STEPS}
+    assert sorted(progress["finished"]) == ["build", "heldout", "render"]
+    interrupted_at = step_checkpoints(out / "model" / "checkpoints")[-1]
+    assert int(interrupted_at.stem.split("-")[1]) < TRAIN_STEPS
+    ground_truth = (out / "site" / "ground_truth.jsonl").stat().st_mtime_ns
+    manifests = {p.name: p.read_bytes() for p in (out / "webperson" / "manifest").glob("*.json")}
+
+    with pytest.raises(GadmsError, match=r"demo_run.json: this demo was started with --images 240 \(now 100\); "
+                                         r"rerun it with the same arguments to continue, or pass another --out"):
+        run_demo(out, images=100, train_steps=TRAIN_STEPS)
+    capsys.readouterr()
+    report = run_demo(out, images=IMAGES, train_steps=TRAIN_STEPS)
+    said = capsys.readouterr().out
+    assert "skipping its finished stages: render, heldout, build" in said
+    assert f"4/5 train: resuming from {interrupted_at}" in said
+    # Finished stages were not redone: the site and the shards are as the interrupted run left them.
+    assert (out / "site" / "ground_truth.jsonl").stat().st_mtime_ns == ground_truth
+    assert {p.name: p.read_bytes() for p in (out / "webperson" / "manifest").glob("*.json")} == manifests
+    # Training continued from the checkpoint: each step is logged once (the trainer's own test shows the resumed
+    # losses are those of an uninterrupted run).
+    logged = [record["step"] for _, record in read_jsonl(out / "model" / "metrics.jsonl") if record["kind"] == "train"]
+    assert logged == list(range(1, TRAIN_STEPS + 1))
+    assert report["training"]["steps"] == TRAIN_STEPS
     assert json.loads((out / "demo_summary.json").read_text())["metrics"] == report["metrics"]
     assert report["build"]["kept"] == report["curation_quality"]["kept"]["samples"] > 0
     assert report["curation_quality"]["urls"]["accounted"] is True
