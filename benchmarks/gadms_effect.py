@@ -28,10 +28,11 @@ arms then run at the chosen rate. Each run keeps its best val epoch; its test me
 stored beside it (test.json). For each arm: the share of the test gap it closes, (arm - sdm) / (sdm-clean - sdm),
 per seed against the two arms' means, mean +- std. GASS quality (the within-caption AUROC of a true word over a
 hallucinated one, pooled AUROCs and mean scores under per-caption and batch normalisation) from the aligned
-start and from every trained run.
+start and from every trained run; for `sdm` and `gadms` also at every epoch's checkpoint (gass_during_training),
+and for `gadms` from its score store there too: the scores its masks were drawn from.
 
     nice -n 10 .venv/bin/python benchmarks/gadms_effect.py --work-dir runs/gadms_effect --jobs 2
-        [--rates 0.5 1.0] [--seeds 0 1 2] [--epochs 6] [--model JSON --image-size 384 128 --device cuda]
+        [--rates 0.5 1.0] [--seeds 0 1 2] [--epochs 8] [--model JSON --image-size 384 128 --device cuda]
 
 Finished runs in --work-dir are reused, not retrained (delete the folder after changing data options).
 """
@@ -53,11 +54,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.noisy_captions import (ARMS, GASS_KEYS, gass_by_token_kind, mean_std, run_training,  # noqa: E402
-                                       write_oracle_scores)
+                                       score_store_quality, train_token_labels, write_oracle_scores)
 from curation.caption.prompts import load_templates  # noqa: E402
 from curation.synthweb.benchmark import write_synthetic_benchmark  # noqa: E402
 from flows.demo import demo_clip_model_config  # noqa: E402
 from flows.demo_clip import TINY_MODEL_ADAM_EPS  # noqa: E402
+from gadms_model import checkpoint as ckpt  # noqa: E402
 from gadms_model.data import load_benchmark  # noqa: E402
 from gadms_model.evaluation import evaluate  # noqa: E402
 from gadms_model.model import ModelConfig, build_model  # noqa: E402
@@ -65,7 +67,13 @@ from gadms_model.model import ModelConfig, build_model  # noqa: E402
 # Above the web (< 1,000,000), the demo's held-out benchmark (1,000,000 + 60) and the demo CLIP (2,000,000 ..).
 FIRST_IDENTITY = 3_000_000
 NOISY_ARMS = ("sdm", "gadms", "gadms-oracle", "gadms-oracle-full", "gadms-constant")
-DEFAULT_ARMS = ("sdm-clean", "sdm", "gadms", "gadms-oracle", "gadms-constant")
+DEFAULT_ARMS = ("sdm-clean", *NOISY_ARMS)
+# Arms whose GASS is read at every epoch's checkpoint: the baseline and the paper's method (whose score store,
+# the scores its masks were drawn from, is read too).
+TRACED_ARMS = ("sdm", "gadms")
+TRACE_KEYS = ("within_caption_auroc_description_over_noise", "pooled_auroc_description_over_noise",
+              "batch_normalised_pooled_auroc_description_over_noise", "mean_gass_noise_tokens",
+              "mean_gass_description_tokens")
 METRICS = ("R1", "R5", "R10", "mAP")
 
 
@@ -107,7 +115,41 @@ def run_spec(args, work: Path, data_root: Path, arm: str, rate: float, seed: int
         "seed": seed, "device": args.device, "progress": False,
         "optim": {"lr": args.lr, "eps": args.eps, "warmup_epochs": 0.5},
         "augment": True,
+        "keep_checkpoints": args.epochs + 1,  # every epoch's state, so GASS can be read during training
     }
+
+
+def gass_trace(job: dict) -> list[dict]:
+    """GASS quality at each kept step checkpoint of a finished run (one per epoch), on its noisy train captions:
+    the model's own GASS (as gass_by_token_kind reads it) and, for GA-DMS, its score store. Cached beside the
+    run (gass_trace.json)."""
+    output_dir, dataset_dir = Path(job["output_dir"]), Path(job["data_root"]) / "RSTPReid"
+    stored = output_dir / "gass_trace.json"
+    if stored.exists():
+        return json.loads(stored.read_text())
+    torch.set_num_threads(1)  # traces run beside each other in the pool
+    device = torch.device(job["device"])
+    labels = train_token_labels(Path(job["data_root"]), job["context_length"]) if job["score_store"] else None
+    trace = []
+    for path in ckpt.step_checkpoints(output_dir / "checkpoints"):
+        gass = gass_by_token_kind(path, dataset_dir, device)
+        point = {"step": ckpt.load(path)["step"], **{key: gass[key] for key in TRACE_KEYS}}
+        if labels is not None:
+            store = ckpt.load(path)["score_store"]["scores"]
+            point.update({f"score_store_{key}": value for key, value in score_store_quality(store, labels).items()})
+        trace.append(point)
+    stored.write_text(json.dumps(trace) + "\n")
+    return trace
+
+
+def trace_summary(traces: list[list[dict]]) -> list[dict]:
+    """Per step, mean +- std over seeds of each traced value; the seeds' runs checkpoint at the same steps."""
+    steps = [[point["step"] for point in trace] for trace in traces]
+    if any(s != steps[0] for s in steps):
+        raise ValueError(f"seeds checkpointed at different steps: {steps}")
+    return [{"step": points[0]["step"],
+             **{key: mean_std([p[key] for p in points]) for key in points[0] if key != "step"}}
+            for points in zip(*traces)]
 
 
 def test_once(run: dict, data_root: Path, device: torch.device) -> dict:
@@ -150,12 +192,12 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0],
                         help="hallucination rates tried in turn until the val gap is >= 3 seed std")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs (best val epoch kept)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (best val epoch kept)")
     parser.add_argument("--lr", type=float, default=5e-4, help="the demo's lr for the demo CLIP")
     parser.add_argument("--eps", type=float, default=TINY_MODEL_ADAM_EPS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-identities", type=int, default=300)
-    parser.add_argument("--val-identities", type=int, default=50)
+    parser.add_argument("--val-identities", type=int, default=60)
     parser.add_argument("--test-identities", type=int, default=100)
     parser.add_argument("--images-per-identity", type=int, default=3)
     parser.add_argument("--data-seed", type=int, default=0)
@@ -229,6 +271,16 @@ def main() -> None:
             for (arm, seed), run in zip(todo, pool.map(run_training, specs)):
                 runs.setdefault((arm, 0.0 if arm == "sdm-clean" else rate), []).append({"seed": seed, **run})
 
+        def trace_arms(rate: float) -> dict:
+            jobs = [(arm, {"output_dir": str(Path(run["checkpoint"]).parent), "data_root": str(data_root(rate)),
+                           "context_length": context_length, "device": str(device), "score_store": arm == "gadms"})
+                    for arm in TRACED_ARMS if arm in args.arms
+                    for run in sorted(runs[(arm, rate)], key=lambda r: r["seed"])]
+            traces: dict[str, list[list[dict]]] = {}
+            for (arm, _), trace in zip(jobs, pool.map(gass_trace, [job for _, job in jobs])):
+                traces.setdefault(arm, []).append(trace)
+            return {arm: trace_summary(arm_traces) for arm, arm_traces in traces.items()}
+
         result["rate_selection_val_R1"] = {}
         chosen = None
         for rate in args.rates:
@@ -251,6 +303,7 @@ def main() -> None:
             result["rate_selection_val_R1"][f"r={chosen:g}"]["at_least_3_std"])
         others = [arm for arm in args.arms if arm not in ("sdm-clean", "sdm")]
         train_arms(others, chosen)
+        result["gass_during_training"] = trace_arms(chosen)
 
     noisy_root = data_root(chosen)
     _, oracle_info = oracle_scores(chosen)

@@ -219,25 +219,56 @@ def run_training(spec: dict) -> dict:
     return {"checkpoint": str(checkpoint), "val_best": val_best, "seconds": seconds}
 
 
-def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict:
-    """Token scores that know the truth: 1 for words of the real description, 0 for injected noise, one row per
-    training pair in the trainer's order (the benchmark's train samples)."""
+def train_token_labels(data_root: Path, context_length: int) -> list[list[bool | None]]:
+    """For each training pair, in the trainer's order (the benchmark's train samples), the is-hallucinated flag
+    of each context position (None at SOT, EOT and padding); [] for a caption whose words do not split into
+    tokens one by one."""
     dataset_dir = data_root / "RSTPReid"
     noise_words = json.loads((dataset_dir / "noise_words.json").read_text())
     tokenizer = Tokenizer(context_length)
-    train_samples = load_benchmark("rstpreid", data_root).train
-    scores = torch.zeros(len(train_samples), context_length)
-    unaligned = 0
-    for row, sample in enumerate(train_samples):
+    labels = []
+    for sample in load_benchmark("rstpreid", data_root).train:
         entry = noise_words[Path(sample.image_path).relative_to(dataset_dir / "imgs").as_posix()]
-        labelled = token_words(tokenizer, entry["caption"], entry["noise"])
-        if not labelled:
+        labels.append([label if label is None else label[1]
+                       for label in token_words(tokenizer, entry["caption"], entry["noise"])])
+    return labels
+
+
+def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict:
+    """Token scores that know the truth: 1 for words of the real description, 0 for injected noise, one row per
+    training pair in the trainer's order (the benchmark's train samples)."""
+    labels = train_token_labels(data_root, context_length)
+    scores = torch.zeros(len(labels), context_length)
+    unaligned = 0
+    for row, flags in enumerate(labels):
+        if not flags:
             scores[row] = 0.85  # words that do not split into tokens one by one: the neutral initial score
             unaligned += 1
             continue
-        scores[row] = torch.tensor([0.0 if label is None or label[1] else 1.0 for label in labelled])
+        scores[row] = torch.tensor([0.0 if flag is None or flag else 1.0 for flag in flags])
     torch.save({"scores": scores}, out)
-    return {"pairs": len(train_samples), "captions_not_aligned_to_tokens": unaligned}
+    return {"pairs": len(labels), "captions_not_aligned_to_tokens": unaligned}
+
+
+def score_store_quality(scores: torch.Tensor, labels: list[list[bool | None]]) -> dict:
+    """How well the scores a GA-DMS run masks by (its score store: one row per training pair, updated from GASS
+    as each pair is trained on) tell true words from hallucinated ones: the within-caption AUROC and the mean
+    stored score of each kind."""
+    noise: list[float] = []
+    description: list[float] = []
+    mixed: list[tuple[list[float], list[float]]] = []
+    for row, flags in zip(scores.tolist(), labels):
+        kinds: dict[bool, list[float]] = {True: [], False: []}
+        for score, flag in zip(row, flags):
+            if flag is not None:
+                kinds[flag].append(score)
+        noise += kinds[True]
+        description += kinds[False]
+        if kinds[True] and kinds[False]:
+            mixed.append((kinds[True], kinds[False]))
+    return {"within_caption_auroc_description_over_noise": within_caption_auroc(mixed),
+            "mean_score_noise_tokens": statistics.fmean(noise) if noise else None,
+            "mean_score_description_tokens": statistics.fmean(description) if description else None}
 
 
 def train_spec(args, output_dir: Path, data_root: Path, arm: str, seed: int, lr: float,

@@ -104,3 +104,57 @@ def test_mask_rates_average_the_training_steps_only(tmp_path):
                                     "gass_informative_masked": 1.0}
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "sdm": 3.0}) + "\n")
     assert mask_rates(tmp_path) == {}  # SDM masks nothing
+
+
+def test_score_store_quality_compares_true_and_hallucinated_positions_only():
+    from benchmarks.noisy_captions import score_store_quality
+
+    scores = torch.tensor([[0.85, 0.9, 0.2, 0.5, 0.85], [0.85, 0.4, 0.6, 0.85, 0.85], [0.85, 0.3, 0.3, 0.3, 0.85]])
+    labels = [[None, False, True, False, None],  # 0.9 > 0.2, 0.5 > 0.2: 2 of 2
+              [None, True, False, None, None],  # 0.6 > 0.4: 1 of 1
+              [None, False, False, False, None]]  # no hallucinated word: in the means, not in the AUROC
+    quality = score_store_quality(scores, labels)
+    assert quality["within_caption_auroc_description_over_noise"] == 1.0
+    assert quality["mean_score_noise_tokens"] == pytest.approx(0.3, rel=1e-6)  # (0.2 + 0.4) / 2; float32 values
+    assert quality["mean_score_description_tokens"] == pytest.approx((0.9 + 0.5 + 0.6 + 0.9) / 6, rel=1e-6)
+    flipped = score_store_quality(scores, [[None, True, False, True, None], *labels[1:]])
+    assert flipped["within_caption_auroc_description_over_noise"] == 1 / 3  # 0.2 < 0.9, 0.2 < 0.5; 0.6 > 0.4
+
+
+def test_trace_summary_averages_seeds_step_by_step_and_refuses_other_steps():
+    from benchmarks.gadms_effect import trace_summary
+
+    seed0 = [{"step": 28, "auroc": 0.5}, {"step": 56, "auroc": 0.6}]
+    seed1 = [{"step": 28, "auroc": 0.7}, {"step": 56, "auroc": 0.6}]
+    summary = trace_summary([seed0, seed1])
+    assert [point["step"] for point in summary] == [28, 56]
+    assert summary[0]["auroc"]["mean"] == pytest.approx(0.6, rel=1e-12)
+    assert summary[0]["auroc"]["values"] == [0.5, 0.7]
+    assert summary[1]["auroc"] == {"mean": 0.6, "std": 0.0, "values": [0.6, 0.6]}
+    with pytest.raises(ValueError, match=r"seeds checkpointed at different steps: \[\[28, 56\], \[28\]\]"):
+        trace_summary([seed0, seed1[:1]])
+
+
+def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run(tmp_path):
+    from benchmarks.gadms_effect import TRACE_KEYS, gass_trace
+    from benchmarks.noisy_captions import run_training
+    from flows.demo import demo_clip_model_config
+
+    _vlm_benchmark(tmp_path / "data", 1.0)
+    run = run_training({"output_dir": str(tmp_path / "run"), "data": {"kind": "benchmark", "path": str(tmp_path / "data"),
+                                                                      "benchmark": "rstpreid"},
+                        "model": demo_clip_model_config(mode="gadms").model_dump(mode="json"), "epochs": 3,
+                        "batch_size": 2, "num_workers": 0, "seed": 0, "device": "cpu", "progress": False,
+                        "keep_checkpoints": 4})
+    job = {"output_dir": str(tmp_path / "run"), "data_root": str(tmp_path / "data"), "context_length": 77,
+           "device": "cpu", "score_store": True}
+    trace = gass_trace(job)
+    # 2 train pairs in batches of 2: one step per epoch, a checkpoint at each epoch's end.
+    assert [point["step"] for point in trace] == [1, 2, 3]
+    assert set(trace[0]) == {"step", *TRACE_KEYS, "score_store_within_caption_auroc_description_over_noise",
+                             "score_store_mean_score_noise_tokens", "score_store_mean_score_description_tokens"}
+    assert run["checkpoint"].endswith("best.pt")
+    # Cached beside the run: the trace is read back, not recomputed, once the checkpoints are gone.
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        path.unlink()
+    assert gass_trace(job) == trace
