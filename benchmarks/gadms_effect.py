@@ -132,11 +132,12 @@ def gass_trace(job: dict) -> list[dict]:
     labels = train_token_labels(Path(job["data_root"]), job["context_length"]) if job["score_store"] else None
     trace = []
     for path in ckpt.step_checkpoints(output_dir / "checkpoints"):
+        payload = ckpt.load(path)
         gass = gass_by_token_kind(path, dataset_dir, device)
-        point = {"step": ckpt.load(path)["step"], **{key: gass[key] for key in TRACE_KEYS}}
+        point = {"step": payload["step"], **{key: gass[key] for key in TRACE_KEYS}}
         if labels is not None:
-            store = ckpt.load(path)["score_store"]["scores"]
-            point.update({f"score_store_{key}": value for key, value in score_store_quality(store, labels).items()})
+            quality = score_store_quality(payload["score_store"]["scores"], labels)
+            point.update({f"score_store_{key}": value for key, value in quality.items()})
         trace.append(point)
     stored.write_text(json.dumps(trace) + "\n")
     return trace
