@@ -257,3 +257,20 @@ def test_decode_rejects_garbage_truncation_and_too_many_pixels():
     with pytest.raises(DecodeError) as info:
         decode_image(big.getvalue(), max_pixels=5_999_999)
     assert (info.value.reason, info.value.detail) == ("too_many_pixels", "3000x2000 = 6000000 pixels > 5999999")
+
+
+def test_detection_leaves_torchs_thread_count_as_it_was(pose_detector):
+    """ultralytics' predictor setup sets torch's process-wide thread count to its NUM_THREADS (cpu_count - 1);
+    training later in the same process must keep the count the process had."""
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    before = torch.get_num_threads()
+    wanted = NUM_THREADS + 1  # never the count ultralytics would set
+    torch.set_num_threads(wanted)
+    try:
+        fresh = PersonDetector(pose_detector.config)  # a new predictor: its setup runs select_device
+        fresh.detect([decode_image((ASSETS / "bus.jpg").read_bytes(), pose_detector.config.max_pixels)])
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

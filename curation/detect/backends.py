@@ -48,10 +48,19 @@ class YoloBackend:
         # same square whatever its batch mates, so its boxes (and sample id) do not depend on which images share
         # its batch; ultralytics pads to the square anyway whenever a batch mixes shapes, as web batches do.
         bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
-        return model.predict(
-            bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
-            classes=[self.config.person_class], device=self.device, verbose=False, rect=False,
-        )
+        import torch
+
+        # ultralytics' select_device (run when a predictor is set up) sets torch's process-wide thread count to
+        # cpu_count - 1: one thread on 2 cores, for the detection after it and for all torch work that follows in
+        # the process (the demo's training ran on one of its two cores). The caller's count is put back.
+        threads = torch.get_num_threads()
+        try:
+            return model.predict(
+                bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
+                classes=[self.config.person_class], device=self.device, verbose=False, rect=False,
+            )
+        finally:
+            torch.set_num_threads(threads)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
         if not images:
