@@ -47,13 +47,17 @@ class YoloBackend:
         # ultralytics reads numpy arrays as BGR (OpenCV order). rect=False: every image is letterboxed to the
         # same square whatever its batch mates, so its boxes (and sample id) do not depend on which images share
         # its batch; ultralytics pads to the square anyway whenever a batch mixes shapes, as web batches do.
-        bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
         import torch
+        from ultralytics.utils import NUM_THREADS
 
-        # ultralytics' select_device (run when a predictor is set up) sets torch's process-wide thread count to
-        # cpu_count - 1: one thread on 2 cores, for the detection after it and for all torch work that follows in
-        # the process (the demo's training ran on one of its two cores). The caller's count is put back.
+        bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
+        # ultralytics' select_device (run when a predictor is set up) sets torch's process-wide thread count to its
+        # NUM_THREADS (cpu_count - 1), and leaves it so for all torch work that follows in the process (the demo's
+        # training ran with one thread of two). Inference runs with that count, which leaves a core to the stages
+        # running beside it in a build (with 2 threads on 2 cores the demo's detection took 358 s, not 266 s), and
+        # the caller's count is put back after it.
         threads = torch.get_num_threads()
+        torch.set_num_threads(NUM_THREADS)
         try:
             return model.predict(
                 bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
