@@ -35,9 +35,10 @@ def tiny_demo_data(tmp_path_factory) -> tuple[Path, Path]:
     return root / "webperson", heldout
 
 
-def _train(data: tuple[Path, Path], out: Path, seed: int, steps: int = 6):
+def _train(data: tuple[Path, Path], out: Path, seed: int, steps: int = 6, num_workers: int = 1):
     shards, heldout = data
-    return train(demo_train_config(shards, heldout, out, steps, seed=seed, batch_size=4, progress=False))
+    return train(demo_train_config(shards, heldout, out, steps, seed=seed, batch_size=4, progress=False,
+                                   num_workers=num_workers))
 
 
 def _weights(path: str) -> dict[str, torch.Tensor]:
@@ -60,6 +61,16 @@ def test_same_shards_and_seed_give_identical_training(tiny_demo_data, tmp_path):
     # The seed does change them: the check above could fail.
     a, c = _weights(str(tmp_path / "a" / "final.pt")), _weights(str(tmp_path / "c" / "final.pt"))
     assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_data_loader_workers_do_not_change_the_training(tiny_demo_data, tmp_path):
+    # The demo decodes in one worker process; in the training process itself (0 workers) every figure and weight
+    # is the same, since augmentation is seeded per pair and epoch.
+    in_worker = _train(tiny_demo_data, tmp_path / "worker", seed=0, num_workers=1)
+    in_process = _train(tiny_demo_data, tmp_path / "process", seed=0, num_workers=0)
+    assert Path(in_worker.metrics_path).read_text() == Path(in_process.metrics_path).read_text()
+    a, b = _weights(str(tmp_path / "worker" / "final.pt")), _weights(str(tmp_path / "process" / "final.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_learning_rate_decays_to_zero_over_the_step_budget(tiny_demo_data, tmp_path):
