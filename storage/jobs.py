@@ -9,7 +9,8 @@ and is done when they are all there and whole: a Parquet file cut short has no f
 flow: a done unit is skipped; otherwise `process(unit)` runs, with the unit's resumable state in its state
 folder. When it returns, the state folder is removed (unless the unit keeps it); when it raises, the state folder
 stays (the next run resumes from it) and the outputs it had written are removed, so a failed unit leaves no
-partial output.
+partial output. `run_units_overlapped` is the same protocol for a stream of units whose work waits on worker
+processes: each unit's outputs are written while the next unit is worked on (`gadms crawl`'s chunks).
 
 `StageRun` is what one run of a stage shares: its run id, the rejects it writes (stamped with that id) and the run
 record `runs/<run_id>.json` it saves at the end.
@@ -37,6 +38,7 @@ from storage.records import Reject
 from storage.shards import rejects_table, shard_is_complete, utc_now, write_parquet_atomic
 
 T = TypeVar("T")
+X = TypeVar("X")
 
 
 def part_id(number: int) -> str:
@@ -108,12 +110,54 @@ def run_unit(unit: Unit, process: Callable[[Unit], T], on_done: Callable[[Unit],
     try:
         result = process(unit)
     except BaseException:
-        for path in unit.outputs:
-            _remove(path)
+        _remove_outputs(unit)
         raise
     if unit.state_dir is not None and not unit.keep_state:
         _remove(unit.state_dir)
     return result
+
+
+def run_units_overlapped(units: Iterable[tuple[Unit, X]], work: Callable[[Unit, X, Callable[[], None]], T],
+                         write: Callable[[Unit, X, T], None], on_done: Callable[[Unit, X], None]) -> None:
+    """run_unit over a stream of units whose work leaves this process waiting (a crawl chunk is fetched by worker
+    processes), with each unit's outputs written during the next unit's work. `work(unit, item, meanwhile)`
+    returns what `write(unit, item, result)` writes to the unit's outputs, and calls `meanwhile()` once while it
+    waits: that writes the previous unit's outputs. `on_done(unit, item)` is called for units done before.
+
+    No thread: work that forks worker processes may (a fork beside a writing thread could inherit its locks
+    held). The protocol is run_unit's: a unit's state folder is removed only when its outputs are all written; a
+    failed unit removes its outputs, keeps its state and is raised, after the previous unit is written."""
+    previous: list[tuple[Unit, X, T]] = []
+
+    def write_previous() -> None:
+        if previous:
+            unit, item, result = previous.pop()
+            try:
+                write(unit, item, result)
+            except BaseException:
+                _remove_outputs(unit)
+                raise
+            if unit.state_dir is not None and not unit.keep_state:
+                _remove(unit.state_dir)
+
+    for unit, item in units:
+        if unit.done():
+            on_done(unit, item)
+            continue
+        try:
+            result = work(unit, item, write_previous)
+        except BaseException:
+            _remove_outputs(unit)
+            write_previous()
+            raise
+        write_previous()  # when `work` had no time to wait
+        previous.append((unit, item, result))
+    write_previous()
+
+
+def _remove_outputs(unit: Unit) -> None:
+    for path in unit.outputs:
+        _remove(path)
 
 
 def pending(units: Iterable[Unit]) -> list[Unit]:

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from storage.jobs import StageRun, Unit, digest_id, part_id, pending, run_unit, shard_unit, state_dir, whole_parquet
+from storage.jobs import (StageRun, Unit, digest_id, part_id, pending, run_unit, run_units_overlapped, shard_unit,
+                          state_dir, whole_parquet)
 from storage.records import Reject
 from tests.storage_fixtures import build_root
 
@@ -141,3 +142,66 @@ def test_the_crawl_cli_redoes_a_chunk_whose_output_is_cut_short(tmp_path, capsys
     assert whole_parquet(str(downloads))
     assert [r["run_id"] for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()] == ["c3"]
     assert list((tmp_path / "out" / "work" / "crawl").iterdir()) == []
+
+
+class _OverlappedStage:
+    """Records what run_units_overlapped does, in order; each unit's work makes its state folder first."""
+
+    def __init__(self, run: StageRun, fail_work: str | None = None, fail_write: str | None = None):
+        self.run, self.fail_work, self.fail_write = run, fail_work, fail_write
+        self.events: list[str] = []
+
+    def work(self, unit: Unit, item: str, meanwhile) -> str:
+        Path(unit.state_dir).mkdir(parents=True, exist_ok=True)
+        self.events.append(f"work {unit.id}")
+        meanwhile()
+        if unit.id == self.fail_work:
+            raise KeyboardInterrupt
+        self.events.append(f"worked {unit.id}")
+        return f"result of {item}"
+
+    def write(self, unit: Unit, item: str, result: str) -> None:
+        self.events.append(f"write {unit.id} ({result})")
+        self.run.write(pa.table({"x": [1]}), unit.outputs[0])
+        if unit.id == self.fail_write:
+            raise OSError("disk full")
+        _write_outputs(self.run, unit)
+
+    def done(self, unit: Unit, item: str) -> None:
+        self.events.append(f"done before {unit.id}")
+
+
+def test_overlapped_units_write_each_while_the_next_works_then_remove_its_state(tmp_path):
+    run = StageRun.start(str(tmp_path), "crawl", "r1")
+    units = [_unit(tmp_path, f"u{i}") for i in range(4)]
+    _write_outputs(run, units[1])  # done by an earlier run
+    stage = _OverlappedStage(run)
+    run_units_overlapped(((u, f"item {u.id}") for u in units), stage.work, stage.write, stage.done)
+    assert stage.events == ["work u0", "worked u0", "done before u1", "work u2", "write u0 (result of item u0)",
+                            "worked u2", "work u3", "write u2 (result of item u2)", "worked u3",
+                            "write u3 (result of item u3)"]
+    assert pending(units) == []
+    assert not any(Path(u.state_dir).exists() for u in units)
+
+
+def test_overlapped_units_interrupted_write_what_was_fetched_and_keep_the_state_of_the_rest(tmp_path):
+    run = StageRun.start(str(tmp_path), "crawl", "r1")
+    units = [_unit(tmp_path, f"u{i}") for i in range(3)]
+    stage = _OverlappedStage(run, fail_work="u1")
+    with pytest.raises(KeyboardInterrupt):
+        run_units_overlapped(((u, u.id) for u in units), stage.work, stage.write, stage.done)
+    assert stage.events == ["work u0", "worked u0", "work u1", "write u0 (result of u0)"]
+    assert units[0].done() and not Path(units[0].state_dir).exists()  # written during u1's work, before the stop
+    assert not units[1].done() and Path(units[1].state_dir).exists()  # resumes from its state
+    assert not any(Path(p).exists() for p in units[1].outputs)
+
+
+def test_overlapped_units_a_failed_write_removes_its_outputs_and_keeps_its_state(tmp_path):
+    run = StageRun.start(str(tmp_path), "crawl", "r1")
+    units = [_unit(tmp_path, f"u{i}") for i in range(3)]
+    stage = _OverlappedStage(run, fail_write="u0")
+    with pytest.raises(OSError, match="disk full"):
+        run_units_overlapped(((u, u.id) for u in units), stage.work, stage.write, stage.done)
+    assert stage.events == ["work u0", "worked u0", "work u1", "write u0 (result of u0)"]
+    for unit in units[:2]:
+        assert not any(Path(p).exists() for p in unit.outputs) and Path(unit.state_dir).exists()

@@ -80,8 +80,8 @@ class _WorkerPlan:
 
 def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
                 progress: ProgressCallback | None = None, robots_cache: RobotsCache | None = None,
-                host_leases: str | None = None,
-                takedown: TakedownList | None = None) -> CrawlResult:
+                host_leases: str | None = None, takedown: TakedownList | None = None,
+                meanwhile: Callable[[], None] | None = None) -> CrawlResult:
     """Download `urls` (one chunk) politely and safely, resuming from `state_dir`.
 
     Every input row ends in exactly one of `downloads` (in the order they were saved) or `rejects` (stage
@@ -92,6 +92,8 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
     once, wherever they run; without it they hold within this chunk.
     A row whose URL, page URL or their domain is on `takedown` is never fetched (reason `takedown`, detail the
     entry), also when an earlier run saved it before the entry was listed.
+    `meanwhile` is called once while worker processes fetch the chunk (the crawl job writes the previous chunk's
+    outputs then), or before the chunk is fetched in this process.
     """
     urls = list(urls)
     blocked = {index: entry for index, record in enumerate(urls)
@@ -110,9 +112,11 @@ def crawl_chunk(urls: list[UrlRecord], config: CrawlConfig, state_dir: str, *,
         ok = sum(1 for position in saved.values() if reasons[position] is None)
         progress(ok, len(urls) - len(todo) - ok)
     if todo:
-        _run(todo, config, state_dir, robots_cache, progress, host_leases)
+        _run(todo, config, state_dir, robots_cache, progress, host_leases, meanwhile or (lambda: None))
         segments = load_segments(state_dir)
         saved = saved_rows(segments)
+    elif meanwhile is not None:
+        meanwhile()
     return _assemble(urls, segments, saved, first_row, blocked)
 
 
@@ -166,7 +170,7 @@ def _assemble(urls: list[UrlRecord], segments: pa.Table, saved: dict[int, int],
 
 
 def _run(todo: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str, robots_cache: RobotsCache,
-         progress: ProgressCallback | None, host_leases: str | None) -> None:
+         progress: ProgressCallback | None, host_leases: str | None, meanwhile: Callable[[], None]) -> None:
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(todo) // config.min_urls_per_worker))
     split = min(workers, config.per_host_concurrency)
     if host_leases:  # the lease server keeps the host's limits exact however many loops share it
@@ -177,12 +181,13 @@ def _run(todo: list[tuple[int, UrlRecord]], config: CrawlConfig, state_dir: str,
         split = split if config.per_host_min_delay_s == 0 else 1
         plan = _WorkerPlan(math.ceil(config.concurrency / workers), config.per_host_concurrency // split, split)
     if workers == 1:
+        meanwhile()
         on_outcome = _progress_adapter(progress) if progress else None
         run_sync(crawl_items(todo, config, state_dir, robots_cache, plan, "w0", on_outcome))
         if on_outcome is not None:
             on_outcome(None)
         return
-    _run_workers(_assign(todo, workers, split), config, state_dir, robots_cache, plan, progress)
+    _run_workers(_assign(todo, workers, split), config, state_dir, robots_cache, plan, progress, meanwhile)
 
 
 def _progress_adapter(progress: ProgressCallback) -> Callable[[Outcome | None], None]:
@@ -292,12 +297,16 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload([__name__, "pandas"])  # pandas: see _run_workers
     return context
 
 
 def _run_workers(shares: list[list[tuple[int, UrlRecord]]], config: CrawlConfig, state_dir: str,
-                 robots_cache: RobotsCache, plan: _WorkerPlan, progress: ProgressCallback | None) -> None:
+                 robots_cache: RobotsCache, plan: _WorkerPlan, progress: ProgressCallback | None,
+                 meanwhile: Callable[[], None]) -> None:
+    # pyarrow imports pandas on its first array from Python objects (~0.5 s of CPU, in each worker's segment
+    # writer while its loop fetches); done here, forked workers inherit it.
+    pa.array([0])
     context = _worker_context()
     messages = context.Queue()
     processes = [
@@ -311,6 +320,7 @@ def _run_workers(shares: list[list[tuple[int, UrlRecord]]], config: CrawlConfig,
         process.start()
     finished: set[int] = set()
     try:
+        meanwhile()
         while len(finished) < len(processes):
             try:
                 message = messages.get(timeout=0.5)

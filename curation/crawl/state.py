@@ -98,7 +98,7 @@ def load_segments(state_dir: str) -> pa.Table:
     """All saved outcomes as one table (OUTCOME_SCHEMA), rows in no particular order. Local segments are
     memory-mapped, so image bytes are not copied until they are written out."""
     fs, path = filesystem(state_dir)
-    tables = [OUTCOME_SCHEMA.empty_table()]
+    tables = [pa.Table.from_batches([], schema=OUTCOME_SCHEMA)]  # Schema.empty_table() imports pandas: 0.5 s
     for segment in sorted(fs.glob(f"{path.rstrip('/')}/seg-*.arrow")):
         try:
             if isinstance(fs, LocalFileSystem):
