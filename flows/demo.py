@@ -174,12 +174,11 @@ def demo_clip_model_config(**overrides) -> ModelConfig:
 
 def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, steps: int, seed: int = 0,
                       lr: float = 5e-4, batch_size: int = 32, decay_over_budget: bool = True,
-                      warmup_epochs: float = 0.5, progress: bool = True, num_workers: int = 1) -> TrainConfig:
+                      warmup_epochs: float = 0.5, progress: bool = True, num_workers: int = 0) -> TrainConfig:
     """The demo's GA-DMS training (the defaults are what `gadms demo` runs; benchmarks/demo_training.py varies
     them). `decay_over_budget`: the cosine reaches 0 at step `steps` (else it decays over the 1,000 nominal
-    epochs, so within the budget the lr stays near its peak). `num_workers`: one DataLoader worker decodes and
-    augments the next batches on the second core (a quarter of the training process's time when done in it);
-    the batches are the same with any number (gadms_model.data.loading seeds augmentation per pair)."""
+    epochs, so within the budget the lr stays near its peak). `num_workers`: DataLoader workers (the batches are
+    the same with any number; the demo uses none: Ctrl-C killed a worker and the demo exited 1, not 130)."""
     return TrainConfig(
         output_dir=str(model_dir),
         data={"kind": "webperson", "path": str(output_root)},
