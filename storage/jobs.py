@@ -112,8 +112,7 @@ def run_unit(unit: Unit, process: Callable[[Unit], T], on_done: Callable[[Unit],
     except BaseException:
         _remove_outputs(unit)
         raise
-    if unit.state_dir is not None and not unit.keep_state:
-        _remove(unit.state_dir)
+    _remove_state(unit)
     return result
 
 
@@ -137,8 +136,7 @@ def run_units_overlapped(units: Iterable[tuple[Unit, X]], work: Callable[[Unit, 
             except BaseException:
                 _remove_outputs(unit)
                 raise
-            if unit.state_dir is not None and not unit.keep_state:
-                _remove(unit.state_dir)
+            _remove_state(unit)
 
     for unit, item in units:
         if unit.done():
@@ -158,6 +156,12 @@ def run_units_overlapped(units: Iterable[tuple[Unit, X]], work: Callable[[Unit, 
 def _remove_outputs(unit: Unit) -> None:
     for path in unit.outputs:
         _remove(path)
+
+
+def _remove_state(unit: Unit) -> None:
+    """A done unit's state folder, unless the unit keeps it."""
+    if unit.state_dir is not None and not unit.keep_state:
+        _remove(unit.state_dir)
 
 
 def pending(units: Iterable[Unit]) -> list[Unit]:

@@ -35,7 +35,7 @@ def tiny_demo_data(tmp_path_factory) -> tuple[Path, Path]:
     return root / "webperson", heldout
 
 
-def _train(data: tuple[Path, Path], out: Path, seed: int, steps: int = 6, num_workers: int = 1):
+def _train(data: tuple[Path, Path], out: Path, seed: int, steps: int = 6, num_workers: int = 0):
     shards, heldout = data
     return train(demo_train_config(shards, heldout, out, steps, seed=seed, batch_size=4, progress=False,
                                    num_workers=num_workers))
@@ -64,8 +64,8 @@ def test_same_shards_and_seed_give_identical_training(tiny_demo_data, tmp_path):
 
 
 def test_data_loader_workers_do_not_change_the_training(tiny_demo_data, tmp_path):
-    # The demo decodes in one worker process; in the training process itself (0 workers) every figure and weight
-    # is the same, since augmentation is seeded per pair and epoch.
+    # Decoded in one worker process or in the training process itself (the demo's 0 workers), every figure and
+    # weight is the same, since augmentation is seeded per pair and epoch.
     in_worker = _train(tiny_demo_data, tmp_path / "worker", seed=0, num_workers=1)
     in_process = _train(tiny_demo_data, tmp_path / "process", seed=0, num_workers=0)
     assert Path(in_worker.metrics_path).read_text() == Path(in_process.metrics_path).read_text()
