@@ -43,7 +43,9 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         pair = self.source[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63))
+            # The CPU generator only (the transforms draw from it; fork_rng restores only it): torch.manual_seed
+            # would also reseed every accelerator's generator, at 200 µs a call instead of 2 µs.
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63))
             image = self.transform(pair.image)
         return {"image": image, "caption": pair.caption, "pid": pair.pid, "caption_id": index}
 
