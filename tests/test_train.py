@@ -180,3 +180,28 @@ def test_the_train_command_warns_of_random_weights_and_only_then(synthetic_root,
     (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(tuned.model_dump(mode="json")))
     assert main(["train", "--config", str(tmp_path / "tuned.yaml")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_with_loader_workers_cleanly(synthetic_root, tmp_path):
+    """A terminal's Ctrl-C reaches the loader workers too; the main process, not a dead worker, ends the run."""
+    import signal
+    import time
+
+    config = config_for(synthetic_root, tmp_path / "run", epochs=1000, num_workers=2, batch_size=2)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--config", str(tmp_path / "train.yaml")],
+                               cwd=REPO, start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 20):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err[-3000:]
+    assert err.rstrip().endswith("gadms train: interrupted") and "Traceback" not in err, err[-3000:]
