@@ -155,7 +155,7 @@ class Fetcher:
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
-            headers={"User-Agent": self.config.user_agent},
+            headers={"User-Agent": self.config.user_agent, "Accept": IMAGE_ACCEPT},  # most requests are images
             cookie_jar=aiohttp.DummyCookieJar(),
             max_field_size=16384,
         )
@@ -250,7 +250,8 @@ class Fetcher:
         async with self.limiter.slot(host_key(url), self.in_flight):
             try:
                 async with self.session.get(
-                    url, allow_redirects=False, timeout=self.timeout, headers={"Accept": accept}
+                    url, allow_redirects=False, timeout=self.timeout,
+                    headers=None if accept == IMAGE_ACCEPT else {"Accept": accept}
                 ) as resp:
                     return await self._read(url, resp, max_bytes, check_opt_out, truncate)
             except FetchFailure:

@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -294,9 +293,14 @@ class HostLeaseClient:
             if not future.done():
                 future.set_exception(lost)
 
-    @asynccontextmanager
-    async def lease(self, host: str, delay_s: float) -> AsyncIterator[None]:
-        """Hold one of `host`'s slots of the run; `delay_s` (robots.txt's Crawl-delay) can raise its delay."""
+    def lease(self, host: str, delay_s: float) -> _Lease:
+        """`async with client.lease(host, delay_s):` holds one of `host`'s slots of the run; `delay_s` (robots.txt's
+        Crawl-delay) can raise its delay."""
+        return _Lease(self, host, delay_s)
+
+    async def acquire(self, host: str, delay_s: float) -> int:
+        """Wait for one of `host`'s slots of the run; returns the lease id to `release`. (HostLimiter calls this
+        pair directly: it runs once per request.)"""
         lines = await self._open()
         if self._reading.done():
             raise HostLeaseError(f"host lease server {self.address}: connection lost")
@@ -306,10 +310,15 @@ class HostLeaseClient:
         lines.send(f"A {lease_id} {quoted} {delay_s!r}\n".encode("ascii"))
         try:
             await granted
-            yield
-        finally:
-            del self._granted[lease_id]
-            lines.send(b"R %d\n" % lease_id)  # frees the slot, or withdraws an ask not granted
+        except BaseException:
+            self.release(lease_id)
+            raise
+        return lease_id
+
+    def release(self, lease_id: int) -> None:
+        """Frees the slot, or withdraws an ask not granted."""
+        del self._granted[lease_id]
+        self._lines.send(b"R %d\n" % lease_id)
 
     def pause(self, host: str, seconds: float) -> None:
         """Every worker of the run waits `seconds` before its next request to `host` (429/503 Retry-After)."""
@@ -335,3 +344,18 @@ if __name__ == "__main__":
     except OSError as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)
+
+
+class _Lease:
+    """The context manager HostLeaseClient.lease returns."""
+
+    __slots__ = ("client", "host", "delay_s", "lease_id")
+
+    def __init__(self, client: HostLeaseClient, host: str, delay_s: float):
+        self.client, self.host, self.delay_s = client, host, delay_s
+
+    async def __aenter__(self) -> None:
+        self.lease_id = await self.client.acquire(self.host, self.delay_s)
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.client.release(self.lease_id)
