@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 
 import numpy as np
 import pytest
@@ -272,5 +273,49 @@ def test_detection_leaves_torchs_thread_count_as_it_was(pose_detector):
         fresh = PersonDetector(pose_detector.config)  # a new predictor: its setup runs select_device
         fresh.detect([decode_image((ASSETS / "bus.jpg").read_bytes(), pose_detector.config.max_pixels)])
         assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_detections_in_overlapping_threads_leave_torchs_thread_count_as_it_was(pose_detector, monkeypatch):
+    """A build detects in chunk threads. torch keeps the thread count in a process-wide setting that a thread
+    reads when it first runs parallel work: after two detections that overlap in two threads, a new thread (as
+    the demo's main thread, which trains after the build) must still get the count from before."""
+    import threading
+
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    def count_in_a_new_thread() -> int:
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    wanted = NUM_THREADS + 1  # never the count ultralytics sets
+    image = decode_image((ASSETS / "bus.jpg").read_bytes(), pose_detector.config.max_pixels)
+    detectors = [PersonDetector(pose_detector.config) for _ in range(2)]
+    for order, detector in enumerate(detectors):
+        def overlapping_predict(images, order=order, **kwargs):
+            torch.set_num_threads(NUM_THREADS)  # what ultralytics' select_device does
+            time.sleep(0.2 + 0.3 * order)  # the second starts while the first runs, and ends after it
+            return []
+        monkeypatch.setattr(detector.backend.model, "predict", overlapping_predict)
+
+    def detect(detector, delay):
+        time.sleep(delay)
+        detector.detect([image])
+
+    torch.set_num_threads(wanted)
+    try:
+        assert count_in_a_new_thread() == wanted
+        threads = [threading.Thread(target=detect, args=(d, 0.1 * i)) for i, d in enumerate(detectors)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert count_in_a_new_thread() == wanted
     finally:
         torch.set_num_threads(before)

@@ -5,7 +5,10 @@
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -13,6 +16,43 @@ from curation.detect.config import DetectConfig
 from curation.detect.weights import check_yolo_weights
 from storage.devices import existing_device
 from storage.errors import GadmsError
+
+
+class InferenceThreads:
+    """torch's thread count while detection runs, and the count from before put back when the last one ends.
+
+    ultralytics' select_device (run when a predictor is set up) sets torch's thread count to its NUM_THREADS
+    (cpu_count - 1). Inference runs with that count, which leaves a core to the stages running beside it in a
+    build (with 2 threads on 2 cores the demo's detection took 358 s, not 266 s). torch keeps the count in a
+    process-wide setting that each thread reads when it first runs parallel work, and a build detects in chunk
+    threads, so a per-call save and restore let one call save the count another had lowered and put that back
+    last: the demo's main thread then trained on one core of two. One object per process keeps the count."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active = 0
+        self._outside = 0
+
+    @contextmanager
+    def held(self, count: int) -> Iterator[None]:
+        import torch
+
+        with self._lock:
+            if self._active == 0:
+                self._outside = torch.get_num_threads()
+            self._active += 1
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    torch.set_num_threads(self._outside)
+
+
+# One per process, as torch's setting is.
+INFERENCE_THREADS = InferenceThreads()
 
 
 @dataclass
@@ -47,24 +87,14 @@ class YoloBackend:
         # ultralytics reads numpy arrays as BGR (OpenCV order). rect=False: every image is letterboxed to the
         # same square whatever its batch mates, so its boxes (and sample id) do not depend on which images share
         # its batch; ultralytics pads to the square anyway whenever a batch mixes shapes, as web batches do.
-        import torch
         from ultralytics.utils import NUM_THREADS
 
         bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
-        # ultralytics' select_device (run when a predictor is set up) sets torch's process-wide thread count to its
-        # NUM_THREADS (cpu_count - 1), and leaves it so for all torch work that follows in the process (the demo's
-        # training ran with one thread of two). Inference runs with that count, which leaves a core to the stages
-        # running beside it in a build (with 2 threads on 2 cores the demo's detection took 358 s, not 266 s), and
-        # the caller's count is put back after it.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(NUM_THREADS)
-        try:
+        with INFERENCE_THREADS.held(NUM_THREADS):
             return model.predict(
                 bgr, imgsz=self.config.imgsz, conf=self.config.candidate_conf, iou=self.config.iou,
                 classes=[self.config.person_class], device=self.device, verbose=False, rect=False,
             )
-        finally:
-            torch.set_num_threads(threads)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Candidate]]:
         if not images:
