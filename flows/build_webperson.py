@@ -10,6 +10,7 @@ artifacts.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections import Counter
@@ -73,18 +74,33 @@ class ChunkReport:
     seconds: dict[str, float] = field(default_factory=dict)  # stage → wall seconds
 
 
-@lru_cache(maxsize=2)
+# lru_cache alone is not enough: two chunk threads missing the cache at once would each build one (two detectors
+# taking turns on separate locks, twice the memory).
+_PER_PROCESS_LOCK = threading.Lock()
+
+
 def _detector(detect_config_json: str) -> PersonDetector:
     """One loaded detector per worker process and detect config (loading YOLO weights costs ~1 s), shared by the
     task runner's threads: PersonDetector is thread-safe."""
+    with _PER_PROCESS_LOCK:
+        return _load_detector(detect_config_json)
+
+
+@lru_cache(maxsize=2)
+def _load_detector(detect_config_json: str) -> PersonDetector:
     from curation.detect import DetectConfig
 
     return PersonDetector(DetectConfig.model_validate_json(detect_config_json))
 
 
-@lru_cache(maxsize=4)
 def _dedup_index(directory: str, radius: int) -> DedupIndex:
     """One index per worker process: it then loads only the rows other workers added since its last look."""
+    with _PER_PROCESS_LOCK:
+        return _open_dedup_index(directory, radius)
+
+
+@lru_cache(maxsize=4)
+def _open_dedup_index(directory: str, radius: int) -> DedupIndex:
     return DedupIndex.open(directory, radius=radius)
 
 

@@ -275,3 +275,25 @@ def test_ctrl_c_ends_a_build_within_seconds_and_the_rerun_resumes(site, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert (summary["chunks"], summary["chunks_skipped"], summary["downloaded"]) == (2, 1, 1)
+
+
+def test_chunk_threads_starting_together_share_one_detector():
+    """The task runner's first chunks start at once; each must get the process's one detector, not its own."""
+    import threading
+
+    from curation.detect import DetectConfig
+    from flows.build_webperson import _detector
+
+    config_json = DetectConfig(weights="yolo11n-pose.yaml", imgsz=128, device="cpu").model_dump_json()
+    start, got = threading.Barrier(4), []
+
+    def get() -> None:
+        start.wait()
+        got.append(_detector(config_json))
+
+    threads = [threading.Thread(target=get) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 4 and len({id(detector) for detector in got}) == 1
