@@ -179,7 +179,7 @@ def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, 
     """The demo's GA-DMS training (the defaults are what `gadms demo` runs; benchmarks/demo_training.py varies
     them). `decay_over_budget`: the cosine reaches 0 at step `steps` (else it decays over the 1,000 nominal
     epochs, so within the budget the lr stays near its peak). `num_workers`: DataLoader workers (the batches are
-    the same with any number; the demo uses none: Ctrl-C killed a worker and the demo exited 1, not 130)."""
+    the same with any number; the demo uses none: on 2 cores one worker made 176 steps take 104 s, not 93 s)."""
     return TrainConfig(
         output_dir=str(model_dir),
         data={"kind": "webperson", "path": str(output_root)},

@@ -336,16 +336,6 @@ class HostLeaseClient:
             await self._reading
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the build's to handle; stdin ends us
-    concurrency, delay, bind, listen_port = sys.argv[1:5]
-    try:
-        asyncio.run(serve(int(concurrency), float(delay), bind, int(listen_port), os.environ.pop(SECRET_ENV)))
-    except OSError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
-
-
 class _Lease:
     """The context manager HostLeaseClient.lease returns."""
 
@@ -359,3 +349,13 @@ class _Lease:
 
     async def __aexit__(self, *exc_info) -> None:
         self.client.release(self.lease_id)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the build's to handle; stdin ends us
+    concurrency, delay, bind, listen_port = sys.argv[1:5]
+    try:
+        asyncio.run(serve(int(concurrency), float(delay), bind, int(listen_port), os.environ.pop(SECRET_ENV)))
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)

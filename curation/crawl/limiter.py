@@ -55,8 +55,8 @@ class HostLimiter:
 
 
 class _HostSlot:
-    """The context manager `HostLimiter.slot` returns: a class, not an @asynccontextmanager generator, because
-    it is entered once per request and the generator machinery cost ~4 % of a crawl worker's CPU."""
+    """The context manager `HostLimiter.slot` returns: a class, not an @asynccontextmanager generator, as it is
+    entered once per request (5.9 µs a slot instead of 11.8 µs, of ~700 µs of worker CPU per image)."""
 
     __slots__ = ("state", "host", "in_flight", "shared", "lease_id")
 
