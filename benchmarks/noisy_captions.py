@@ -224,20 +224,23 @@ def train_token_labels(data_root: Path, context_length: int) -> list[list[bool |
     of each context position (None at SOT, EOT and padding); [] for a caption whose words do not split into
     tokens one by one."""
     dataset_dir = data_root / "RSTPReid"
-    noise_words = json.loads((dataset_dir / "noise_words.json").read_text())
+    names = [Path(sample.image_path).relative_to(dataset_dir / "imgs").as_posix()
+             for sample in load_benchmark("rstpreid", data_root).train]
+    return token_labels(dataset_dir, names, context_length)
+
+
+def token_labels(labels_dir: Path, names: list[str], context_length: int) -> list[list[bool | None]]:
+    """train_token_labels of the captions `names` of `labels_dir`/noise_words.json, in that order."""
+    noise_words = json.loads((labels_dir / "noise_words.json").read_text())
     tokenizer = Tokenizer(context_length)
-    labels = []
-    for sample in load_benchmark("rstpreid", data_root).train:
-        entry = noise_words[Path(sample.image_path).relative_to(dataset_dir / "imgs").as_posix()]
-        labels.append([label if label is None else label[1]
-                       for label in token_words(tokenizer, entry["caption"], entry["noise"])])
-    return labels
+    return [[label if label is None else label[1]
+             for label in token_words(tokenizer, noise_words[name]["caption"], noise_words[name]["noise"])]
+            for name in names]
 
 
-def write_oracle_scores(data_root: Path, out: Path, context_length: int) -> dict:
+def write_oracle_scores(labels: list[list[bool | None]], out: Path, context_length: int) -> dict:
     """Token scores that know the truth: 1 for words of the real description, 0 for injected noise, one row per
-    training pair in the trainer's order (the benchmark's train samples)."""
-    labels = train_token_labels(data_root, context_length)
+    training pair (`labels`: train_token_labels, in the trainer's order)."""
     scores = torch.zeros(len(labels), context_length)
     unaligned = 0
     for row, flags in enumerate(labels):
@@ -332,7 +335,7 @@ def main() -> None:
                                   size=(width, height), query_captions=args.query_captions)
     oracle_path = work / "oracle-token-scores.pt"
     context_length = ModelConfig(**json.loads(args.model)).context_length if args.model else 77
-    oracle = write_oracle_scores(data_root, oracle_path, context_length)
+    oracle = write_oracle_scores(train_token_labels(data_root, context_length), oracle_path, context_length)
     benchmark = load_benchmark("rstpreid", data_root)
     result: dict = {
         "setting": {

@@ -1,17 +1,20 @@
 """benchmarks/gadms_effect.py's new logic: simulated-VLM train captions with their hallucination log, oracle token
 scores derived from it, the cost-of-noise gap and the share of it an arm closes, and the pooled AUROC."""
+import hashlib
 import json
 import math
 
 import pytest
 import torch
 
-from benchmarks.gadms_effect import gap_closed, noise_gap
-from benchmarks.noisy_captions import pooled_auroc, write_oracle_scores
+from benchmarks.gadms_effect import TrainingData, gap_closed, noise_gap, write_pair_labels
+from benchmarks.noisy_captions import pooled_auroc, train_token_labels, write_oracle_scores
 from curation.caption.prompts import load_templates
 from curation.synthweb.benchmark import write_synthetic_benchmark
 from curation.synthweb.vlm import hallucinated_word_flags
+from gadms_model.data.sources import webperson_source
 from storage.errors import GadmsError
+from tests.storage_fixtures import build_root, crop
 
 TEMPLATES = [t.text for t in load_templates("prompts/templates.jsonl")]
 
@@ -50,7 +53,7 @@ def test_oracle_scores_zero_exactly_the_tokens_of_hallucinated_words(tmp_path):
     assert [i for i, (a, b) in enumerate(zip(truth["caption"].split(), first["caption"].split())) if a != b] == [1, 8, 11]
     assert (clean / "hallucination_log.jsonl").read_text() == ""
 
-    write_oracle_scores(noisy.parent, tmp_path / "oracle.pt", 77)
+    write_oracle_scores(train_token_labels(noisy.parent, 77), tmp_path / "oracle.pt", 77)
     row = torch.load(tmp_path / "oracle.pt", weights_only=True)["scores"][0]
     # SOT at 0; 17 words in 18 tokens ("backpack." is two); EOT at 19: only positions 2, 9, 12 are hallucinated.
     expected = torch.zeros(77)
@@ -146,8 +149,8 @@ def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run(tmp_path):
                         "model": demo_clip_model_config(mode="gadms").model_dump(mode="json"), "epochs": 3,
                         "batch_size": 2, "num_workers": 0, "seed": 0, "device": "cpu", "progress": False,
                         "keep_checkpoints": 4})
-    job = {"output_dir": str(tmp_path / "run"), "data_root": str(tmp_path / "data"), "context_length": 77,
-           "device": "cpu", "score_store": True}
+    job = {"output_dir": str(tmp_path / "run"), "labels_dir": str(tmp_path / "data" / "RSTPReid"),
+           "token_labels": train_token_labels(tmp_path / "data", 77), "device": "cpu", "score_store": True}
     trace = gass_trace(job)
     # 2 train pairs in batches of 2: one step per epoch, a checkpoint at each epoch's end.
     assert [point["step"] for point in trace] == [1, 2, 3]
@@ -158,3 +161,38 @@ def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run(tmp_path):
     for path in (tmp_path / "run" / "checkpoints").iterdir():
         path.unlink()
     assert gass_trace(job) == trace
+
+
+def _log_line(image: bytes, caption: str, word: str, index: int) -> str:
+    return json.dumps({"image_sha256": hashlib.sha256(image).hexdigest(), "caption": caption, "slot": "colour",
+                       "word": word, "truth": "blue", "word_index": index}) + "\n"
+
+
+def test_pipeline_pair_labels_follow_the_trainers_pair_order_and_the_vlm_log(tmp_path):
+    root = tmp_path / "webperson"
+    build_root(root)
+    c0, c1 = crop(0), crop(1)  # 32 x 64 crops: below image_max_side, so sent as stored
+    red = "A woman in a red coat and black boots."
+    log = tmp_path / "hallucination_log.jsonl"
+    log.write_text(_log_line(c0.image, red, "red", 4) + _log_line(c0.image, red, "red", 4)  # resent: one word
+                   + _log_line(c1.image, red, "red", 4))  # another image's caption of the same words: not c0's
+    labels = write_pair_labels(root, log, tmp_path / "labels", image_max_side=384)
+    assert labels == {"pairs": 6, "logged_captions": 2, "logged_captions_in_shards": 1}
+
+    noise_words = json.loads((tmp_path / "labels" / "noise_words.json").read_text())
+    assert list(noise_words) == [f"{n:07d}.jpg" for n in range(6)]
+    source = webperson_source(str(root))
+    assert [source[pair].caption for pair in range(source.num_pairs)] == [v["caption"] for v in noise_words.values()]
+    assert noise_words["0000000.jpg"]["noise"] == [False] * 4 + [True] + [False] * 4
+    assert noise_words["0000000.jpg"]["sample_id"] == c0.sample_id
+    assert noise_words["0000003.jpg"]["caption"] == "A man wears a blue shirt."  # caption2 "" repeats caption1
+    assert not any(any(v["noise"]) for name, v in noise_words.items() if name != "0000000.jpg")
+    assert (tmp_path / "labels" / "imgs" / "0000002.jpg").read_bytes() == c1.image
+    data = TrainingData({"kind": "webperson", "path": str(root)}, tmp_path, tmp_path / "labels")
+    first = data.token_labels(77)[0]
+    # SOT, 8 words in one token each, "boots." in two, EOT: only "red" (position 5) is hallucinated.
+    assert first[:13] == [None, False, False, False, False, True, False, False, False, False, False, None, None]
+
+    log.write_text(_log_line(c0.image, red, "blue", 4))
+    with pytest.raises(GadmsError, match=rf"^{log}: sample {c0.sample_id}: hallucinated word 'blue' at index 4"):
+        write_pair_labels(root, log, tmp_path / "labels-2", image_max_side=384)
