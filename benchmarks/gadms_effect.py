@@ -7,9 +7,14 @@ and from each other. Each train image has one caption from the simulated VLM's o
 (curation.synthweb.vlm.fill_caption) with a template of prompts/templates.jsonl assigned as the caption stage
 assigns them, at hallucination rate 0 (`sdm-clean`) or r (the noisy set): the same images, templates and random
 stream, so the two differ only in the hallucinated words, which the VLM's log names (noise_words.json flags,
-hallucination_log.jsonl). The training set is written directly by the synthetic benchmark writer, not crawled:
-the captions are exactly the simulated VLM's, without the crawl, detection and HTTP in between. Val and test
-queries are each image's own true description (several per identity).
+hallucination_log.jsonl). With --data synthetic (the default) the training set is written directly by the
+synthetic benchmark writer: the captions are exactly the simulated VLM's, without the crawl, detection and HTTP in
+between. With --data pipeline it is what the build-webperson flow makes of a served synthetic web of --web-images
+scenes (the demo's build: crawl, detection and pose rules, dedup, the MLLM filter and two template captions per
+crop from the simulated VLM over the OpenAI protocol), built once per rate; training reads the shards, and each
+pair's hallucinated words come from that build's VLM log (write_pair_labels). The two builds keep the same crops
+but for timing faults and the caption quality check (`samples_in_both_builds`). Val and test queries are each
+image's own true description (several per identity), of identities no build or training set contains.
 
 Every run starts from the demo CLIP (flows.demo.demo_clip_model_config: the shipped
 curation/synthweb/weights/synthweb-clip-demo, which knows gender and colours only) with the same seeds, lr,
@@ -32,6 +37,7 @@ start and from every trained run; for `sdm` and `gadms` also at every epoch's ch
 and for `gadms` from its score store there too: the scores its masks were drawn from.
 
     nice -n 10 .venv/bin/python benchmarks/gadms_effect.py --work-dir runs/gadms_effect --jobs 2
+        [--data pipeline --web-images 1000]
         [--rates 0.5 1.0] [--seeds 0 1 2] [--epochs 8] [--model JSON --image-size 384 128 --device cuda]
 
 Finished runs in --work-dir are reused, not retrained (delete the folder after changing data options).
