@@ -45,6 +45,7 @@ Finished runs in --work-dir are reused, not retrained (delete the folder after c
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -77,8 +78,8 @@ from flows.demo import demo_build_config, demo_clip_model_config, demo_site_serv
 from flows.demo_clip import TINY_MODEL_ADAM_EPS  # noqa: E402
 from gadms_model import checkpoint as ckpt  # noqa: E402
 from gadms_model.data import load_benchmark  # noqa: E402
-from gadms_model.evaluation import evaluate  # noqa: E402
 from gadms_model.data.sources import webperson_shard_files  # noqa: E402
+from gadms_model.evaluation import evaluate  # noqa: E402
 from gadms_model.model import ModelConfig, build_model  # noqa: E402
 from storage.public import image_bytes  # noqa: E402
 
@@ -94,7 +95,7 @@ TRACE_KEYS = ("within_caption_auroc_description_over_noise", "pooled_auroc_descr
               "mean_gass_description_tokens")
 METRICS = ("R1", "R5", "R10", "mAP")
 # --data pipeline serves its synthetic web here when the port is free (else on a free one): the build's shard ids
-# digest the URL list's rows, so on this port the rate-0 and rate-r builds train on their crops in one order.
+# digest the URL list's rows, so on this port the rate-0 and rate-r builds get the same shard ids.
 PIPELINE_SITE_PORT = 18322
 
 
@@ -107,12 +108,15 @@ class TrainingData:
     benchmark_root: Path  # RSTPReid-format val and test splits
     labels_dir: Path  # noise_words.json (each training pair's caption and hallucinated-word flags) and imgs/
 
+    def noise_words(self) -> dict[str, dict]:
+        """{image name: {caption, noise}}, one entry per training pair."""
+        return json.loads((self.labels_dir / "noise_words.json").read_text())
+
     def token_labels(self, context_length: int) -> list[list[bool | None]]:
         """train_token_labels of every training pair, in the trainer's order."""
         if self.train["kind"] == "benchmark":
             return train_token_labels(Path(self.train["path"]), context_length)
-        names = list(json.loads((self.labels_dir / "noise_words.json").read_text()))  # written in pair order
-        return token_labels(self.labels_dir, names, context_length)
+        return token_labels(self.labels_dir, list(self.noise_words()), context_length)  # written in pair order
 
 
 def write_pair_labels(output_root: Path, log_path: Path, labels_dir: Path, image_max_side: int) -> dict:
@@ -138,7 +142,8 @@ def write_pair_labels(output_root: Path, log_path: Path, labels_dir: Path, image
             for caption in (first, second or first):  # ShardSource repeats caption1 for a one-caption sample
                 name = f"{len(noise_words):07d}.jpg"
                 words = logged.get((sent, caption), {})
-                matched.update([(sent, caption)] if words else [])
+                if words:
+                    matched.add((sent, caption))
                 flags = hallucinated_word_flags(caption, list(words.values()), f"{log_path}: sample {sample_id}")
                 (labels_dir / "imgs" / name).write_bytes(image)
                 noise_words[name] = {"caption": caption, "noise": flags, "sample_id": sample_id}
@@ -216,15 +221,15 @@ def run_spec(args, work: Path, data: TrainingData, arm: str, rate: float, seed: 
 
 def gass_trace(job: dict) -> list[dict]:
     """GASS quality at each kept step checkpoint of a finished run (one per epoch), on its noisy train captions:
-    the model's own GASS (as gass_by_token_kind reads it) and, for GA-DMS, its score store. Cached beside the
-    run (gass_trace.json)."""
+    the model's own GASS (as gass_by_token_kind reads it) and, for GA-DMS (given its `token_labels`), its score
+    store. Cached beside the run (gass_trace.json)."""
     output_dir, dataset_dir = Path(job["output_dir"]), Path(job["labels_dir"])
     stored = output_dir / "gass_trace.json"
     if stored.exists():
         return json.loads(stored.read_text())
     torch.set_num_threads(1)  # traces run beside each other in the pool
     device = torch.device(job["device"])
-    labels = job["token_labels"] if job["score_store"] else None
+    labels = job["token_labels"]  # None: the run has no score store to read
     trace = []
     for path in ckpt.step_checkpoints(output_dir / "checkpoints"):
         payload = ckpt.load(path)
@@ -339,6 +344,7 @@ def main() -> None:
             (root / "rendered.json").write_text(json.dumps({"images": args.web_images, "seed": args.data_seed}))
         return root / "web"
 
+    @functools.cache  # built or written once; later calls (oracle, traces, summary) reuse it
     def data(rate: float) -> TrainingData:
         if args.data == "pipeline":
             return build_pipeline_data(work / f"web-r{rate:g}", site_root(), rate, heldout_root())
@@ -357,7 +363,7 @@ def main() -> None:
 
     clean = data(0.0)
     benchmark = load_benchmark("rstpreid", clean.benchmark_root)
-    train_pairs = len(json.loads((clean.labels_dir / "noise_words.json").read_text()))
+    train_pairs = len(clean.noise_words())
     if args.data == "pipeline":
         described = (f"the build-webperson flow (crawl, detection, dedup, filter, two captions per crop from the "
                      f"simulated VLM over the OpenAI protocol) over a served synthetic web of {args.web_images} "
@@ -405,9 +411,10 @@ def main() -> None:
                 runs.setdefault((arm, 0.0 if arm == "sdm-clean" else rate), []).append({"seed": seed, **run})
 
         def trace_arms(rate: float) -> dict:
-            labels_dir, labels = data(rate).labels_dir, data(rate).token_labels(context_length)
-            jobs = [(arm, {"output_dir": str(Path(run["checkpoint"]).parent), "labels_dir": str(labels_dir),
-                           "token_labels": labels, "device": str(device), "score_store": arm == "gadms"})
+            noisy = data(rate)
+            labels = noisy.token_labels(context_length)
+            jobs = [(arm, {"output_dir": str(Path(run["checkpoint"]).parent), "labels_dir": str(noisy.labels_dir),
+                           "token_labels": labels if arm == "gadms" else None, "device": str(device)})
                     for arm in TRACED_ARMS if arm in args.arms
                     for run in sorted(runs[(arm, rate)], key=lambda r: r["seed"])]
             traces: dict[str, list[list[dict]]] = {}
@@ -441,7 +448,7 @@ def main() -> None:
 
     noisy = data(chosen)
     _, oracle_info = oracle_scores(chosen)
-    flags = json.loads((noisy.labels_dir / "noise_words.json").read_text())
+    flags = noisy.noise_words()
     result["setting"]["noisy_captions"] = {
         "captions": len(flags),
         "captions_with_a_hallucination": sum(any(v["noise"]) for v in flags.values()),
@@ -452,8 +459,8 @@ def main() -> None:
     if args.data == "pipeline":
         # The two builds crawl, detect and filter alike but for timing faults (a slow URL times out in one) and
         # the caption quality check (a caption too short at rate 0 may pass with a hallucinated word, or not).
-        samples = {rate: {entry["sample_id"] for entry in json.loads(
-            (data(rate).labels_dir / "noise_words.json").read_text()).values()} for rate in (0.0, chosen)}
+        samples = {rate: {entry["sample_id"] for entry in data(rate).noise_words().values()}
+                   for rate in (0.0, chosen)}
         result["setting"]["builds"] = {
             f"r={rate:g}": {**json.loads((work / f"web-r{rate:g}" / "built.json").read_text())["labels"],
                             "samples": len(samples[rate]), "samples_in_both_builds": len(samples[0.0] & samples[chosen])}

@@ -150,7 +150,7 @@ def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run(tmp_path):
                         "batch_size": 2, "num_workers": 0, "seed": 0, "device": "cpu", "progress": False,
                         "keep_checkpoints": 4})
     job = {"output_dir": str(tmp_path / "run"), "labels_dir": str(tmp_path / "data" / "RSTPReid"),
-           "token_labels": train_token_labels(tmp_path / "data", 77), "device": "cpu", "score_store": True}
+           "token_labels": train_token_labels(tmp_path / "data", 77), "device": "cpu"}
     trace = gass_trace(job)
     # 2 train pairs in batches of 2: one step per epoch, a checkpoint at each epoch's end.
     assert [point["step"] for point in trace] == [1, 2, 3]
