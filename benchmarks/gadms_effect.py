@@ -16,7 +16,7 @@ pair's hallucinated words come from that build's VLM log (write_pair_labels). Th
 but for timing faults and the caption quality check (`samples_in_both_builds`). Val and test queries are each
 image's own true description (several per identity), of identities no build or training set contains.
 
-Every run starts from the demo CLIP (flows.demo.demo_clip_model_config: the shipped
+Every run starts from the demo CLIP (flows.demo_clip.demo_clip_model_config: the shipped
 curation/synthweb/weights/synthweb-clip-demo, which knows gender and colours only) with the same seeds, lr,
 batch and epochs. Arms:
 
@@ -73,9 +73,7 @@ from curation.synthweb import render_site, write_url_list  # noqa: E402
 from curation.synthweb.benchmark import write_synthetic_benchmark  # noqa: E402
 from curation.synthweb.vlm import (SimulatedVlm, SimulatedVlmServer, hallucinated_word_flags,  # noqa: E402
                                    read_hallucination_log)
-from flows.build_webperson import build_webperson  # noqa: E402
-from flows.demo import demo_build_config, demo_clip_model_config, demo_site_server  # noqa: E402
-from flows.demo_clip import TINY_MODEL_ADAM_EPS  # noqa: E402
+from flows.demo_clip import TINY_MODEL_ADAM_EPS, demo_clip_model_config  # noqa: E402
 from gadms_model import checkpoint as ckpt  # noqa: E402
 from gadms_model.data import load_benchmark  # noqa: E402
 from gadms_model.data.sources import webperson_shard_files  # noqa: E402
@@ -160,6 +158,10 @@ def build_pipeline_data(folder: Path, site_root: Path, rate: float, heldout: Pat
     done = folder / "built.json"
     if done.exists():
         return data
+    # Imported here: --data synthetic runs where Prefect is not installed (a GPU host with the model's packages only).
+    from flows.build_webperson import build_webperson
+    from flows.demo import demo_build_config, demo_site_server
+
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -215,8 +217,22 @@ def run_spec(args, work: Path, data: TrainingData, arm: str, rate: float, seed: 
         "seed": seed, "device": args.device, "progress": False,
         "optim": {"lr": args.lr, "eps": args.eps, "warmup_epochs": 0.5},
         "augment": True,
-        "keep_checkpoints": args.epochs + 1,  # every epoch's state, so GASS can be read during training
+        # A traced arm keeps every epoch's state until its GASS has been read at each (train_run)
+        **({"keep_checkpoints": args.epochs + 1} if arm in TRACED_ARMS else {}),
     }
+
+
+def train_run(job: dict) -> dict:
+    """Train one run (noisy_captions.run_training, which reuses a finished one). A traced run (`job["trace"]`:
+    gass_trace's job) then has its GASS read at every epoch's state. The states are deleted once the run is done
+    (best.pt and final.pt stay): only a resumed run or the trace needs them, and for CLIP ViT-B/16 each is ~1.8 GB
+    (the weights and Adam's two moments), 18 runs x 4 epochs more than a GPU host's disk."""
+    run = run_training(job["spec"])
+    if job["trace"] is not None:
+        run["trace"] = gass_trace(job["trace"])
+    for path in ckpt.step_checkpoints(Path(job["spec"]["output_dir"]) / "checkpoints"):
+        path.unlink()
+    return run
 
 
 def gass_trace(job: dict) -> list[dict]:
@@ -404,23 +420,21 @@ def main() -> None:
         def train_arms(arms: list[str], rate: float) -> None:
             noisy = data(rate)
             oracle, _ = oracle_scores(rate)
+            labels = noisy.token_labels(context_length) if "gadms" in arms else None
             todo = [(arm, seed) for arm in arms for seed in args.seeds]
-            specs = [run_spec(args, work, clean if arm == "sdm-clean" else noisy, arm,
-                              0.0 if arm == "sdm-clean" else rate, seed, oracle) for arm, seed in todo]
-            for (arm, seed), run in zip(todo, pool.map(run_training, specs)):
+            jobs = []
+            for arm, seed in todo:
+                spec = run_spec(args, work, clean if arm == "sdm-clean" else noisy, arm,
+                                0.0 if arm == "sdm-clean" else rate, seed, oracle)
+                trace = {"output_dir": spec["output_dir"], "labels_dir": str(noisy.labels_dir),
+                         "token_labels": labels if arm == "gadms" else None, "device": str(device)}
+                jobs.append({"spec": spec, "trace": trace if arm in TRACED_ARMS else None})
+            for (arm, seed), run in zip(todo, pool.map(train_run, jobs)):
                 runs.setdefault((arm, 0.0 if arm == "sdm-clean" else rate), []).append({"seed": seed, **run})
 
         def trace_arms(rate: float) -> dict:
-            noisy = data(rate)
-            labels = noisy.token_labels(context_length)
-            jobs = [(arm, {"output_dir": str(Path(run["checkpoint"]).parent), "labels_dir": str(noisy.labels_dir),
-                           "token_labels": labels if arm == "gadms" else None, "device": str(device)})
-                    for arm in TRACED_ARMS if arm in args.arms
-                    for run in sorted(runs[(arm, rate)], key=lambda r: r["seed"])]
-            traces: dict[str, list[list[dict]]] = {}
-            for (arm, _), trace in zip(jobs, pool.map(gass_trace, [job for _, job in jobs])):
-                traces.setdefault(arm, []).append(trace)
-            return {arm: trace_summary(arm_traces) for arm, arm_traces in traces.items()}
+            return {arm: trace_summary([run["trace"] for run in sorted(runs[(arm, rate)], key=lambda r: r["seed"])])
+                    for arm in TRACED_ARMS if arm in args.arms}
 
         result["rate_selection_val_R1"] = {}
         chosen = None

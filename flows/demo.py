@@ -29,12 +29,11 @@ from curation.synthweb.quality import curation_quality, format_quality_table, id
 from curation.synthweb.site import read_ground_truth
 from curation.synthweb.vlm import SIMULATED_MODEL_NAME, SimulatedVlm, SimulatedVlmServer
 from flows.build_webperson import build_webperson
-from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_IMAGE_SIZE, TINY_MODEL_ADAM_EPS
+from flows.demo_clip import DEMO_CLIP_WEIGHTS, TINY_MODEL_ADAM_EPS, demo_clip_model_config
 from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.checkpoint import step_checkpoints
 from gadms_model.evaluation import evaluate, evaluate_model, format_table
-from gadms_model.export.open_clip_dir import WEIGHTS_FILE
-from gadms_model.model import ModelConfig, build_model
+from gadms_model.model import build_model
 from gadms_model.retrieval import search
 from gadms_model.training import TrainConfig, train
 from storage.catalog import connect
@@ -57,7 +56,6 @@ HELD_OUT_TEST_FIRST_IDENTITY = HELD_OUT_FIRST_IDENTITY + 20
 # 100 val identities (one query each): model selection on 20 moved in steps of 5 R@1 points and chose noise.
 HELD_OUT_VAL_IDENTITIES = 100
 HELD_OUT_IMAGES_PER_IDENTITY = 3
-DEMO_CLIP_WEIGHTS = DEMO_CLIP_DIR / WEIGHTS_FILE
 # The site is served on this port when it is free: the URL list's rows hold it, the build's shard ids digest the
 # list's rows, and training reads the shards in shard-id order. On a random port every run gets new shard ids, so
 # the same crops reach training in another order, as if under another seed.
@@ -164,13 +162,6 @@ def demo_build_config(urls: Path, output_root: Path, vlm_base_url: str,
         "runner": {"kind": "local", "max_workers": 2},
         "benchmark_guard": guard,
     }
-
-
-def demo_clip_model_config(**overrides) -> ModelConfig:
-    """GA-DMS (the paper's mode) on the demo CLIP's towers."""
-    values = dict(clip_model="gadms-tiny", pretrained=str(DEMO_CLIP_WEIGHTS), image_size=DEMO_CLIP_IMAGE_SIZE,
-                  gass_layers=2, mtp_layers=1)
-    return ModelConfig(**(values | overrides))
 
 
 def demo_train_config(output_root: Path, benchmark_root: Path, model_dir: Path, steps: int, seed: int = 0,

@@ -21,16 +21,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.synthweb.detector import DEMO_WEIGHTS as DEMO_DETECTOR_WEIGHTS
 from curation.synthweb.benchmark import write_synthetic_benchmark
-from gadms_model.export.open_clip_dir import export_open_clip
+from gadms_model.export.open_clip_dir import WEIGHTS_FILE, export_open_clip
+from gadms_model.model import ModelConfig
 from gadms_model.training import TrainConfig, train
 from storage.fs import make_folder
 
 DEMO_CLIP_DIR = DEMO_DETECTOR_WEIGHTS.parent / "synthweb-clip-demo"
+DEMO_CLIP_WEIGHTS = DEMO_CLIP_DIR / WEIGHTS_FILE
 DEMO_CLIP_FIRST_IDENTITY = 2_000_000
 DEMO_CLIP_IMAGE_SIZE = (128, 64)  # height, width: the demo's GA-DMS image size
 # Adam's eps for the demo CLIP and the GA-DMS trained from it, as CLIP's: the fine-tuning recipe's 1e-3 swamps a
 # tiny model's gradients.
 TINY_MODEL_ADAM_EPS = 1e-6
+
+
+def demo_clip_model_config(**overrides) -> ModelConfig:
+    """GA-DMS (the paper's mode) on the demo CLIP's towers."""
+    values = dict(clip_model="gadms-tiny", pretrained=str(DEMO_CLIP_WEIGHTS), image_size=DEMO_CLIP_IMAGE_SIZE,
+                  gass_layers=2, mtp_layers=1)
+    return ModelConfig(**(values | overrides))
 
 
 class DemoClipConfig(BaseModel):
@@ -48,14 +57,27 @@ class DemoClipConfig(BaseModel):
     temperature: float = Field(0.05, gt=0, le=1, description="CLIP's initial temperature is 0.07")
     num_workers: int = Field(1, ge=0, le=64)
     seed: int = 0
+    # The demo CLIP is gadms-tiny at the demo's image size; another open_clip ViT (ViT-B-16 at 384 x 128, on a GPU)
+    # gives the paper's backbone an aligned start that knows as little (benchmarks/gadms_effect.py --model).
+    clip_model: str = Field("gadms-tiny", min_length=1, description="open_clip model config")
+    image_size: tuple[int, int] = Field(DEMO_CLIP_IMAGE_SIZE, description="height, width")
+
+    @property
+    def export_name(self) -> str:
+        """The shipped folder's name for the demo CLIP itself, else one that names the backbone and size."""
+        if (self.clip_model, self.image_size) == ("gadms-tiny", DEMO_CLIP_IMAGE_SIZE):
+            return DEMO_CLIP_DIR.name
+        return f"synthweb-clip-{self.clip_model}-{self.image_size[0]}x{self.image_size[1]}"
 
 
 def demo_clip_train_config(config: DemoClipConfig, benchmark_root: Path) -> TrainConfig:
     return TrainConfig(
         output_dir=str(Path(config.out) / "model"),
         data={"kind": "benchmark", "path": str(benchmark_root), "benchmark": "rstpreid"},
-        model={"clip_model": "gadms-tiny", "image_size": DEMO_CLIP_IMAGE_SIZE, "mode": "clip",
-               "temperature": config.temperature, "gass_layers": 2, "mtp_layers": 1},
+        model={"clip_model": config.clip_model, "image_size": config.image_size, "mode": "clip",
+               "temperature": config.temperature,
+               # gadms-tiny's towers have 2 layers; a full-size ViT takes the paper's defaults
+               **({"gass_layers": 2, "mtp_layers": 1} if config.clip_model == "gadms-tiny" else {})},
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
         optim={"lr": config.lr, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": 0.5},
         epochs=1_000_000,
@@ -68,7 +90,7 @@ def demo_clip_train_config(config: DemoClipConfig, benchmark_root: Path) -> Trai
 
 
 def train_demo_clip(config: DemoClipConfig) -> dict:
-    """Render the coarse-caption identities, align the tiny CLIP on them, export it to `<out>/synthweb-clip-demo`.
+    """Render the coarse-caption identities, align the CLIP on them, export it to `<out>/<config.export_name>`.
     Returns (and writes to `<out>/synthweb-clip-demo/training.json`) what was trained and its val figures."""
     out = Path(config.out)
     make_folder(str(out), "train-clip output folder")
@@ -77,10 +99,10 @@ def train_demo_clip(config: DemoClipConfig) -> dict:
     write_synthetic_benchmark(benchmark, train_identities=config.identities, val_identities=config.val_identities,
                               test_identities=0, images_per_identity=config.images_per_identity, seed=config.seed,
                               train_captions="coarse", query_captions="coarse",
-                              size=(DEMO_CLIP_IMAGE_SIZE[1], DEMO_CLIP_IMAGE_SIZE[0]),
+                              size=(config.image_size[1], config.image_size[0]),
                               first_identity=DEMO_CLIP_FIRST_IDENTITY)
     result = train(demo_clip_train_config(config, benchmark))
-    weights = export_open_clip(result.checkpoint_path, out / DEMO_CLIP_DIR.name)
+    weights = export_open_clip(result.checkpoint_path, out / config.export_name)
     report = {
         "config": config.model_dump(exclude={"out"}),
         "identities": [DEMO_CLIP_FIRST_IDENTITY, DEMO_CLIP_FIRST_IDENTITY + config.identities + config.val_identities],

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clip.add_argument("--lr", type=float, default=5e-4)
     clip.add_argument("--num-workers", type=int, default=1, help="data-loader workers")
     clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--clip-model", default="gadms-tiny",
+                      help="open_clip model config (default gadms-tiny, the demo CLIP; ViT-B-16 on a GPU host)")
+    clip.add_argument("--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"))
     clip.set_defaults(func=_train_clip)
 
 
@@ -32,5 +35,6 @@ def _train_clip(args) -> int:
     val = report["val_coarse"] or {}
     print(f"demo CLIP: {report['steps']} steps, val (coarse captions) R@1 {val.get('R1', float('nan')):.1f} "
           f"mAP {val.get('mAP', float('nan')):.1f}; {report['weights']} ({report['weights_bytes']:,} bytes)")
-    print(f"to ship it: copy {Path(report['weights']).parent}/* to {DEMO_CLIP_DIR}/")
+    if Path(report["weights"]).parent.name == DEMO_CLIP_DIR.name:
+        print(f"to ship it: copy {Path(report['weights']).parent}/* to {DEMO_CLIP_DIR}/")
     return 0

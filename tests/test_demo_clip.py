@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from flows.demo import DEMO_CLIP_WEIGHTS, HELD_OUT_FIRST_IDENTITY, demo_clip_model_config
-from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_FIRST_IDENTITY
+from flows.demo import HELD_OUT_FIRST_IDENTITY
+from flows.demo_clip import DEMO_CLIP_DIR, DEMO_CLIP_FIRST_IDENTITY, DEMO_CLIP_WEIGHTS, demo_clip_model_config
 from flows.cli import main
 from curation.synthweb.benchmark import write_synthetic_benchmark
 from gadms_model.evaluation import evaluate_model
@@ -21,6 +21,22 @@ MAX_WEB_IDENTITIES = 1_000_000
 def test_identity_ranges_are_disjoint():
     assert MAX_WEB_IDENTITIES <= HELD_OUT_FIRST_IDENTITY
     assert HELD_OUT_FIRST_IDENTITY + 60 <= DEMO_CLIP_FIRST_IDENTITY
+
+
+def test_train_clip_aligns_another_backbone_under_a_name_that_says_which(tmp_path):
+    from flows.demo_clip import DemoClipConfig, demo_clip_train_config
+
+    demo = DemoClipConfig(out=str(tmp_path))
+    vit = DemoClipConfig(out=str(tmp_path), clip_model="ViT-B-16", image_size=(384, 128))
+    assert (demo.export_name, vit.export_name) == (DEMO_CLIP_DIR.name, "synthweb-clip-ViT-B-16-384x128")
+    assert DemoClipConfig(out=str(tmp_path), image_size=(256, 128)).export_name == "synthweb-clip-gadms-tiny-256x128"
+    tiny_model = demo_clip_train_config(demo, tmp_path).model
+    vit_model = demo_clip_train_config(vit, tmp_path).model
+    assert (tiny_model.clip_model, tiny_model.image_size, tiny_model.gass_layers, tiny_model.mtp_layers) == (
+        "gadms-tiny", (128, 64), 2, 1)
+    default = type(vit_model)(clip_model="ViT-B-16", image_size=(384, 128))  # the paper's layer counts
+    assert (vit_model.clip_model, vit_model.image_size, vit_model.mode, vit_model.gass_layers,
+            vit_model.mtp_layers) == ("ViT-B-16", (384, 128), "clip", default.gass_layers, default.mtp_layers)
 
 
 @pytest.mark.slow

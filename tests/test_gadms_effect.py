@@ -138,29 +138,35 @@ def test_trace_summary_averages_seeds_step_by_step_and_refuses_other_steps():
         trace_summary([seed0, seed1[:1]])
 
 
-def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run(tmp_path):
-    from benchmarks.gadms_effect import TRACE_KEYS, gass_trace
-    from benchmarks.noisy_captions import run_training
-    from flows.demo import demo_clip_model_config
+def test_gass_is_read_at_every_epoch_checkpoint_of_a_gadms_run_and_a_finished_runs_states_are_deleted(tmp_path):
+    from benchmarks.gadms_effect import TRACE_KEYS, train_run
+    from flows.demo_clip import demo_clip_model_config
 
     _vlm_benchmark(tmp_path / "data", 1.0)
-    run = run_training({"output_dir": str(tmp_path / "run"), "data": {"kind": "benchmark", "path": str(tmp_path / "data"),
-                                                                      "benchmark": "rstpreid"},
-                        "model": demo_clip_model_config(mode="gadms").model_dump(mode="json"), "epochs": 3,
-                        "batch_size": 2, "num_workers": 0, "seed": 0, "device": "cpu", "progress": False,
-                        "keep_checkpoints": 4})
-    job = {"output_dir": str(tmp_path / "run"), "labels_dir": str(tmp_path / "data" / "RSTPReid"),
-           "token_labels": train_token_labels(tmp_path / "data", 77), "device": "cpu"}
-    trace = gass_trace(job)
+    spec = {"output_dir": str(tmp_path / "run"), "data": {"kind": "benchmark", "path": str(tmp_path / "data"),
+                                                          "benchmark": "rstpreid"},
+            "model": demo_clip_model_config(mode="gadms").model_dump(mode="json"), "epochs": 3,
+            "batch_size": 2, "num_workers": 0, "seed": 0, "device": "cpu", "progress": False, "keep_checkpoints": 4}
+    trace_job = {"output_dir": str(tmp_path / "run"), "labels_dir": str(tmp_path / "data" / "RSTPReid"),
+                 "token_labels": train_token_labels(tmp_path / "data", 77), "device": "cpu"}
+    run = train_run({"spec": spec, "trace": trace_job})
+    trace = run["trace"]
     # 2 train pairs in batches of 2: one step per epoch, a checkpoint at each epoch's end.
     assert [point["step"] for point in trace] == [1, 2, 3]
     assert set(trace[0]) == {"step", *TRACE_KEYS, "score_store_within_caption_auroc_description_over_noise",
                              "score_store_mean_score_noise_tokens", "score_store_mean_score_description_tokens"}
     assert run["checkpoint"].endswith("best.pt")
-    # Cached beside the run: the trace is read back, not recomputed, once the checkpoints are gone.
-    for path in (tmp_path / "run" / "checkpoints").iterdir():
-        path.unlink()
-    assert gass_trace(job) == trace
+    # Only the trace needed the epochs' states; the chosen model stays.
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    assert (tmp_path / "run" / "best.pt").exists()
+    # A rerun reuses the run and reads the trace back from beside it.
+    rerun = train_run({"spec": spec, "trace": trace_job})
+    assert (rerun["checkpoint"], rerun["trace"]) == (run["checkpoint"], trace)
+    # An untraced run has no trace; its states go too.
+    untraced = train_run({"spec": spec | {"output_dir": str(tmp_path / "untraced")}, "trace": None})
+    assert "trace" not in untraced
+    assert list((tmp_path / "untraced" / "checkpoints").iterdir()) == []
+    assert (tmp_path / "untraced" / "best.pt").exists()
 
 
 def _log_line(image: bytes, caption: str, word: str, index: int) -> str:
