@@ -61,7 +61,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.noisy_captions import (ARMS, GASS_KEYS, gass_by_token_kind, mean_std, run_training,  # noqa: E402
@@ -76,10 +75,9 @@ from curation.synthweb.vlm import (SimulatedVlm, SimulatedVlmServer, hallucinate
 from flows.demo_clip import TINY_MODEL_ADAM_EPS, demo_clip_model_config  # noqa: E402
 from gadms_model import checkpoint as ckpt  # noqa: E402
 from gadms_model.data import load_benchmark  # noqa: E402
-from gadms_model.data.sources import webperson_shard_files  # noqa: E402
+from gadms_model.data.sources import webperson_source  # noqa: E402
 from gadms_model.evaluation import evaluate  # noqa: E402
 from gadms_model.model import ModelConfig, build_model  # noqa: E402
-from storage.public import image_bytes  # noqa: E402
 
 # Above the web (< 1,000,000), the demo's held-out benchmark (1,000,000 + 60) and the demo CLIP (2,000,000 ..).
 FIRST_IDENTITY = 3_000_000
@@ -119,7 +117,7 @@ class TrainingData:
 
 def write_pair_labels(output_root: Path, log_path: Path, labels_dir: Path, image_max_side: int) -> dict:
     """Each training pair of a WebPerson output root, in the trainer's order (shards in shard-id order, rows in
-    order, caption1 then caption2: gadms_model.data.sources.ShardSource), as `labels_dir`/imgs/<pair>.jpg and
+    order, caption1 then caption2: ShardSource.raw_pair), as `labels_dir`/imgs/<pair>.jpg and
     noise_words.json {name: {caption, noise: one flag per word, sample_id}}. The flags come from the simulated
     VLM's hallucination log, whose entries name the sha256 of the JPEG the caption stage sent (the crop as
     jpeg_for_model gives it) and the caption; an entry that does not fit its caption is an error."""
@@ -130,21 +128,18 @@ def write_pair_labels(output_root: Path, log_path: Path, labels_dir: Path, image
     (labels_dir / "imgs").mkdir(parents=True, exist_ok=True)
     noise_words: dict[str, dict] = {}
     matched: set[tuple[str, str]] = set()
-    _, entries = webperson_shard_files(str(output_root))
-    for path in entries:
-        table = pq.read_table(path, columns=["image", "caption1", "caption2", "sample_id"])
-        for image, first, second, sample_id in zip(image_bytes(table.column("image"), path),
-                                                   *(table.column(c).to_pylist() for c in
-                                                     ("caption1", "caption2", "sample_id"))):
+    source = webperson_source(str(output_root))
+    for pair in range(source.num_pairs):
+        image, caption, sample_id = source.raw_pair(pair)
+        if pair % source.captions_per_image == 0:  # the image's first pair
             sent = hashlib.sha256(jpeg_for_model(image, image_max_side)).hexdigest()
-            for caption in (first, second or first):  # ShardSource repeats caption1 for a one-caption sample
-                name = f"{len(noise_words):07d}.jpg"
-                words = logged.get((sent, caption), {})
-                if words:
-                    matched.add((sent, caption))
-                flags = hallucinated_word_flags(caption, list(words.values()), f"{log_path}: sample {sample_id}")
-                (labels_dir / "imgs" / name).write_bytes(image)
-                noise_words[name] = {"caption": caption, "noise": flags, "sample_id": sample_id}
+        name = f"{pair:07d}.jpg"
+        words = logged.get((sent, caption), {})
+        if words:
+            matched.add((sent, caption))
+        flags = hallucinated_word_flags(caption, list(words.values()), f"{log_path}: sample {sample_id}")
+        (labels_dir / "imgs" / name).write_bytes(image)
+        noise_words[name] = {"caption": caption, "noise": flags, "sample_id": sample_id}
     (labels_dir / "noise_words.json").write_text(json.dumps(noise_words) + "\n")
     return {"pairs": len(noise_words), "logged_captions": len(logged), "logged_captions_in_shards": len(matched)}
 

@@ -43,6 +43,8 @@ def test_webperson_source_reads_complete_shards_only(tmp_path):
     ]
     assert pairs[4].image.size == (32, 64) and pairs[4].image.mode == "RGB"
     assert source.sample_id(2) == crop(4).sample_id
+    # raw_pair: the same pair as stored, the image's bytes undecoded.
+    assert source.raw_pair(5) == (crop(4).image, "second caption of 4", crop(4).sample_id)
     # The catalog path names the same root.
     assert webperson_source(str(tmp_path / "catalog.duckdb")).num_images == 4
 

@@ -143,7 +143,8 @@ class ShardSource:
         group = self.row_groups[bisect.bisect_right(self._starts, image_index) - 1]
         return self._row_group(group)[self.id_column][image_index - group.first_image]
 
-    def __getitem__(self, pair_index: int) -> Pair:
+    def _pair_row(self, pair_index: int) -> tuple[dict, int, str, str]:
+        """The rows of the pair's row group, its row there, where that is (for errors) and the pair's caption."""
         image_index, caption_index = divmod(pair_index, 2)
         group = self.row_groups[bisect.bisect_right(self._starts, image_index) - 1]
         rows = self._row_group(group)
@@ -155,7 +156,16 @@ class ShardSource:
             caption = rows["caption1"][row]
         if not caption:
             raise DataSourceError(f"{where}: empty caption{caption_index + 1}")
-        return Pair(decode_image(rows["image"][row], where), caption, image_index)
+        return rows, row, where, caption
+
+    def raw_pair(self, pair_index: int) -> tuple[bytes, str, str]:
+        """Pair `pair_index` as stored: the image's bytes (not decoded), the caption and the sample's id."""
+        rows, row, _, caption = self._pair_row(pair_index)
+        return rows["image"][row], caption, rows[self.id_column][row]
+
+    def __getitem__(self, pair_index: int) -> Pair:
+        rows, row, where, caption = self._pair_row(pair_index)
+        return Pair(decode_image(rows["image"][row], where), caption, pair_index // 2)
 
     def __getstate__(self):
         # DataLoader workers each keep their own row-group cache.
