@@ -202,3 +202,22 @@ def test_pipeline_pair_labels_follow_the_trainers_pair_order_and_the_vlm_log(tmp
     log.write_text(_log_line(c0.image, red, "blue", 4))
     with pytest.raises(GadmsError, match=rf"^{log}: sample {c0.sample_id}: hallucinated word 'blue' at index 4"):
         write_pair_labels(root, log, tmp_path / "labels-2", image_max_side=384)
+
+
+def test_the_benchmark_imports_where_prefect_is_not_installed():
+    """--data synthetic runs on a GPU host that has the model's packages only: Prefect is imported by the
+    pipeline mode alone."""
+    import subprocess
+    import sys
+
+    blocker = ("import sys, importlib.abc\n"
+               "class NoPrefect(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path, target=None):\n"
+               "        if name.split('.')[0] == 'prefect':\n"
+               "            raise ImportError('prefect is not installed')\n"
+               "sys.meta_path.insert(0, NoPrefect())\n"
+               "import benchmarks.gadms_effect\n"
+               "print('prefect' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
