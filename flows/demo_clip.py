@@ -59,7 +59,9 @@ class DemoClipConfig(BaseModel):
     seed: int = 0
     # The demo CLIP is gadms-tiny at the demo's image size; another open_clip ViT (ViT-B-16 at 384 x 128, on a GPU)
     # gives the paper's backbone an aligned start that knows as little (benchmarks/gadms_effect.py --model).
-    clip_model: str = Field("gadms-tiny", min_length=1, description="open_clip model config")
+    # A config name (it also names the output folder), not a hub path or a file.
+    clip_model: str = Field("gadms-tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                            description="open_clip model config name")
     image_size: tuple[int, int] = Field(DEMO_CLIP_IMAGE_SIZE, description="height, width")
 
     @property

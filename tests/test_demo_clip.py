@@ -34,6 +34,8 @@ def test_train_clip_aligns_another_backbone_under_a_name_that_says_which(tmp_pat
     vit_model = demo_clip_train_config(vit, tmp_path).model
     assert (tiny_model.clip_model, tiny_model.image_size, tiny_model.gass_layers, tiny_model.mtp_layers) == (
         "gadms-tiny", (128, 64), 2, 1)
+    with pytest.raises(ValueError, match="clip_model"):  # it names a folder: no path in it
+        DemoClipConfig(out=str(tmp_path), clip_model="../ViT-B-16")
     default = type(vit_model)(clip_model="ViT-B-16", image_size=(384, 128))  # the paper's layer counts
     assert (vit_model.clip_model, vit_model.image_size, vit_model.mode, vit_model.gass_layers,
             vit_model.mtp_layers) == ("ViT-B-16", (384, 128), "clip", default.gass_layers, default.mtp_layers)
