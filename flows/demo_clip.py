@@ -33,12 +33,14 @@ DEMO_CLIP_IMAGE_SIZE = (128, 64)  # height, width: the demo's GA-DMS image size
 # Adam's eps for the demo CLIP and the GA-DMS trained from it, as CLIP's: the fine-tuning recipe's 1e-3 swamps a
 # tiny model's gradients.
 TINY_MODEL_ADAM_EPS = 1e-6
+# gadms-tiny's towers have 2 layers, fewer than the paper's GASS and MTP defaults assume.
+TINY_TOWER_LAYERS = {"gass_layers": 2, "mtp_layers": 1}
 
 
 def demo_clip_model_config(**overrides) -> ModelConfig:
     """GA-DMS (the paper's mode) on the demo CLIP's towers."""
     values = dict(clip_model="gadms-tiny", pretrained=str(DEMO_CLIP_WEIGHTS), image_size=DEMO_CLIP_IMAGE_SIZE,
-                  gass_layers=2, mtp_layers=1)
+                  **TINY_TOWER_LAYERS)
     return ModelConfig(**(values | overrides))
 
 
@@ -77,9 +79,8 @@ def demo_clip_train_config(config: DemoClipConfig, benchmark_root: Path) -> Trai
         output_dir=str(Path(config.out) / "model"),
         data={"kind": "benchmark", "path": str(benchmark_root), "benchmark": "rstpreid"},
         model={"clip_model": config.clip_model, "image_size": config.image_size, "mode": "clip",
-               "temperature": config.temperature,
-               # gadms-tiny's towers have 2 layers; a full-size ViT takes the paper's defaults
-               **({"gass_layers": 2, "mtp_layers": 1} if config.clip_model == "gadms-tiny" else {})},
+               "temperature": config.temperature,  # a full-size ViT takes the paper's layer counts
+               **(TINY_TOWER_LAYERS if config.clip_model == "gadms-tiny" else {})},
         validation={"dataset": "rstpreid", "root": str(benchmark_root)},
         optim={"lr": config.lr, "eps": TINY_MODEL_ADAM_EPS, "warmup_epochs": 0.5},
         epochs=1_000_000,

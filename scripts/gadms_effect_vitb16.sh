@@ -20,7 +20,8 @@ JOBS=${JOBS:-4}                   # runs trained at once on the one GPU (each re
 EPOCHS=${EPOCHS:-3}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} YOLO_OFFLINE=${YOLO_OFFLINE:-1}
 
-CLIP_DIR="$WORK/clip/synthweb-clip-ViT-B-16-384x128"
+CLIP_DIR="$WORK/clip/$("$PYTHON" -c 'from flows.demo_clip import DemoClipConfig
+print(DemoClipConfig(out="-", clip_model="ViT-B-16", image_size=(384, 128)).export_name)')"
 if [ ! -f "$CLIP_DIR/open_clip_model.safetensors" ]; then
     "$PYTHON" -m flows.cli synthweb train-clip --out "$WORK/clip" --clip-model ViT-B-16 --image-size 384 128 \
         --identities "${IDENTITIES:-1500}" --images-per-identity 4 --val-identities 100 --steps "${STEPS:-500}" \
